@@ -1,0 +1,2 @@
+//! Token broker client.
+fn main() {}

@@ -1,0 +1,16 @@
+//! cloud-mdir-sync: mirror Office365 and Gmail mailboxes into local Maildirs
+//! and push local changes back.
+//!
+//! # Layout
+//! - [`config`]: runs `cms.cfg` on embedded CPython, validates it into a
+//!   [`config::Config`], and routes messages through `direct_message` on a
+//!   dedicated Python thread.
+//! - [`maildir`]: scan, flag codec, delivery through `tmp/`, watching.
+//! - [`store`]: the content-addressed message store, id and inode caches,
+//!   atomic state files.
+//! - [`types`]: flags, content hashes and cloud ids shared by all modules.
+pub mod config;
+pub mod fsutil;
+pub mod maildir;
+pub mod store;
+pub mod types;
