@@ -10,6 +10,7 @@
 //!   atomic state files.
 //! - [`types`]: flags, content hashes and cloud ids shared by all modules.
 pub mod config;
+pub mod daemon;
 pub mod fsutil;
 pub mod maildir;
 pub mod store;

@@ -1,2 +1,100 @@
-//! The daemon's command line.
-fn main() {}
+//! `cloud-mdir-sync`: parses the command line, reads the environment, sets
+//! up logging and hands over to the library. Exit codes: 0 success, 1 a
+//! failed run, 2 an unusable config or command line.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+
+use cloud_mdir_sync::config::{self, PathContext, PyActor};
+
+/// Mirror Office365 and Gmail mailboxes into local Maildirs and push local
+/// changes back.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Args {
+    /// The configuration file (Python).
+    #[arg(short = 'c', long = "cfg", default_value = "cms.cfg")]
+    cfg: PathBuf,
+    /// On the first cycle trust local flags over the cloud (missing local
+    /// files are ignored).
+    #[arg(long)]
+    offline: bool,
+    /// Run one full sync cycle, then exit (non-zero if it failed).
+    #[arg(long)]
+    once: bool,
+    /// Load and validate the config, print a JSON summary, exit.
+    #[arg(long)]
+    check: bool,
+    /// More logging (repeat for more); shows Python tracebacks.
+    #[arg(short = 'v', long = "verbose", action = clap::ArgAction::Count)]
+    verbose: u8,
+    /// Less logging: warnings and errors only.
+    #[arg(short = 'q', long = "quiet", conflicts_with = "verbose")]
+    quiet: bool,
+}
+
+fn init_logging(args: &Args) {
+    let default = match (args.quiet, args.verbose) {
+        (true, _) => "warn",
+        (_, 0) => "info",
+        (_, 1) => "debug",
+        _ => "trace",
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(args.verbose > 0)
+        .init();
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    init_logging(&args);
+    match run(&args) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("cloud-mdir-sync: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn run(args: &Args) -> anyhow::Result<ExitCode> {
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .context("HOME is not set")?;
+    let cwd = std::env::current_dir().context("reading the current directory")?;
+    let paths = PathContext { home, cwd };
+    let actor = PyActor::spawn();
+    let loaded = match config::load(&actor, &args.cfg, &paths) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("{e}");
+            if args.verbose > 0 {
+                if let Some(tb) = &e.traceback {
+                    eprintln!("{tb}");
+                }
+            }
+            return Ok(ExitCode::from(2));
+        }
+    };
+    if args.check {
+        println!("{}", config::check_summary(&loaded.config));
+        return Ok(ExitCode::SUCCESS);
+    }
+    let opts = cloud_mdir_sync::daemon::Options {
+        once: args.once,
+        offline: args.offline,
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    rt.block_on(cloud_mdir_sync::daemon::run(loaded, opts))?;
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,1 +1,5 @@
-//! Integration tests.
+//! The one integration-test binary: a module per area, shared helpers in
+//! `util`.
+
+mod config;
+mod util;

@@ -1,0 +1,70 @@
+//! Shared helpers: temporary homes, config files, running the binaries.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// A temporary HOME with a config file in it.
+pub struct Home {
+    /// Keeps the directory alive.
+    pub dir: tempfile::TempDir,
+}
+
+impl Home {
+    /// A fresh empty home.
+    pub fn new() -> Home {
+        Home {
+            dir: tempfile::tempdir().expect("tempdir"),
+        }
+    }
+
+    /// The home directory.
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Write `cms.cfg` (or another name) with `text`; returns its path.
+    pub fn write(&self, name: &str, text: &str) -> PathBuf {
+        let p = self.path().join(name);
+        std::fs::write(&p, text).expect("write config");
+        p
+    }
+
+    /// Run `cloud-mdir-sync` with HOME and the working directory here.
+    pub fn run(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_cloud-mdir-sync"))
+            .args(args)
+            .env("HOME", self.path())
+            .env_remove("RUST_LOG")
+            .current_dir(self.path())
+            .output()
+            .expect("run cloud-mdir-sync")
+    }
+
+    /// Every file and directory under the home, relative, sorted.
+    pub fn tree(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        walk(self.path(), self.path(), &mut out);
+        out.sort();
+        out
+    }
+}
+
+fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) {
+    for e in std::fs::read_dir(dir).expect("read_dir").flatten() {
+        let p = e.path();
+        out.push(p.strip_prefix(root).unwrap_or(&p).display().to_string());
+        if p.is_dir() {
+            walk(root, &p, out);
+        }
+    }
+}
+
+/// Stdout as a string.
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// Stderr as a string.
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
