@@ -22,32 +22,21 @@ class ConfigObject:
 
     _kind = "object"
 
-    def __init__(self):
-        self._cms_file, self._cms_line = _config_location()
+    def __init__(self, location):
+        self._cms_file, self._cms_line = location
 
     def __repr__(self):
         return "<%s from %s:%s>" % (self._kind, self._cms_file, self._cms_line)
 
 
-def _config_location():
+def _config_location(path):
     """The innermost frame that belongs to the config file being run."""
     frame = sys._getframe(1)
     while frame is not None:
-        if frame.f_code.co_filename == _state.path:
+        if frame.f_code.co_filename == path:
             return (frame.f_code.co_filename, frame.f_lineno)
         frame = frame.f_back
-    return (_state.path, 0)
-
-
-class _State:
-    path = None
-    maildirs = []
-    accounts = []
-    mailboxes = []
-    credential_servers = []
-
-
-_state = _State()
+    return (path, 0)
 
 
 def _need_str(what, value, allow_none=False):
@@ -62,8 +51,8 @@ class MailDirBox(ConfigObject):
 
     _kind = "MailDir"
 
-    def __init__(self, directory):
-        super().__init__()
+    def __init__(self, location, directory):
+        super().__init__(location)
         _need_str("MailDir directory", directory)
         self.directory = directory
 
@@ -73,8 +62,9 @@ class Office365Account(ConfigObject):
 
     _kind = "Office365_Account"
 
-    def __init__(self, user, tenant, client_id, use_default_registration, device_code):
-        super().__init__()
+    def __init__(self, location, user, tenant, client_id, use_default_registration,
+                 device_code):
+        super().__init__(location)
         _need_str("Office365_Account user", user, allow_none=True)
         _need_str("Office365_Account tenant", tenant, allow_none=True)
         _need_str("Office365_Account client_id", client_id, allow_none=True)
@@ -90,8 +80,8 @@ class GMailAccount(ConfigObject):
 
     _kind = "GMail_Account"
 
-    def __init__(self, user):
-        super().__init__()
+    def __init__(self, location, user):
+        super().__init__(location)
         _need_str("GMail_Account user", user)
         self.user = user
 
@@ -99,8 +89,8 @@ class GMailAccount(ConfigObject):
 class CloudMailbox(ConfigObject):
     """A cloud folder (Office365) or label (Gmail)."""
 
-    def __init__(self, kind, name, account, account_type):
-        super().__init__()
+    def __init__(self, location, kind, name, account, account_type):
+        super().__init__(location)
         self._kind = kind
         _need_str("%s mailbox name" % kind, name)
         if not isinstance(account, account_type):
@@ -119,8 +109,8 @@ class CredentialServerBox(ConfigObject):
 
     _kind = "CredentialServer"
 
-    def __init__(self, path, accounts, umask, protocols):
-        super().__init__()
+    def __init__(self, location, path, accounts, umask, protocols):
+        super().__init__(location)
         _need_str("CredentialServer path", path)
         if isinstance(accounts, (Office365Account, GMailAccount)):
             accounts = [accounts]
@@ -142,57 +132,80 @@ class CredentialServerBox(ConfigObject):
 class Config:
     """The ``cfg`` object: settings a config may change."""
 
-    def __init__(self):
+    def __init__(self, default_direct_message):
         self.message_db_dir = "~/mail/.cms/"
         self.direct_message = default_direct_message
 
 
-def default_direct_message(msg):
-    """Route every message to the first MailDir declared."""
-    return _state.maildirs[0]
+def _api(path):
+    """The names a config sees, bound to a fresh state for ``path``."""
+    maildirs, accounts, mailboxes, servers = [], [], [], []
 
+    def here():
+        return _config_location(path)
 
-def MailDir(directory):
-    """Declare a local maildir; the first one declared is the default."""
-    box = MailDirBox(directory)
-    _state.maildirs.append(box)
-    return box
+    def default_direct_message(msg):
+        """Route every message to the first MailDir declared."""
+        return maildirs[0]
 
+    def MailDir(directory):
+        """Declare a local maildir; the first one declared is the default."""
+        box = MailDirBox(here(), directory)
+        maildirs.append(box)
+        return box
 
-def Office365_Account(user=None, tenant=None, client_id=None,
-                      use_default_registration=False, device_code=False):
-    """Declare an Office365 account (tenant/client_id default per domain)."""
-    acct = Office365Account(user, tenant, client_id, use_default_registration, device_code)
-    _state.accounts.append(acct)
-    return acct
+    def Office365_Account(user=None, tenant=None, client_id=None,
+                          use_default_registration=False, device_code=False):
+        """Declare an Office365 account (tenant/client_id default per domain)."""
+        acct = Office365Account(here(), user, tenant, client_id,
+                                use_default_registration, device_code)
+        accounts.append(acct)
+        return acct
 
+    def Office365(mailbox, account):
+        """Declare an Office365 folder to mirror; nested folders as "A/B"."""
+        box = CloudMailbox(here(), "Office365", mailbox, account, Office365Account)
+        mailboxes.append(box)
+        return box
 
-def Office365(mailbox, account):
-    """Declare an Office365 folder to mirror; nested folders as "A/B"."""
-    box = CloudMailbox("Office365", mailbox, account, Office365Account)
-    _state.mailboxes.append(box)
-    return box
+    def GMail_Account(user):
+        """Declare a Google account."""
+        acct = GMailAccount(here(), user)
+        accounts.append(acct)
+        return acct
 
+    def GMail(label, account):
+        """Declare a Gmail label to mirror ("INBOX" or a user label)."""
+        box = CloudMailbox(here(), "GMail", label, account, GMailAccount)
+        mailboxes.append(box)
+        return box
 
-def GMail_Account(user):
-    """Declare a Google account."""
-    acct = GMailAccount(user)
-    _state.accounts.append(acct)
-    return acct
+    def CredentialServer(path, accounts, umask=0o600, protocols=["SMTP"]):
+        """Declare a token broker on the UNIX socket ``path``."""
+        srv = CredentialServerBox(here(), path, accounts, umask, protocols)
+        servers.append(srv)
+        return srv
 
-
-def GMail(label, account):
-    """Declare a Gmail label to mirror ("INBOX" or a user label)."""
-    box = CloudMailbox("GMail", label, account, GMailAccount)
-    _state.mailboxes.append(box)
-    return box
-
-
-def CredentialServer(path, accounts, umask=0o600, protocols=["SMTP"]):
-    """Declare a token broker on the UNIX socket ``path``."""
-    srv = CredentialServerBox(path, accounts, umask, protocols)
-    _state.credential_servers.append(srv)
-    return srv
+    names = {
+        "MailDir": MailDir,
+        "Office365_Account": Office365_Account,
+        "Office365": Office365,
+        "GMail_Account": GMail_Account,
+        "GMail": GMail,
+        "CredentialServer": CredentialServer,
+    }
+    for name, fn in names.items():
+        fn.__qualname__ = name
+    cfg = Config(default_direct_message)
+    state = {
+        "cfg": cfg,
+        "maildirs": maildirs,
+        "accounts": accounts,
+        "mailboxes": mailboxes,
+        "credential_servers": servers,
+        "default_direct_message": default_direct_message,
+    }
+    return names, state
 
 
 class LoadError(Exception):
@@ -227,24 +240,14 @@ def _format_tb(exc, path):
 
 def load(path):
     """Run the config at ``path``; returns the collected state or raises LoadError."""
-    _state.path = path
-    _state.maildirs = []
-    _state.accounts = []
-    _state.mailboxes = []
-    _state.credential_servers = []
-    cfg = Config()
+    names, state = _api(path)
     g = {
         "__name__": "__cms_config__",
         "__file__": path,
         "__builtins__": __builtins__,
-        "cfg": cfg,
-        "MailDir": MailDir,
-        "Office365_Account": Office365_Account,
-        "Office365": Office365,
-        "GMail_Account": GMail_Account,
-        "GMail": GMail,
-        "CredentialServer": CredentialServer,
+        "cfg": state["cfg"],
     }
+    g.update(names)
     try:
         with open(path, "rb") as f:
             source = f.read()
@@ -265,11 +268,4 @@ def load(path):
         else:
             msg = "%s: %s" % (type(e).__name__, e)
         raise LoadError(path, _where(e, path), msg, _format_tb(e, path)) from None
-    return {
-        "cfg": cfg,
-        "maildirs": list(_state.maildirs),
-        "accounts": list(_state.accounts),
-        "mailboxes": list(_state.mailboxes),
-        "credential_servers": list(_state.credential_servers),
-        "default_direct_message": default_direct_message,
-    }
+    return state

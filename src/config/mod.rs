@@ -267,7 +267,10 @@ mod tests {
             home: "/home/u".into(),
             cwd: "/work".into(),
         };
-        assert_eq!(p.resolve("~/mail/INBOX"), PathBuf::from("/home/u/mail/INBOX"));
+        assert_eq!(
+            p.resolve("~/mail/INBOX"),
+            PathBuf::from("/home/u/mail/INBOX")
+        );
         assert_eq!(p.resolve("~"), PathBuf::from("/home/u"));
         assert_eq!(p.resolve("mail/../x/./y"), PathBuf::from("/work/x/y"));
         assert_eq!(p.resolve("/abs/dir/"), PathBuf::from("/abs/dir"));

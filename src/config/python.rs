@@ -6,6 +6,7 @@ use std::sync::mpsc;
 use std::thread;
 
 use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
 use pyo3::types::PyModule;
 
 /// Source of the config runtime loaded into the interpreter.
@@ -74,13 +75,14 @@ impl PyActor {
 
 /// Import (once per interpreter) the config runtime module.
 pub fn runtime_module(py: Python<'_>) -> PyResult<Bound<'_, PyModule>> {
-    let sys = py.import("sys")?;
-    let modules = sys.getattr("modules")?;
-    if let Ok(m) = modules.get_item("cms_runtime") {
-        return Ok(m.cast_into::<PyModule>()?);
-    }
-    let code = std::ffi::CString::new(RUNTIME_SOURCE).expect("runtime source has no NUL");
-    PyModule::from_code(py, &code, c"cms_runtime.py", c"cms_runtime")
+    // Two threads may race here (tests load configs in parallel); the lock
+    // makes every caller see the one fully executed module.
+    static MODULE: PyOnceLock<Py<PyModule>> = PyOnceLock::new();
+    let m = MODULE.get_or_try_init(py, || {
+        let code = std::ffi::CString::new(RUNTIME_SOURCE).expect("runtime source has no NUL");
+        PyModule::from_code(py, &code, c"cms_runtime.py", c"cms_runtime").map(Bound::unbind)
+    })?;
+    Ok(m.bind(py).clone())
 }
 
 /// The formatted traceback of a Python error (type, message and frames).

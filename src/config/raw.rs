@@ -133,7 +133,9 @@ fn collect_on_thread(py: Python<'_>, file: &Path) -> Result<(RawConfig, PyObject
         Ok(s) => s,
         Err(e) => return Err(load_error(py, file, &e)),
     };
-    let state = state.cast_into::<PyDict>().map_err(|e| internal(e.into()))?;
+    let state = state
+        .cast_into::<PyDict>()
+        .map_err(|e| internal(e.into()))?;
     gather(py, file, &state).map_err(internal)
 }
 
@@ -150,7 +152,9 @@ fn load_error(py: Python<'_>, file: &Path, err: &PyErr) -> ConfigError {
             traceback: Some(format_pyerr(py, err)),
         };
     }
-    let line = field("line").and_then(|l| l.extract::<u32>().ok()).unwrap_or(0);
+    let line = field("line")
+        .and_then(|l| l.extract::<u32>().ok())
+        .unwrap_or(0);
     let message = field("message")
         .and_then(|m| m.extract::<String>().ok())
         .unwrap_or_else(|| err.to_string());

@@ -56,7 +56,10 @@ mod tests {
 
     #[test]
     fn lookup() {
-        assert_eq!(office365_for(Some("a@nvidia.com"), false).tenant, O365_BY_DOMAIN[0].1.tenant);
+        assert_eq!(
+            office365_for(Some("a@nvidia.com"), false).tenant,
+            O365_BY_DOMAIN[0].1.tenant
+        );
         assert_eq!(office365_for(Some("a@nvidia.com"), true), O365_DEFAULT);
         assert_eq!(office365_for(Some("a@example.com"), false), O365_DEFAULT);
         assert_eq!(office365_for(Some("nodomain"), false), O365_DEFAULT);

@@ -51,7 +51,15 @@ pub enum RouteError {
 /// Header values already looked up, by (content, lower-case name).
 type HeaderValues = Arc<Mutex<HashMap<(ContentHash, String), Option<String>>>>;
 
-type MemoKey = (usize, ContentHash, String, Option<String>, u8, Option<i64>, u64);
+type MemoKey = (
+    usize,
+    ContentHash,
+    String,
+    Option<String>,
+    u8,
+    Option<i64>,
+    u64,
+);
 
 struct State {
     objects: PyObjects,
@@ -126,7 +134,10 @@ fn route_on_thread(
         Ok(f) => f,
         Err(e) => {
             let msg = format!("cannot read cfg.direct_message: {e}");
-            return batch.iter().map(|_| Err(RouteError::Filter(msg.clone()))).collect();
+            return batch
+                .iter()
+                .map(|_| Err(RouteError::Filter(msg.clone())))
+                .collect();
         }
     };
     let callable = func.is_callable();
@@ -147,7 +158,10 @@ fn route_on_thread(
         }
         let result = if !callable {
             let repr = func.repr().map(|r| r.to_string()).unwrap_or_default();
-            Err((format!("cfg.direct_message is not callable: {repr}"), String::new()))
+            Err((
+                format!("cfg.direct_message is not callable: {repr}"),
+                String::new(),
+            ))
         } else {
             st.python_calls += 1;
             call_filter(py, &st, &func, &req)
@@ -193,7 +207,10 @@ fn call_filter(
                 Ok(i)
             } else {
                 let repr = obj.repr().map(|r| r.to_string()).unwrap_or_default();
-                Err((format!("returned {repr}, which is not a MailDir"), String::new()))
+                Err((
+                    format!("returned {repr}, which is not a MailDir"),
+                    String::new(),
+                ))
             }
         }
         Err(e) => Err((e.to_string(), format_pyerr(py, &e))),

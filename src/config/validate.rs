@@ -19,7 +19,12 @@ pub fn validate(raw: &RawConfig, paths: &PathContext) -> Result<Config, ConfigEr
     let message_db_dir = match &raw.message_db_dir {
         Loose::Ok(s) if !s.is_empty() => paths.resolve(s),
         Loose::Ok(_) => return Err(err(0, "cfg.message_db_dir is empty".into())),
-        Loose::Other(r) => return Err(err(0, format!("cfg.message_db_dir must be a path, not {r}"))),
+        Loose::Other(r) => {
+            return Err(err(
+                0,
+                format!("cfg.message_db_dir must be a path, not {r}"),
+            ));
+        }
     };
 
     let mut maildirs = Vec::new();
@@ -30,7 +35,10 @@ pub fn validate(raw: &RawConfig, paths: &PathContext) -> Result<Config, ConfigEr
         }
         let path = paths.resolve(&m.value.directory);
         if !seen.insert(path.clone()) {
-            return Err(err(m.line, format!("MailDir {} is declared twice", path.display())));
+            return Err(err(
+                m.line,
+                format!("MailDir {} is declared twice", path.display()),
+            ));
         }
         if path.starts_with(&message_db_dir) {
             return Err(err(
@@ -61,7 +69,10 @@ pub fn validate(raw: &RawConfig, paths: &PathContext) -> Result<Config, ConfigEr
             }
             CloudKind::Gmail => {
                 let user = r.user.clone().filter(|u| u.contains('@')).ok_or_else(|| {
-                    err(a.line, "GMail_Account needs user= with a full address".into())
+                    err(
+                        a.line,
+                        "GMail_Account needs user= with a full address".into(),
+                    )
                 })?;
                 AccountConfig {
                     kind: CloudKind::Gmail,
@@ -83,14 +94,21 @@ pub fn validate(raw: &RawConfig, paths: &PathContext) -> Result<Config, ConfigEr
             CloudKind::Office365 => "Office365",
             CloudKind::Gmail => "GMail",
         };
-        if r.name.is_empty() || r.name.split('/').any(str::is_empty) && r.kind == CloudKind::Office365
+        if r.name.is_empty()
+            || r.name.split('/').any(str::is_empty) && r.kind == CloudKind::Office365
         {
-            return Err(err(b.line, format!("{kind_name} mailbox name {:?} is not valid", r.name)));
+            return Err(err(
+                b.line,
+                format!("{kind_name} mailbox name {:?} is not valid", r.name),
+            ));
         }
         if !seen.insert((r.account, r.name.clone())) {
             return Err(err(
                 b.line,
-                format!("{kind_name}({:?}) is declared twice for the same account", r.name),
+                format!(
+                    "{kind_name}({:?}) is declared twice for the same account",
+                    r.name
+                ),
             ));
         }
         let delete_action = match &r.delete_action {
@@ -121,7 +139,10 @@ pub fn validate(raw: &RawConfig, paths: &PathContext) -> Result<Config, ConfigEr
                 ));
             }
             Some(Loose::Other(r)) => {
-                return Err(err(b.line, format!("poll_interval must be a number of seconds, not {r}")));
+                return Err(err(
+                    b.line,
+                    format!("poll_interval must be a number of seconds, not {r}"),
+                ));
             }
         };
         mailboxes.push(MailboxConfig {
@@ -134,7 +155,10 @@ pub fn validate(raw: &RawConfig, paths: &PathContext) -> Result<Config, ConfigEr
     }
     if !mailboxes.is_empty() && maildirs.is_empty() {
         let line = raw.mailboxes[0].line;
-        return Err(err(line, "cloud mailboxes are declared but no MailDir to hold them".into()));
+        return Err(err(
+            line,
+            "cloud mailboxes are declared but no MailDir to hold them".into(),
+        ));
     }
 
     let mut credential_servers = Vec::new();
@@ -142,8 +166,15 @@ pub fn validate(raw: &RawConfig, paths: &PathContext) -> Result<Config, ConfigEr
         let r = &s.value;
         let umask = match r.umask {
             Loose::Ok(u) if (0..=0o777).contains(&u) => u as u32,
-            Loose::Ok(u) => return Err(err(s.line, format!("umask must be between 0 and 0o777, not {u:#o}"))),
-            Loose::Other(ref r) => return Err(err(s.line, format!("umask must be an integer, not {r}"))),
+            Loose::Ok(u) => {
+                return Err(err(
+                    s.line,
+                    format!("umask must be between 0 and 0o777, not {u:#o}"),
+                ));
+            }
+            Loose::Other(ref r) => {
+                return Err(err(s.line, format!("umask must be an integer, not {r}")));
+            }
         };
         let mut protocols = Vec::new();
         for p in &r.protocols {
@@ -162,13 +193,17 @@ pub fn validate(raw: &RawConfig, paths: &PathContext) -> Result<Config, ConfigEr
             }
         }
         if r.accounts.is_empty() {
-            return Err(err(s.line, "CredentialServer needs at least one account".into()));
+            return Err(err(
+                s.line,
+                "CredentialServer needs at least one account".into(),
+            ));
         }
         for &i in &r.accounts {
             if accounts[i].user.is_none() {
                 return Err(err(
                     s.line,
-                    "CredentialServer accounts need user= (clients ask for a token by address)".into(),
+                    "CredentialServer accounts need user= (clients ask for a token by address)"
+                        .into(),
                 ));
             }
         }

@@ -70,8 +70,14 @@ fn readme_default_registration() {
         &home,
         "MailDir(\"~/mail/INBOX\")\nOffice365(\"inbox\", Office365_Account(user=\"someone@nvidia.com\"))\n",
     );
-    assert_eq!(v["cloud_mailboxes"][0]["tenant"], "43083d15-7273-40c1-b7db-39efd9ccc17a");
-    assert_eq!(v["cloud_mailboxes"][0]["client_id"], "472bb794-a546-4311-96f9-76bc79989214");
+    assert_eq!(
+        v["cloud_mailboxes"][0]["tenant"],
+        "43083d15-7273-40c1-b7db-39efd9ccc17a"
+    );
+    assert_eq!(
+        v["cloud_mailboxes"][0]["client_id"],
+        "472bb794-a546-4311-96f9-76bc79989214"
+    );
 }
 
 #[test]
@@ -141,7 +147,11 @@ cfg.direct_message = direct_message
         err.starts_with(&format!("{}:8: SyntaxError", cfg.display())),
         "got: {err}"
     );
-    assert_eq!(home.tree(), vec!["cms.cfg".to_string()], "a failing config creates nothing");
+    assert_eq!(
+        home.tree(),
+        vec!["cms.cfg".to_string()],
+        "a failing config creates nothing"
+    );
 }
 
 #[test]
@@ -152,7 +162,10 @@ fn unknown_keyword_names_file_and_line() {
         "import os\nMailDir(\"~/mail/INBOX\")\nacct = Office365_Account(user=\"u@example.com\",\n    tennant=\"x\")\n",
     );
     let cfg = home.path().join("cms.cfg");
-    assert!(err.starts_with(&format!("{}:3: TypeError", cfg.display())), "got: {err}");
+    assert!(
+        err.starts_with(&format!("{}:3: TypeError", cfg.display())),
+        "got: {err}"
+    );
     assert!(err.contains("tennant"), "got: {err}");
     assert!(!err.contains("Traceback"), "traceback only under -v: {err}");
 }
@@ -160,15 +173,24 @@ fn unknown_keyword_names_file_and_line() {
 #[test]
 fn exception_traceback_under_verbose() {
     let home = Home::new();
-    home.write("cms.cfg", "MailDir(\"~/mail\")\ndef f():\n    raise RuntimeError(\"boom\")\nf()\n");
+    home.write(
+        "cms.cfg",
+        "MailDir(\"~/mail\")\ndef f():\n    raise RuntimeError(\"boom\")\nf()\n",
+    );
     let out = home.run(&["--check", "-v"]);
     assert_eq!(out.status.code(), Some(2));
     let err = stderr(&out);
     let cfg = home.path().join("cms.cfg");
     // The innermost line of the config file is reported.
-    assert!(err.starts_with(&format!("{}:3: RuntimeError: boom", cfg.display())), "{err}");
+    assert!(
+        err.starts_with(&format!("{}:3: RuntimeError: boom", cfg.display())),
+        "{err}"
+    );
     assert!(err.contains("line 4, in <module>"), "{err}");
-    assert!(!err.contains("cms_runtime"), "runtime frames are hidden: {err}");
+    assert!(
+        !err.contains("cms_runtime"),
+        "runtime frames are hidden: {err}"
+    );
     assert!(err.contains("Traceback"), "{err}");
     assert!(err.contains("line 3, in f"), "{err}");
 }
@@ -218,18 +240,36 @@ CredentialServer("~/cms.sock", accounts=[acct, gm], protocols=["SMTP", "IMAP"], 
 fn bad_values_are_located() {
     let home = Home::new();
     let cases = [
-        ("MailDir(42)\n", "1: TypeError: MailDir directory must be a string"),
-        ("GMail(\"INBOX\", Office365_Account(\"u@x.com\"))\n", "1: TypeError: GMail(): account"),
-        ("MailDir(\"~/m\")\nCredentialServer(\"/tmp/s\", [GMail_Account(\"g@gmail.com\")],\n protocols=[\"POP\"])\n", "2: protocols must be among"),
-        ("Office365(\"inbox\", Office365_Account(\"u@x.com\"))\n", "1: cloud mailboxes are declared but no MailDir"),
+        (
+            "MailDir(42)\n",
+            "1: TypeError: MailDir directory must be a string",
+        ),
+        (
+            "GMail(\"INBOX\", Office365_Account(\"u@x.com\"))\n",
+            "1: TypeError: GMail(): account",
+        ),
+        (
+            "MailDir(\"~/m\")\nCredentialServer(\"/tmp/s\", [GMail_Account(\"g@gmail.com\")],\n protocols=[\"POP\"])\n",
+            "2: protocols must be among",
+        ),
+        (
+            "Office365(\"inbox\", Office365_Account(\"u@x.com\"))\n",
+            "1: cloud mailboxes are declared but no MailDir",
+        ),
         ("MailDir(\"~/m\")\nMailDir(\"~/m/\")\n", "2: MailDir"),
-        ("MailDir(\"~/m\")\nb = GMail(\"INBOX\", GMail_Account(\"u@gmail.com\"))\nb.poll_interval = \"often\"\n", "2: poll_interval must be a number"),
+        (
+            "MailDir(\"~/m\")\nb = GMail(\"INBOX\", GMail_Account(\"u@gmail.com\"))\nb.poll_interval = \"often\"\n",
+            "2: poll_interval must be a number",
+        ),
         ("raise SystemExit(3)\n", "1: config called exit(3)"),
         ("import no_such_module_here\n", "1: ModuleNotFoundError"),
     ];
     for (cfg, want) in cases {
         let err = check_err(&home, cfg);
-        assert!(err.contains(&format!("cms.cfg:{want}")), "config {cfg:?}: got {err}");
+        assert!(
+            err.contains(&format!("cms.cfg:{want}")),
+            "config {cfg:?}: got {err}"
+        );
     }
 }
 
@@ -238,7 +278,11 @@ fn missing_config_file() {
     let home = Home::new();
     let out = home.run(&["-c", "nope.cfg", "--check"]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(stderr(&out).contains("nope.cfg:0: cannot read config"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("nope.cfg:0: cannot read config"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[test]

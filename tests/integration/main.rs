@@ -2,4 +2,5 @@
 //! `util`.
 
 mod config;
+mod router;
 mod util;
