@@ -75,10 +75,8 @@ fn run(args: &Args) -> anyhow::Result<ExitCode> {
         Ok(l) => l,
         Err(e) => {
             eprintln!("{e}");
-            if args.verbose > 0 {
-                if let Some(tb) = &e.traceback {
-                    eprintln!("{tb}");
-                }
+            if let (true, Some(tb)) = (args.verbose > 0, &e.traceback) {
+                eprintln!("{tb}");
             }
             return Ok(ExitCode::from(2));
         }

@@ -301,3 +301,19 @@ assert cfg.direct_message is not None
     );
     assert_eq!(v["maildirs"].as_array().map(Vec::len), Some(2));
 }
+
+#[test]
+fn embedded_python_is_one_consistent_install() {
+    // The interpreter must be Debian's: its libpython and its stdlib, the
+    // same release as /usr/bin/python3, whatever `python3` is on PATH.
+    let want = std::process::Command::new("/usr/bin/python3")
+        .args(["-c", "import sys; print(sys.version)"])
+        .output()
+        .expect("run /usr/bin/python3");
+    let want = String::from_utf8_lossy(&want.stdout).trim().to_string();
+    let home = Home::new();
+    let cfg = format!(
+        "import sys, os, email\nMailDir('~/m')\nassert sys.version == {want:?}, sys.version\nassert os.__file__.startswith('/usr/lib/python3'), os.__file__\nassert email.__file__.startswith('/usr/lib/python3'), email.__file__\n"
+    );
+    check(&home, &cfg);
+}
