@@ -9,6 +9,7 @@
 //! - [`store`]: the content-addressed message store, id and inode caches,
 //!   atomic state files.
 //! - [`types`]: flags, content hashes and cloud ids shared by all modules.
+pub mod cloud;
 pub mod config;
 pub mod daemon;
 pub mod fsutil;

@@ -1,0 +1,161 @@
+//! The cloud side of sync: the [`CloudMailbox`] trait every backend (Graph,
+//! Gmail, the in-memory test cloud) implements, the [`Endpoints`] they talk
+//! to, and the errors that tell the daemon to retry, log in again or stop.
+
+pub mod memory;
+
+use std::future::Future;
+use std::path::Path;
+use std::pin::Pin;
+use std::time::Duration;
+
+use crate::config::DeleteAction;
+use crate::types::{Flags, StorageKind};
+
+/// A boxed, sendable future (the trait is used as `dyn CloudMailbox`).
+pub type BoxFut<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// One message as the cloud lists it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CloudEntry {
+    /// The service's id (Graph immutable id, Gmail message id).
+    pub id: String,
+    /// The Message-ID header, when the listing carries it.
+    pub email_id: Option<String>,
+    /// Flags the cloud stores for it (only the mailbox's supported bits).
+    pub flags: Flags,
+    /// Received time, seconds since the epoch.
+    pub received_time: Option<i64>,
+    /// Size in bytes, when the listing carries it.
+    pub size: Option<u64>,
+}
+
+/// A flag change to send: bits to set and bits to clear.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FlagChange {
+    /// The message id.
+    pub id: String,
+    /// Bits to turn on.
+    pub set: Flags,
+    /// Bits to turn off.
+    pub clear: Flags,
+}
+
+/// What the daemon should do about a failed cloud call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// Transient (network, 5xx, 429): retry later, after `retry_after` if given.
+    Retry,
+    /// The token was refused: refresh or log in again, then retry.
+    Auth,
+    /// The message no longer exists in the cloud.
+    NotFound,
+    /// The request can never succeed as configured (missing folder, bad
+    /// request): report and stop trying this mailbox.
+    Fatal,
+}
+
+/// A failed cloud call.
+#[derive(Clone, Debug, thiserror::Error)]
+#[error("{mailbox}: {message}")]
+pub struct CloudError {
+    /// Which mailbox (e.g. `office365:user@example.com/inbox`).
+    pub mailbox: String,
+    /// What to do about it.
+    pub kind: ErrorKind,
+    /// Server-requested delay before retrying.
+    pub retry_after: Option<Duration>,
+    /// Human-readable detail (never contains a token).
+    pub message: String,
+}
+
+impl CloudError {
+    /// An error of `kind` for `mailbox`.
+    pub fn new(mailbox: &str, kind: ErrorKind, message: impl Into<String>) -> CloudError {
+        CloudError {
+            mailbox: mailbox.to_string(),
+            kind,
+            retry_after: None,
+            message: message.into(),
+        }
+    }
+}
+
+/// A synced cloud folder or label.
+pub trait CloudMailbox: Send + Sync {
+    /// A name for logs, e.g. `gmail:user@gmail.com/INBOX`.
+    fn name(&self) -> &str;
+
+    /// Which id space the message ids belong to.
+    fn storage_kind(&self) -> StorageKind;
+
+    /// The flag bits this service can store (Gmail cannot store replied).
+    fn supported_flags(&self) -> Flags;
+
+    /// The full current content of the folder. Backends may answer from an
+    /// incremental change feed (delta, history) applied to what they listed
+    /// before.
+    fn list(&self) -> BoxFut<'_, Result<Vec<CloudEntry>, CloudError>>;
+
+    /// Write the message's content, with LF line ends, to `dest` (a new file
+    /// the caller owns). On error `dest` may hold a partial file.
+    fn fetch<'a>(&'a self, id: &'a str, dest: &'a Path) -> BoxFut<'a, Result<(), CloudError>>;
+
+    /// Apply flag changes; one result per change, in order.
+    fn set_flags(&self, changes: Vec<FlagChange>) -> BoxFut<'_, Vec<Result<(), CloudError>>>;
+
+    /// Delete (archive or trash) messages; one result per id, in order.
+    fn delete(
+        &self,
+        ids: Vec<String>,
+        action: DeleteAction,
+    ) -> BoxFut<'_, Vec<Result<(), CloudError>>>;
+}
+
+/// Base URLs of the services. Production uses the real hosts; tests and the
+/// demo point every host at the emulator (`CMS_CLOUD_BASE_URL`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Endpoints {
+    /// `None` for the real services; `Some("http://127.0.0.1:PORT")` sends
+    /// `https://HOST/PATH` to `http://127.0.0.1:PORT/HOST/PATH`.
+    pub base: Option<String>,
+}
+
+impl Endpoints {
+    /// The real services.
+    pub fn real() -> Endpoints {
+        Endpoints { base: None }
+    }
+
+    /// Everything through one base URL (the emulator).
+    pub fn emulated(base: &str) -> Endpoints {
+        Endpoints {
+            base: Some(base.trim_end_matches('/').to_string()),
+        }
+    }
+
+    /// The URL for `path` (starting with `/`) on `host`.
+    pub fn url(&self, host: &str, path: &str) -> String {
+        match &self.base {
+            None => format!("https://{host}{path}"),
+            Some(b) => format!("{b}/{host}{path}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoint_urls() {
+        assert_eq!(
+            Endpoints::real().url("graph.microsoft.com", "/v1.0/me"),
+            "https://graph.microsoft.com/v1.0/me"
+        );
+        assert_eq!(
+            Endpoints::emulated("http://127.0.0.1:5/").url("graph.microsoft.com", "/v1.0/me"),
+            "http://127.0.0.1:5/graph.microsoft.com/v1.0/me"
+        );
+    }
+}
