@@ -1,1 +1,2 @@
 //! cms.cfg runtime.
+pub mod headers;
