@@ -9,9 +9,7 @@ use serde::{Deserialize, Serialize};
 /// The four message flags the product tracks, as a bit set with the values
 /// the Python config API exposes (`FLAG_REPLIED=1`, `FLAG_READ=2`,
 /// `FLAG_FLAGGED=4`, `FLAG_DELETED=8`).
-#[derive(
-    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
-)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct Flags(pub u8);
 
