@@ -176,7 +176,7 @@ impl HeaderBlock {
         let mut fields = Vec::new();
         // (name range in buf, value range in buf) of the field being collected.
         let mut cur: Option<(Range<usize>, Range<usize>)> = None;
-        for (lineno, range) in lines.iter().enumerate() {
+        for range in lines {
             let Some(line) = buf.get(range.clone()) else {
                 break;
             };
@@ -194,11 +194,8 @@ impl HeaderBlock {
                 push_field(&buf, &mut names, &mut fields, name, value);
             }
             if line.starts_with(b"From ") {
-                if lineno != 0 && lineno + 1 == lines.len() {
-                    // Looks like the body's first line: pushed back, stop.
-                    break;
-                }
-                // The unix-from, or a misplaced one: ignored either way.
+                // The unix-from (first line), a misplaced one (ignored) or,
+                // when last, the body's first line (pushed back): never a field.
                 continue;
             }
             match line.iter().position(|&b| b == b':') {
@@ -580,6 +577,8 @@ mod tests {
         b"=?utf-8?q?caf=C3=A9?=",
         b"=?iso-8859-1?b?Zm9v?=",
         b"<id@host>",
+        b"Message-ID",
+        b"List-ID",
         b"abc",
         b"a b",
         b"(",
@@ -590,12 +589,51 @@ mod tests {
         b"Content-Type: message/rfc822",
     ];
 
-    fn message() -> impl Strategy<Value = Vec<u8>> {
+    /// Token soup: mostly header-ish fragments, some arbitrary bytes.
+    fn soup(max: usize) -> impl Strategy<Value = Vec<u8>> {
         let token = prop_oneof![
             10 => prop::sample::select(TOKENS).prop_map(<[u8]>::to_vec),
             1 => prop::collection::vec(any::<u8>(), 0..4),
         ];
-        prop::collection::vec(token, 0..40).prop_map(|v| v.concat())
+        prop::collection::vec(token, 0..max).prop_map(|v| v.concat())
+    }
+
+    /// A line shaped like a header, a continuation or junk, with a line ending.
+    fn line() -> impl Strategy<Value = Vec<u8>> {
+        let name = prop::sample::select(
+            &[
+                "Subject",
+                "subject",
+                "SUBJECT",
+                "List-Id",
+                "List-ID",
+                "Message-ID",
+                "To",
+                "X",
+                "k",
+                "From",
+                "From ",
+                "X-A b",
+                "",
+            ][..],
+        );
+        let sep = prop::sample::select(&[":", ": ", ":\t", " :", ":  "][..]);
+        let eol = prop::sample::select(&["\n", "\n", "\r\n", "\r\n", "\r", ""][..]);
+        let body = prop_oneof![
+            6 => (name, sep, soup(6)).prop_map(|(n, c, v)| [n.as_bytes(), c.as_bytes(), &v].concat()),
+            3 => (prop::sample::select(&[" ", "\t", "  ", " \t"][..]), soup(6))
+                .prop_map(|(w, v)| [w.as_bytes(), &v].concat()),
+            1 => soup(4),
+        ];
+        (body, eol).prop_map(|(b, e)| [&b[..], e.as_bytes()].concat())
+    }
+
+    /// A random message: structured lines or plain token soup.
+    fn message() -> impl Strategy<Value = Vec<u8>> {
+        prop_oneof![
+            3 => prop::collection::vec(line(), 0..12).prop_map(|v| v.concat()),
+            1 => soup(40),
+        ]
     }
 
     /// Names worth asking about `data`: fixed ones plus each line's would-be name.
@@ -664,7 +702,7 @@ json.dump(out, sys.stdout)
     fn random_blocks_match_python_oracle() {
         let mut runner = TestRunner::deterministic();
         let strategy = message();
-        let cases: Vec<(Vec<u8>, Vec<String>)> = (0..3000)
+        let cases: Vec<(Vec<u8>, Vec<String>)> = (0..5000)
             .map(|_| {
                 let data = strategy.new_tree(&mut runner).unwrap().current();
                 let names = names_for(&data);
@@ -674,13 +712,17 @@ json.dump(out, sys.stdout)
         let expected = oracle(&cases);
         assert_eq!(expected.len(), cases.len());
         let mut failures = Vec::new();
+        let mut found = 0;
         for ((data, names), want) in cases.iter().zip(&expected) {
             let block = HeaderBlock::parse(data);
             for (name, want) in names.iter().zip(want) {
                 let got = block.get(name);
                 let same = match (&got, want) {
                     (None, serde_json::Value::Null) => true,
-                    (Some(g), serde_json::Value::String(w)) => g == w,
+                    (Some(g), serde_json::Value::String(w)) => {
+                        found += 1;
+                        g == w
+                    }
                     _ => false,
                 };
                 if !same {
@@ -697,6 +739,7 @@ json.dump(out, sys.stdout)
             failures.len(),
             failures.join("\n")
         );
+        assert!(found > 3000, "only {found} lookups found a value");
     }
 
     proptest! {
