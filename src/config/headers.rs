@@ -92,6 +92,7 @@ impl HeaderBlock {
     /// [`is_truncated`](Self::is_truncated) reports it.
     pub fn read_from_with_cap<R: Read>(mut reader: R, cap: usize) -> io::Result<HeaderBlock> {
         let mut buf: Vec<u8> = Vec::new();
+        let mut chunk = [0u8; READ_CHUNK];
         let mut scan = LineScan::default();
         let mut eof = false;
         let mut truncated = false;
@@ -103,15 +104,14 @@ impl HeaderBlock {
             } else {
                 READ_CHUNK.min(cap - old)
             };
-            buf.resize(old + want, 0);
             let n = loop {
-                match reader.read(&mut buf[old..]) {
-                    Ok(n) => break n,
+                match reader.read(&mut chunk[..want]) {
+                    Ok(n) => break n.min(want),
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                     Err(e) => return Err(e),
                 }
             };
-            buf.truncate(old + n.min(want));
+            buf.extend_from_slice(&chunk[..n]);
             if n == 0 {
                 eof = true;
             } else if old >= cap {
