@@ -68,8 +68,8 @@ struct Field {
 }
 
 impl HeaderBlock {
-    /// Parses the header block of a whole message (or of any prefix of it that
-    /// contains the end of the header block); the body is ignored.
+    /// Parses the header block at the start of `data`: a whole message, or a
+    /// prefix that includes the whole line ending the block; the body is ignored.
     pub fn parse(data: &[u8]) -> HeaderBlock {
         let mut scan = LineScan::default();
         scan.advance(data, true);
@@ -86,8 +86,9 @@ impl HeaderBlock {
     /// Reads just enough of `reader` to parse the header block, buffering at
     /// most about `cap` bytes.
     ///
-    /// The cap only matters when the header block itself is longer than `cap`
-    /// (bodies are never read past the end of the headers). In that case the
+    /// Reading stops with the chunk that holds the end of the header block, so
+    /// the cap only matters when the header block itself is longer than `cap`
+    /// (never for real mail; large bodies do not count). In that case the
     /// complete header lines read so far are kept and
     /// [`is_truncated`](Self::is_truncated) reports it.
     pub fn read_from_with_cap<R: Read>(mut reader: R, cap: usize) -> io::Result<HeaderBlock> {
