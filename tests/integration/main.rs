@@ -2,5 +2,6 @@
 //! `util`.
 
 mod config;
+mod headers;
 mod router;
 mod util;
