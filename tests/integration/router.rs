@@ -103,8 +103,9 @@ def direct_message(msg):
     assert msg.received_time == datetime.datetime(2024, 5, 1, 10, 20, 30), msg.received_time
     assert len(msg.content_hash) == 64
     assert msg.email_id == "<abc@example.com>", msg.email_id
-    # First call answers (the Python program once returned None here).
-    assert msg.get_header("subject") == "Grüße aus Köln", msg.get_header("subject")
+    # First call answers (the Python program once returned None here), and
+    # raw 8-bit bytes come back as Python's parser gives them (U+FFFD each).
+    assert msg.get_header("subject") == "Gr\ufffd\ufffde aus K\ufffd\ufffdln", msg.get_header("subject")
     assert msg.get_header("X-Missing") is None
     assert msg.get_header("to") == "a@example.com, b@example.com"
     return other
