@@ -1,0 +1,196 @@
+//! The id cache: which content hash a cloud message id (`Cid`) stands for,
+//! so a restart downloads nothing it already has (behavior.md §5).
+
+use std::collections::{HashMap, HashSet};
+
+use crate::types::{Cid, ContentHash, StorageKind};
+
+/// One cached id, keyed in [`IdCache`] by its storage id.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct IdEntry {
+    kind: StorageKind,
+    email_id: Option<String>,
+    hash: ContentHash,
+}
+
+/// The persisted form of one entry: `[kind, storage_id, email_id, hash]`.
+pub(crate) type IdRecord = (StorageKind, String, Option<String>, ContentHash);
+
+/// Maps [`Cid`]s to content hashes, grouped by storage id so that a lookup
+/// ignoring the Message-ID is cheap.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct IdCache {
+    by_storage_id: HashMap<String, Vec<IdEntry>>,
+    len: usize,
+}
+
+impl IdCache {
+    /// Builds the cache from persisted records (later duplicates win).
+    pub(crate) fn from_records(records: Vec<IdRecord>) -> IdCache {
+        let mut cache = IdCache::default();
+        for (kind, storage_id, email_id, hash) in records {
+            cache.insert(
+                Cid {
+                    kind,
+                    storage_id,
+                    email_id,
+                },
+                hash,
+            );
+        }
+        cache
+    }
+
+    /// The records to persist, borrowing from the cache.
+    pub(crate) fn records(&self) -> Vec<(StorageKind, &str, Option<&str>, &ContentHash)> {
+        let mut out = Vec::with_capacity(self.len);
+        for (sid, entries) in &self.by_storage_id {
+            for e in entries {
+                out.push((e.kind, sid.as_str(), e.email_id.as_deref(), &e.hash));
+            }
+        }
+        out
+    }
+
+    /// Number of cached ids.
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    /// The hash cached for exactly this `cid`.
+    pub(crate) fn get(&self, cid: &Cid) -> Option<ContentHash> {
+        self.by_storage_id
+            .get(&cid.storage_id)?
+            .iter()
+            .find(|e| e.kind == cid.kind && e.email_id == cid.email_id)
+            .map(|e| e.hash)
+    }
+
+    /// The hash for `(kind, storage_id)` whatever the Message-ID, when all
+    /// cached ids with that storage id agree on it.
+    pub(crate) fn get_by_storage_id(
+        &self,
+        kind: StorageKind,
+        storage_id: &str,
+    ) -> Option<ContentHash> {
+        let mut found = None;
+        for e in self
+            .by_storage_id
+            .get(storage_id)?
+            .iter()
+            .filter(|e| e.kind == kind)
+        {
+            match found {
+                None => found = Some(e.hash),
+                Some(h) if h == e.hash => {}
+                Some(_) => return None,
+            }
+        }
+        found
+    }
+
+    /// Records `cid -> hash`; returns true when this changed the cache.
+    pub(crate) fn insert(&mut self, cid: Cid, hash: ContentHash) -> bool {
+        let entries = self.by_storage_id.entry(cid.storage_id).or_default();
+        if let Some(e) = entries
+            .iter_mut()
+            .find(|e| e.kind == cid.kind && e.email_id == cid.email_id)
+        {
+            let changed = e.hash != hash;
+            e.hash = hash;
+            return changed;
+        }
+        entries.push(IdEntry {
+            kind: cid.kind,
+            email_id: cid.email_id,
+            hash,
+        });
+        self.len += 1;
+        true
+    }
+
+    /// Drops ids whose hash is not in `live`; returns how many went.
+    pub(crate) fn retain(&mut self, live: &HashSet<ContentHash>) -> usize {
+        let before = self.len;
+        let mut len = 0;
+        self.by_storage_id.retain(|_, entries| {
+            entries.retain(|e| live.contains(&e.hash));
+            len += entries.len();
+            !entries.is_empty()
+        });
+        self.len = len;
+        before - len
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn h(n: u8) -> ContentHash {
+        ContentHash([n; 32])
+    }
+
+    fn cid(kind: StorageKind, sid: &str, email: Option<&str>) -> Cid {
+        Cid {
+            kind,
+            storage_id: sid.into(),
+            email_id: email.map(Into::into),
+        }
+    }
+
+    #[test]
+    fn exact_and_loose_lookup() {
+        let mut c = IdCache::default();
+        assert!(c.insert(cid(StorageKind::Gmail, "s1", Some("<a@x>")), h(1)));
+        assert!(!c.insert(cid(StorageKind::Gmail, "s1", Some("<a@x>")), h(1)));
+        assert_eq!(
+            c.get(&cid(StorageKind::Gmail, "s1", Some("<a@x>"))),
+            Some(h(1))
+        );
+        assert_eq!(c.get(&cid(StorageKind::Gmail, "s1", None)), None);
+        assert_eq!(
+            c.get(&cid(StorageKind::Office365, "s1", Some("<a@x>"))),
+            None
+        );
+        assert_eq!(c.get_by_storage_id(StorageKind::Gmail, "s1"), Some(h(1)));
+        assert_eq!(c.get_by_storage_id(StorageKind::Office365, "s1"), None);
+
+        // Same storage id, another Message-ID, same content: still unique.
+        c.insert(cid(StorageKind::Gmail, "s1", None), h(1));
+        assert_eq!(c.get_by_storage_id(StorageKind::Gmail, "s1"), Some(h(1)));
+        // Different content: ambiguous, no loose answer.
+        c.insert(cid(StorageKind::Gmail, "s1", Some("<b@x>")), h(2));
+        assert_eq!(c.get_by_storage_id(StorageKind::Gmail, "s1"), None);
+        // Fixing the conflicting entry makes it unique again.
+        c.insert(cid(StorageKind::Gmail, "s1", Some("<b@x>")), h(1));
+        assert_eq!(c.get_by_storage_id(StorageKind::Gmail, "s1"), Some(h(1)));
+        assert_eq!(c.len(), 3);
+    }
+
+    #[test]
+    fn retain_and_records_round_trip() {
+        let mut c = IdCache::default();
+        c.insert(cid(StorageKind::Gmail, "a", None), h(1));
+        c.insert(cid(StorageKind::Office365, "b", Some("<m>")), h(2));
+        c.insert(cid(StorageKind::Office365, "c", Some("<n>")), h(3));
+        let live: HashSet<_> = [h(1), h(3)].into();
+        assert_eq!(c.retain(&live), 1);
+        assert_eq!(c.len(), 2);
+        let records: Vec<IdRecord> = c
+            .records()
+            .into_iter()
+            .map(|(k, s, e, h)| (k, s.to_string(), e.map(str::to_string), *h))
+            .collect();
+        let back = IdCache::from_records(records);
+        assert_eq!(back.len(), 2);
+        assert_eq!(
+            back.get(&cid(StorageKind::Office365, "c", Some("<n>"))),
+            Some(h(3))
+        );
+        assert_eq!(
+            back.get(&cid(StorageKind::Office365, "b", Some("<m>"))),
+            None
+        );
+    }
+}

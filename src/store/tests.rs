@@ -1,0 +1,311 @@
+//! Tests of the message store: blobs, caches, persistence and coexistence
+//! with the Python program's files.
+
+use super::*;
+use crate::maildir::Maildir;
+use crate::types::Flags;
+use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt;
+
+fn cid(sid: &str) -> Cid {
+    Cid {
+        kind: StorageKind::Office365,
+        storage_id: sid.into(),
+        email_id: Some(format!("<{sid}@x>")),
+    }
+}
+
+#[test]
+fn open_creates_private_layout_and_locks() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("mail").join(".cms");
+    let store = Store::open(&root).unwrap();
+    for d in [
+        root.clone(),
+        root.join("blobs"),
+        root.join("state"),
+        root.join("tmp"),
+    ] {
+        assert_eq!(
+            fs::metadata(&d).unwrap().permissions().mode() & 0o7777,
+            0o700,
+            "{d:?}"
+        );
+    }
+    assert!(matches!(Store::open(&root), Err(StoreError::Locked { .. })));
+    drop(store);
+    Store::open(&root).unwrap();
+}
+
+#[test]
+fn insert_link_adopt_and_retain() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("cms")).unwrap();
+    let h = store.insert_bytes(b"Subject: x\r\n\r\nhi\r\n").unwrap();
+    assert_eq!(h, hash_bytes(b"Subject: x\n\nhi\n"));
+    assert!(store.have(&h));
+    assert_eq!(
+        fs::read(store.blob_path(&h)).unwrap(),
+        b"Subject: x\r\n\r\nhi\r\n"
+    );
+    // Same content again: one blob, temp dropped.
+    assert_eq!(store.insert_bytes(b"Subject: x\n\nhi\n").unwrap(), h);
+    assert_eq!(store.blob_count(), 1);
+    assert!(
+        fs::read_dir(dir.path().join("cms/tmp"))
+            .unwrap()
+            .next()
+            .is_none()
+    );
+
+    // insert_file on a temp filled by hand.
+    let mut t = store.temp_file().unwrap();
+    t.write_all(b"other").unwrap();
+    let h2 = store.insert_file(t.path()).unwrap();
+    assert_eq!(h2, hash_bytes(b"other"));
+    assert!(!t.path().exists());
+    drop(t);
+
+    // Deliver by link into a maildir.
+    let md = Maildir::create(&dir.path().join("md")).unwrap();
+    let e = md
+        .deliver_link(&store.blob_path(&h), &Maildir::new_base_name(), Flags::READ)
+        .unwrap();
+    store.record_inode(e.key, h);
+    let dest = dir.path().join("md/tmp/x");
+    store.link_to(&h2, &dest).unwrap();
+    assert_eq!(fs::read(&dest).unwrap(), b"other");
+
+    // The blob goes; the maildir copy can bring it back.
+    let live: HashSet<ContentHash> = [h2].into();
+    assert_eq!(store.retain(&live).unwrap(), 1);
+    assert!(!store.have(&h));
+    assert!(!store.blob_path(&h).exists());
+    assert!(e.path.exists());
+    assert!(matches!(
+        store.link_to(&h, &dir.path().join("y")),
+        Err(StoreError::MissingBlob { .. })
+    ));
+    assert!(store.adopt_from(&e.path, &h).unwrap());
+    assert!(!store.adopt_from(&e.path, &h).unwrap());
+    assert!(store.have(&h));
+    assert_eq!(
+        fs::read(store.blob_path(&h)).unwrap(),
+        b"Subject: x\r\n\r\nhi\r\n"
+    );
+}
+
+#[test]
+fn temp_blob_dropped_without_insert_is_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let mut t = store.temp_file().unwrap();
+    t.write_all(b"partial").unwrap();
+    let p = t.path().to_path_buf();
+    assert!(p.exists());
+    drop(t);
+    assert!(!p.exists());
+    assert_eq!(store.blob_count(), 0);
+}
+
+#[test]
+fn ids_persist_and_loose_lookup() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = hash_bytes(b"m");
+    {
+        let store = Store::open(dir.path()).unwrap();
+        store.record_id(cid("a"), h);
+        store.save().unwrap();
+    }
+    let store = Store::open(dir.path()).unwrap();
+    assert_eq!(store.lookup_id(&cid("a")), Some(h));
+    assert_eq!(
+        store.lookup_storage_id(StorageKind::Office365, "a"),
+        Some(h)
+    );
+    assert_eq!(store.lookup_storage_id(StorageKind::Gmail, "a"), None);
+    assert_eq!(store.id_count(), 1);
+}
+
+/// Writes `n` small messages straight into `md`'s `cur/`.
+fn fill_maildir(md: &Maildir, n: usize) {
+    let cur = md.subdir_path(crate::maildir::Subdir::Cur);
+    for i in 0..n {
+        fs::write(
+            cur.join(format!("{i}.M0P1Q{i}.host:2,S")),
+            format!("Subject: {i}\r\n\r\nbody {i}\r\n"),
+        )
+        .unwrap();
+    }
+}
+
+/// Hashes every file of a scan through the store.
+fn hash_all(store: &Store, md: &Maildir) -> BTreeMap<String, ContentHash> {
+    let scan = md.scan().unwrap();
+    assert!(!scan.changed);
+    scan.entries
+        .iter()
+        .map(|e| {
+            (
+                e.base.clone(),
+                store.hash_for_file(&e.path, &e.key).unwrap(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn restart_rehashes_nothing() {
+    const N: usize = 10_000;
+    let dir = tempfile::tempdir().unwrap();
+    let md = Maildir::create(&dir.path().join("md")).unwrap();
+    fill_maildir(&md, N);
+    let first = {
+        let store = Store::open(&dir.path().join("cms")).unwrap();
+        let hashes = hash_all(&store, &md);
+        assert_eq!(store.hashes_performed(), N as u64);
+        // A second pass in the same run is served from the cache too.
+        assert_eq!(hash_all(&store, &md), hashes);
+        assert_eq!(store.hashes_performed(), N as u64);
+        store.save().unwrap();
+        hashes
+    };
+    assert_eq!(first.len(), N);
+    let store = Store::open(&dir.path().join("cms")).unwrap();
+    assert_eq!(store.inode_count(), N);
+    assert_eq!(hash_all(&store, &md), first);
+    assert_eq!(store.hashes_performed(), 0);
+
+    // Touching one file (new ctime) costs exactly one re-hash.
+    let e = md.scan().unwrap().entries.pop().unwrap();
+    let renamed = md.set_flags(&e, Flags::READ | Flags::FLAGGED).unwrap();
+    assert_eq!(
+        store.hash_for_file(&renamed.path, &renamed.key).unwrap(),
+        first[&e.base]
+    );
+    assert_eq!(store.hashes_performed(), 1);
+}
+
+/// Records one more id (`id<n>`) and saves the store.
+fn save_generation(store: &Store, n: usize) {
+    store.record_id(
+        cid(&format!("id{n}")),
+        hash_bytes(format!("{n}").as_bytes()),
+    );
+    store.save().unwrap();
+}
+
+#[test]
+fn corrupted_state_falls_back_to_previous_generation() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("cms");
+    let ids = root.join("state/ids.json");
+    {
+        let store = Store::open(&root).unwrap();
+        store.insert_bytes(b"kept blob").unwrap();
+        save_generation(&store, 1);
+        save_generation(&store, 2);
+    }
+    let good = fs::read(&ids).unwrap();
+
+    // Truncated: previous generation (only id1) is used.
+    fs::write(&ids, &good[..good.len() - 3]).unwrap();
+    {
+        let store = Store::open(&root).unwrap();
+        assert!(store.lookup_id(&cid("id1")).is_some());
+        assert!(store.lookup_id(&cid("id2")).is_none());
+        assert_eq!(store.blob_count(), 1);
+    }
+
+    // One flipped bit in the body: same.
+    let mut flipped = good.clone();
+    let last = flipped.len() - 5;
+    flipped[last] ^= 0x01;
+    fs::write(&ids, &flipped).unwrap();
+    {
+        let store = Store::open(&root).unwrap();
+        assert!(store.lookup_id(&cid("id1")).is_some());
+        assert!(store.lookup_id(&cid("id2")).is_none());
+        // Saving now keeps the good previous generation rather than
+        // rotating the damaged file over it.
+        save_generation(&store, 3);
+    }
+    {
+        let store = Store::open(&root).unwrap();
+        assert!(store.lookup_id(&cid("id3")).is_some());
+        assert!(store.lookup_id(&cid("id1")).is_some());
+    }
+
+    // Both generations damaged: empty state, blobs untouched, no panic.
+    fs::write(&ids, b"CMS-STATE 1 ids 3 00\nxyz").unwrap();
+    fs::write(root.join("state/ids.json.prev"), b"").unwrap();
+    let store = Store::open(&root).unwrap();
+    assert_eq!(store.id_count(), 0);
+    assert_eq!(store.blob_count(), 1);
+}
+
+#[test]
+fn python_files_are_left_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join(".cms");
+    fs::create_dir_all(root.join("hashes")).unwrap();
+    let py_files = [
+        (
+            root.join("hashes/0123456789abcdef0123456789abcdef01234567"),
+            b"sha1 named".to_vec(),
+        ),
+        (root.join("hashes/not-a-hash"), b"junk".to_vec()),
+        (
+            root.join("ch-0000000000000000000000000000000000000000"),
+            b"pickle".to_vec(),
+        ),
+        (root.join("ch-bad"), b"bad pickle".to_vec()),
+    ];
+    for (p, data) in &py_files {
+        fs::write(p, data).unwrap();
+    }
+    {
+        let store = Store::open(&root).unwrap();
+        let h = store.insert_bytes(b"ours").unwrap();
+        store.record_id(cid("x"), h);
+        store.save().unwrap();
+        store.retain(&HashSet::new()).unwrap();
+        store.save().unwrap();
+        assert_eq!(store.blob_count(), 0);
+    }
+    Store::open(&root).unwrap();
+    for (p, data) in &py_files {
+        assert_eq!(&fs::read(p).unwrap(), data, "{p:?}");
+    }
+    let mut top: Vec<String> = fs::read_dir(&root)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    top.sort();
+    assert_eq!(
+        top,
+        [
+            "blobs",
+            "ch-0000000000000000000000000000000000000000",
+            "ch-bad",
+            "hashes",
+            "state",
+            "tmp"
+        ]
+    );
+    assert_eq!(fs::read_dir(root.join("hashes")).unwrap().count(), 2);
+}
+
+#[test]
+fn stale_temp_files_are_cleared_on_open() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(Store::open(dir.path()).unwrap());
+    fs::write(dir.path().join("tmp/123.4"), b"half a message").unwrap();
+    Store::open(dir.path()).unwrap();
+    assert!(
+        fs::read_dir(dir.path().join("tmp"))
+            .unwrap()
+            .next()
+            .is_none()
+    );
+}
