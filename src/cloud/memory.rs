@@ -3,10 +3,9 @@
 //! (listings, downloads, flag and delete calls).
 
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use super::{BoxFut, CloudEntry, CloudError, CloudMailbox, ErrorKind, FlagChange};
+use super::{BoxFut, CloudEntry, CloudError, CloudMailbox, ErrorKind, FlagChange, Sink};
 use crate::config::DeleteAction;
 use crate::types::{Flags, StorageKind};
 
@@ -171,7 +170,7 @@ impl CloudMailbox for MemoryMailbox {
         })
     }
 
-    fn fetch<'a>(&'a self, id: &'a str, dest: &'a Path) -> BoxFut<'a, Result<(), CloudError>> {
+    fn fetch<'a>(&'a self, id: &'a str, out: &'a mut Sink) -> BoxFut<'a, Result<(), CloudError>> {
         Box::pin(async move {
             let content = {
                 let mut g = self.lock();
@@ -183,12 +182,8 @@ impl CloudMailbox for MemoryMailbox {
                     }
                 }
             };
-            std::fs::write(dest, content).map_err(|e| {
-                CloudError::new(
-                    &self.name,
-                    ErrorKind::Retry,
-                    format!("{}: {e}", dest.display()),
-                )
+            out.write_all(&content).map_err(|e| {
+                CloudError::new(&self.name, ErrorKind::Retry, format!("writing download: {e}"))
             })?;
             self.lock().counters.downloads += 1;
             Ok(())

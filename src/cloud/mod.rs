@@ -5,12 +5,14 @@
 pub mod memory;
 
 use std::future::Future;
-use std::path::Path;
 use std::pin::Pin;
 use std::time::Duration;
 
 use crate::config::DeleteAction;
 use crate::types::{Flags, StorageKind};
+
+/// Where a download is written (a store temp file in production).
+pub type Sink = dyn std::io::Write + Send;
 
 /// A boxed, sendable future (the trait is used as `dyn CloudMailbox`).
 pub type BoxFut<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -97,9 +99,11 @@ pub trait CloudMailbox: Send + Sync {
     /// before.
     fn list(&self) -> BoxFut<'_, Result<Vec<CloudEntry>, CloudError>>;
 
-    /// Write the message's content, with LF line ends, to `dest` (a new file
-    /// the caller owns). On error `dest` may hold a partial file.
-    fn fetch<'a>(&'a self, id: &'a str, dest: &'a Path) -> BoxFut<'a, Result<(), CloudError>>;
+    /// Stream the message's content, with LF line ends, into `out`. The
+    /// backend verifies the transfer was complete (length, framing) and
+    /// returns an error otherwise; on error `out` holds a partial copy the
+    /// caller throws away.
+    fn fetch<'a>(&'a self, id: &'a str, out: &'a mut Sink) -> BoxFut<'a, Result<(), CloudError>>;
 
     /// Apply flag changes; one result per change, in order.
     fn set_flags(&self, changes: Vec<FlagChange>) -> BoxFut<'_, Vec<Result<(), CloudError>>>;

@@ -15,7 +15,7 @@
 mod hash;
 mod ids;
 mod inodes;
-mod statefile;
+pub(crate) mod statefile;
 
 pub use hash::{ContentHasher, hash_bytes, hash_file, hash_reader};
 
@@ -422,6 +422,17 @@ impl Store {
     pub fn record_id(&self, cid: Cid, hash: ContentHash) {
         let mut inner = lock(&self.inner);
         inner.ids_dirty |= inner.ids.insert(cid, hash);
+    }
+
+    /// Every content hash the id cache maps some cloud id to: content known
+    /// to have come from a cloud folder.
+    pub fn known_cloud_hashes(&self) -> std::collections::BTreeSet<ContentHash> {
+        lock(&self.inner)
+            .ids
+            .records()
+            .into_iter()
+            .map(|r| *r.3)
+            .collect()
     }
 
     /// Number of cached cloud ids.
