@@ -8,6 +8,7 @@
 //! - [`maildir`]: scan, flag codec, delivery through `tmp/`, watching.
 //! - [`store`]: the content-addressed message store, id and inode caches,
 //!   atomic state files.
+//! - [`sync`]: the pure three-way sync planner.
 //! - [`types`]: flags, content hashes and cloud ids shared by all modules.
 pub mod cloud;
 pub mod config;
@@ -15,4 +16,5 @@ pub mod daemon;
 pub mod fsutil;
 pub mod maildir;
 pub mod store;
+pub mod sync;
 pub mod types;

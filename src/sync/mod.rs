@@ -1,0 +1,15 @@
+//! The sync engine. [`plan`] is the pure three-way planner: it decides what
+//! to do from the cloud listing, the maildir scan and the last agreement,
+//! and what agreement to persist once the actions ran.
+
+pub mod plan;
+
+pub use plan::{
+    Action, CloudBase, CloudMsg, DeleteAction, LastEntry, LastState, LocalFile, MailboxInfo,
+    MaildirInfo, Mode, Outcome, Plan, PlanInput, Route, Warning, next_state, plan,
+};
+
+#[cfg(test)]
+mod model_tests;
+#[cfg(test)]
+mod plan_tests;
