@@ -1,6 +1,19 @@
-//! The daemon: prepares directories after validation and runs sync cycles.
+//! The daemon: after the config validated, creates the state directory and
+//! maildirs, opens the store, and runs sync cycles one at a time, woken by
+//! the maildir watcher (push local changes, no listing), per-folder poll
+//! timers (list that folder again) and errors (back off with jitter). A
+//! shutdown signal stops it between cycles, state saved.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
 
 use crate::config::Loaded;
+use crate::maildir::{self, Maildir, MaildirError};
+use crate::store::{Store, StoreError};
+use crate::sync::engine::{CycleReport, Engine, Folder, SyncError};
 
 /// Run-time options from the command line.
 #[derive(Clone, Copy, Debug, Default)]
@@ -11,7 +24,234 @@ pub struct Options {
     pub offline: bool,
 }
 
-/// Run the daemon until stopped (or one cycle with `once`).
-pub async fn run(_loaded: Loaded, _opts: Options) -> anyhow::Result<()> {
-    anyhow::bail!("sync is not built yet")
+/// Why the daemon stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// A directory could not be prepared.
+    #[error("cannot prepare {path}: {message}")]
+    Prepare {
+        /// The directory.
+        path: PathBuf,
+        /// What failed.
+        message: String,
+    },
+    /// The store could not be opened.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A maildir could not be created or watched.
+    #[error(transparent)]
+    Maildir(#[from] MaildirError),
+    /// A sync cycle failed (with `--once`).
+    #[error(transparent)]
+    Sync(#[from] SyncError),
+    /// The single cycle of `--once` met errors; details were logged.
+    #[error("the sync cycle did not complete: {0}")]
+    Incomplete(String),
+}
+
+/// How long the watcher waits for a burst of maildir changes to settle.
+const WATCH_DEBOUNCE: Duration = Duration::from_millis(200);
+/// First retry delay after a failed cycle; doubles up to [`MAX_BACKOFF`].
+const FIRST_BACKOFF: Duration = Duration::from_secs(10);
+/// Longest retry delay.
+const MAX_BACKOFF: Duration = Duration::from_secs(300);
+
+/// Create the state directory (0700) and the maildirs, open the store.
+pub async fn prepare(loaded: &Loaded) -> Result<(Arc<Store>, Vec<Maildir>), DaemonError> {
+    let cfg = loaded.config.clone();
+    tokio::task::spawn_blocking(move || {
+        crate::fsutil::create_private_dir(&cfg.message_db_dir).map_err(|e| {
+            DaemonError::Prepare {
+                path: cfg.message_db_dir.clone(),
+                message: e.to_string(),
+            }
+        })?;
+        let maildirs = cfg
+            .maildirs
+            .iter()
+            .map(|m| Maildir::create(&m.path))
+            .collect::<Result<Vec<_>, _>>()?;
+        let store = Store::open(&cfg.message_db_dir)?;
+        Ok((Arc::new(store), maildirs))
+    })
+    .await
+    .map_err(|e| DaemonError::Prepare {
+        path: PathBuf::from("<startup>"),
+        message: e.to_string(),
+    })?
+}
+
+/// Run until `shutdown` turns true (or one cycle with `once`), syncing the
+/// given folders (one per config mailbox, in config order).
+pub async fn run(
+    loaded: Loaded,
+    opts: Options,
+    folders: Vec<Folder>,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), DaemonError> {
+    let (store, maildirs) = prepare(&loaded).await?;
+    let polls: Vec<Duration> = loaded
+        .config
+        .mailboxes
+        .iter()
+        .map(|m| m.poll_interval)
+        .collect();
+    let watch_dirs: Vec<PathBuf> = maildirs.iter().map(|m| m.path().to_path_buf()).collect();
+    let router = loaded.router.clone();
+    let mut engine = {
+        let store = store.clone();
+        tokio::task::spawn_blocking(move || {
+            Engine::new(store, router, folders, maildirs, opts.offline)
+        })
+        .await
+        .map_err(|e| DaemonError::Prepare {
+            path: PathBuf::from("<startup>"),
+            message: e.to_string(),
+        })?
+    };
+
+    if opts.once {
+        let report = engine.cycle().await?;
+        log_report(&report);
+        if !report.is_clean() {
+            return Err(DaemonError::Incomplete(summary(&report)));
+        }
+        return Ok(());
+    }
+
+    let (_guard, mut events) = maildir::watch(
+        watch_dirs
+            .iter()
+            .flat_map(|d| [d.join("cur"), d.join("new")])
+            .collect(),
+        WATCH_DEBOUNCE,
+    )?;
+    let n = engine.folder_count();
+    let mut next_poll: Vec<Instant> = vec![Instant::now(); n];
+    let mut relist = vec![true; n];
+    let mut backoff: Option<Duration> = None;
+    let mut rng = Jitter::new();
+    loop {
+        let result = engine.cycle_with(&relist).await;
+        let now = Instant::now();
+        for (i, due) in next_poll.iter_mut().enumerate() {
+            if relist[i] {
+                *due = now + polls.get(i).copied().unwrap_or(Duration::from_secs(15));
+            }
+        }
+        let failed = match &result {
+            Ok(report) => {
+                log_report(report);
+                !report.is_clean()
+            }
+            Err(e) => {
+                tracing::error!("sync cycle failed: {e}");
+                true
+            }
+        };
+        backoff = if failed {
+            let next = backoff.map_or(FIRST_BACKOFF, |b| (b * 2).min(MAX_BACKOFF));
+            Some(next)
+        } else {
+            None
+        };
+        // Wait for the next reason to run.
+        let retry_at = backoff.map(|b| now + rng.around(b));
+        relist = vec![false; n];
+        let poll_at = next_poll.iter().min().copied();
+        let wake_at = match (retry_at, poll_at) {
+            (Some(r), Some(p)) => r.min(p),
+            (Some(r), None) => r,
+            (None, Some(p)) => p,
+            (None, None) => now + Duration::from_secs(3600),
+        };
+        tokio::select! {
+            _ = shutdown.changed() => {
+                tracing::info!("stopping");
+                return Ok(());
+            }
+            ev = events.recv() => {
+                if ev.is_none() {
+                    tracing::warn!("maildir watcher stopped; relying on polls");
+                }
+                // A local change: push it without listing again, unless a
+                // retry is due anyway.
+                if retry_at.is_some_and(|r| r <= Instant::now()) {
+                    relist = vec![true; n];
+                }
+            }
+            _ = tokio::time::sleep_until(wake_at.into()) => {
+                let now = Instant::now();
+                if retry_at.is_some_and(|r| r <= now) {
+                    relist = vec![true; n];
+                } else {
+                    for (i, due) in next_poll.iter().enumerate() {
+                        relist[i] = *due <= now;
+                    }
+                }
+            }
+        }
+        if *shutdown.borrow() {
+            return Ok(());
+        }
+    }
+}
+
+fn summary(r: &CycleReport) -> String {
+    format!(
+        "{} downloaded, {} actions ({} failed), {} cloud errors, {} routing failures",
+        r.downloads,
+        r.actions,
+        r.failed,
+        r.cloud_errors.len(),
+        r.routing_failures
+    )
+}
+
+fn log_report(r: &CycleReport) {
+    if r.downloads > 0 || r.actions > 0 || !r.is_clean() {
+        tracing::info!("sync: {}", summary(r));
+    } else {
+        tracing::debug!("sync: nothing to do");
+    }
+}
+
+/// Small xorshift generator for retry jitter (no cryptographic use).
+struct Jitter(u64);
+
+impl Jitter {
+    fn new() -> Jitter {
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(1)
+            ^ u64::from(std::process::id()) << 32;
+        Jitter(seed | 1)
+    }
+
+    /// `d` scaled by a factor in [0.8, 1.2).
+    fn around(&mut self, d: Duration) -> Duration {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        let f = 0.8 + (self.0 % 1000) as f64 / 2500.0;
+        d.mul_f64(f)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jitter_stays_in_range() {
+        let mut j = Jitter::new();
+        for _ in 0..1000 {
+            let d = j.around(Duration::from_secs(10));
+            assert!(
+                d >= Duration::from_secs(8) && d < Duration::from_secs(12),
+                "{d:?}"
+            );
+        }
+    }
 }

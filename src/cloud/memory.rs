@@ -183,7 +183,11 @@ impl CloudMailbox for MemoryMailbox {
                 }
             };
             out.write_all(&content).map_err(|e| {
-                CloudError::new(&self.name, ErrorKind::Retry, format!("writing download: {e}"))
+                CloudError::new(
+                    &self.name,
+                    ErrorKind::Retry,
+                    format!("writing download: {e}"),
+                )
             })?;
             self.lock().counters.downloads += 1;
             Ok(())

@@ -116,6 +116,20 @@ pub trait CloudMailbox: Send + Sync {
     ) -> BoxFut<'_, Vec<Result<(), CloudError>>>;
 }
 
+/// The backends for the config's cloud mailboxes, in config order.
+pub fn folders_for(
+    config: &crate::config::Config,
+) -> Result<Vec<crate::sync::engine::Folder>, CloudError> {
+    match config.mailboxes.first() {
+        None => Ok(Vec::new()),
+        Some(m) => Err(CloudError::new(
+            &m.name,
+            ErrorKind::Fatal,
+            format!("{:?} backends are not part of this build yet", m.kind),
+        )),
+    }
+}
+
 /// Base URLs of the services. Production uses the real hosts; tests and the
 /// demo point every host at the emulator (`CMS_CLOUD_BASE_URL`).
 #[derive(Clone, Debug, PartialEq, Eq)]

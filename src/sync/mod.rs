@@ -2,7 +2,9 @@
 //! to do from the cloud listing, the maildir scan and the last agreement,
 //! and what agreement to persist once the actions ran.
 
+pub mod engine;
 pub mod plan;
+pub mod state;
 
 pub use plan::{
     Action, CloudBase, CloudMsg, DeleteAction, LastEntry, LastState, LocalFile, MailboxInfo,

@@ -4,4 +4,5 @@
 mod config;
 mod headers;
 mod router;
+mod sync;
 mod util;

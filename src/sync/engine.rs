@@ -1,0 +1,697 @@
+//! The executor: one sync cycle gathers the three pictures the planner needs
+//! (cloud listings, maildir scans, the last agreement), downloads what is
+//! missing into the store, routes, plans, applies the actions, and records
+//! the new agreement with one outcome per action. A failed cloud action leaves
+//! local state untouched and is planned again next cycle.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+
+use super::plan::{
+    Action, CloudMsg, LastState, LocalFile, MailboxInfo, MaildirInfo, Mode, Outcome, Plan,
+    PlanInput, Route, Warning, next_state, plan,
+};
+use super::state::SyncState;
+use crate::cloud::{CloudEntry, CloudError, CloudMailbox, FlagChange};
+use crate::config::router::RouteRequest;
+use crate::config::{DeleteAction, Router};
+use crate::maildir::{Entry, Maildir, MaildirError};
+use crate::store::{Store, StoreError};
+use crate::types::{Cid, ContentHash};
+
+/// Downloads in flight at once across all folders (each backend throttles
+/// its own mailbox further).
+const DOWNLOAD_CONCURRENCY: usize = 8;
+
+/// Errors that stop a cycle (cloud errors do not: they are reported and
+/// the affected folder is treated as incomplete).
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    /// The content store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A maildir could not be read.
+    #[error(transparent)]
+    Maildir(#[from] MaildirError),
+    /// A blocking task panicked or was cancelled.
+    #[error("internal task failed: {0}")]
+    Task(String),
+}
+
+/// A cloud folder as the engine drives it.
+pub struct Folder {
+    /// The backend.
+    pub cloud: Arc<dyn CloudMailbox>,
+    /// Stable key for the state file, e.g. `gmail:user@gmail.com/INBOX`.
+    pub key: String,
+    /// What a local deletion does there.
+    pub delete_action: DeleteAction,
+}
+
+/// What one cycle did.
+#[derive(Debug, Default)]
+pub struct CycleReport {
+    /// Messages downloaded into the store.
+    pub downloads: usize,
+    /// Actions planned.
+    pub actions: usize,
+    /// Actions that failed (retried next cycle).
+    pub failed: usize,
+    /// Cloud errors met (listing, download or actions).
+    pub cloud_errors: Vec<CloudError>,
+    /// Guard warnings the planner raised.
+    pub warnings: Vec<Warning>,
+    /// Messages whose routing failed (left where they are).
+    pub routing_failures: usize,
+}
+
+impl CycleReport {
+    /// True when everything succeeded.
+    pub fn is_clean(&self) -> bool {
+        self.failed == 0 && self.cloud_errors.is_empty()
+    }
+}
+
+/// Drives sync cycles over a fixed set of folders and maildirs.
+pub struct Engine {
+    store: Arc<Store>,
+    router: Router,
+    folders: Vec<Folder>,
+    listings: Vec<Option<Vec<CloudEntry>>>,
+    maildirs: Vec<Maildir>,
+    state: Arc<std::sync::Mutex<SyncState>>,
+    last: LastState,
+    cursors: BTreeMap<String, serde_json::Value>,
+    mode: Mode,
+}
+
+/// A maildir file found by the scan, with its content hash.
+struct Scanned {
+    maildir: usize,
+    name: String,
+    entry: Entry,
+    hash: ContentHash,
+}
+
+impl Engine {
+    /// An engine over open maildirs and folders, loading the last agreement
+    /// from the store's state directory. `offline` makes the first cycle
+    /// trust local flags. Blocking (reads the state file).
+    pub fn new(
+        store: Arc<Store>,
+        router: Router,
+        folders: Vec<Folder>,
+        maildirs: Vec<Maildir>,
+        offline: bool,
+    ) -> Engine {
+        let md_keys = maildirs
+            .iter()
+            .map(|m| m.path().display().to_string())
+            .collect();
+        let fd_keys = folders.iter().map(|f| f.key.clone()).collect();
+        let mut state = SyncState::new(&store.dir().join("state"), md_keys, fd_keys);
+        let (last, cursors) = state.load();
+        Engine {
+            store,
+            router,
+            listings: folders.iter().map(|_| None).collect(),
+            folders,
+            maildirs,
+            state: Arc::new(std::sync::Mutex::new(state)),
+            last,
+            cursors,
+            mode: if offline {
+                Mode::OfflineFirstCycle
+            } else {
+                Mode::Online
+            },
+        }
+    }
+
+    /// Number of cloud folders.
+    pub fn folder_count(&self) -> usize {
+        self.folders.len()
+    }
+
+    /// The last agreement (for tests and status).
+    pub fn last_state(&self) -> &LastState {
+        &self.last
+    }
+
+    /// Run one full cycle, listing every folder again.
+    pub async fn cycle(&mut self) -> Result<CycleReport, SyncError> {
+        let all = vec![true; self.folders.len()];
+        self.cycle_with(&all).await
+    }
+
+    /// Run one cycle, listing again only the folders marked in `relist`
+    /// (the others use their previous listing). A cycle woken by a local
+    /// change lists nothing: it only pushes what changed.
+    pub async fn cycle_with(&mut self, relist: &[bool]) -> Result<CycleReport, SyncError> {
+        let mut report = CycleReport::default();
+        let mut complete = self.list_some(relist, &mut report).await;
+        let cloud = self.resolve_hashes(&mut report, &mut complete).await?;
+        let scanned = self.scan_all().await?;
+        let routes = self.route(&cloud, &mut report).await;
+
+        let input = PlanInput {
+            mode: self.mode,
+            mailboxes: self
+                .folders
+                .iter()
+                .zip(&complete)
+                .map(|(f, &complete)| MailboxInfo {
+                    supported: f.cloud.supported_flags(),
+                    delete_action: f.delete_action,
+                    complete,
+                })
+                .collect(),
+            maildirs: self
+                .maildirs
+                .iter()
+                .map(|m| MaildirInfo {
+                    present: m.path().join("cur").is_dir() && m.path().join("new").is_dir(),
+                })
+                .collect(),
+            cloud: cloud
+                .iter()
+                .zip(routes)
+                .map(|((mailbox, entry, hash), route)| CloudMsg {
+                    mailbox: *mailbox,
+                    id: entry.id.clone(),
+                    hash: *hash,
+                    flags: entry.flags,
+                    route,
+                })
+                .collect(),
+            local: scanned
+                .iter()
+                .map(|s| LocalFile {
+                    maildir: s.maildir,
+                    name: s.name.clone(),
+                    hash: s.hash,
+                    flags: s.entry.flags,
+                })
+                .collect(),
+            last: self.last.clone(),
+            known_cloud_content: self.store.known_cloud_hashes(),
+        };
+        let plan = plan(&input);
+        for w in &plan.warnings {
+            tracing::error!("{}", describe_warning(w, &self.maildirs));
+        }
+        report.warnings = plan.warnings.clone();
+        report.actions = plan.actions.len();
+
+        let outcomes = self.execute(&plan, scanned, &mut report).await?;
+        report.failed = outcomes.iter().filter(|o| **o == Outcome::Failed).count();
+
+        let new_last = next_state(&input, &plan, &outcomes);
+        let live: HashSet<ContentHash> = input
+            .cloud
+            .iter()
+            .map(|c| c.hash)
+            .chain(input.local.iter().map(|l| l.hash))
+            .chain(new_last.entries.keys().copied())
+            .collect();
+        self.persist(new_last, live).await?;
+        if report.is_clean() && complete.iter().all(|c| *c) {
+            self.mode = Mode::Online;
+        }
+        Ok(report)
+    }
+
+    /// List the chosen folders concurrently (and any never listed); a failed
+    /// listing falls back to the previous one and marks the folder
+    /// incomplete.
+    async fn list_some(&mut self, relist: &[bool], report: &mut CycleReport) -> Vec<bool> {
+        let mut set = JoinSet::new();
+        for (i, f) in self.folders.iter().enumerate() {
+            let wanted = relist.get(i).copied().unwrap_or(true) || self.listings[i].is_none();
+            if !wanted {
+                continue;
+            }
+            let cloud = f.cloud.clone();
+            set.spawn(async move { (i, cloud.list().await) });
+        }
+        let mut complete = vec![true; self.folders.len()];
+        while let Some(joined) = set.join_next().await {
+            let Ok((i, result)) = joined else {
+                continue;
+            };
+            match result {
+                Ok(entries) => self.listings[i] = Some(entries),
+                Err(e) => {
+                    tracing::warn!(folder = %self.folders[i].key, "listing failed: {e}");
+                    complete[i] = false;
+                    report.cloud_errors.push(e);
+                }
+            }
+        }
+        for (i, l) in self.listings.iter().enumerate() {
+            if l.is_none() {
+                complete[i] = false;
+            }
+        }
+        complete
+    }
+
+    /// Map every listed message to its content hash, downloading the ones
+    /// the id cache does not know. A failed download marks its folder
+    /// incomplete and leaves the message out of this cycle.
+    async fn resolve_hashes(
+        &self,
+        report: &mut CycleReport,
+        complete: &mut [bool],
+    ) -> Result<Vec<(usize, CloudEntry, ContentHash)>, SyncError> {
+        let mut known = Vec::new();
+        let mut missing = Vec::new();
+        for (i, listing) in self.listings.iter().enumerate() {
+            let kind = self.folders[i].cloud.storage_kind();
+            for entry in listing.iter().flatten() {
+                let cid = Cid {
+                    kind,
+                    storage_id: entry.id.clone(),
+                    email_id: entry.email_id.clone(),
+                };
+                let hash = self
+                    .store
+                    .lookup_id(&cid)
+                    .or_else(|| self.store.lookup_storage_id(kind, &entry.id));
+                match hash {
+                    Some(h) => known.push((i, entry.clone(), h)),
+                    None => missing.push((i, entry.clone(), cid)),
+                }
+            }
+        }
+        if missing.is_empty() {
+            return Ok(known);
+        }
+        let sem = Arc::new(Semaphore::new(DOWNLOAD_CONCURRENCY));
+        let mut set = JoinSet::new();
+        for (i, entry, cid) in missing {
+            let cloud = self.folders[i].cloud.clone();
+            let store = self.store.clone();
+            let sem = sem.clone();
+            set.spawn(async move {
+                let _permit = sem.acquire_owned().await;
+                let r = download(&store, cloud.as_ref(), &entry.id).await;
+                (i, entry, cid, r)
+            });
+        }
+        while let Some(joined) = set.join_next().await {
+            let (i, entry, cid, r) = joined.map_err(|e| SyncError::Task(e.to_string()))?;
+            match r {
+                Ok(hash) => {
+                    self.store.record_id(cid, hash);
+                    report.downloads += 1;
+                    known.push((i, entry, hash));
+                }
+                Err(DownloadError::Cloud(e)) => {
+                    tracing::warn!(folder = %self.folders[i].key, id = %entry.id, "download failed: {e}");
+                    complete[i] = false;
+                    report.cloud_errors.push(e);
+                }
+                Err(DownloadError::Store(e)) => return Err(e),
+            }
+        }
+        // Deterministic order whatever order downloads finished in.
+        known.sort_by(|a, b| (a.0, &a.1.id).cmp(&(b.0, &b.1.id)));
+        Ok(known)
+    }
+
+    /// Scan every maildir (rescanning one that changed under us), hash new
+    /// files through the inode cache, and re-link content the store lost.
+    async fn scan_all(&self) -> Result<Vec<Scanned>, SyncError> {
+        let maildirs = self.maildirs.clone();
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || -> Result<Vec<Scanned>, SyncError> {
+            let mut out = Vec::new();
+            for (i, md) in maildirs.iter().enumerate() {
+                if !md.path().join("cur").is_dir() || !md.path().join("new").is_dir() {
+                    continue;
+                }
+                let mut scan = md.scan()?;
+                for _ in 0..3 {
+                    if !scan.changed {
+                        break;
+                    }
+                    scan = md.scan()?;
+                }
+                for entry in scan.entries {
+                    let hash = match store.hash_for_file(&entry.path, &entry.key) {
+                        Ok(h) => h,
+                        Err(e) => {
+                            // Vanished or unreadable: skip it this cycle,
+                            // never treat it as a deletion of anything else.
+                            tracing::warn!("skipping {}: {e}", entry.path.display());
+                            continue;
+                        }
+                    };
+                    if !store.have(&hash) {
+                        let _ = store.adopt_from(&entry.path, &hash);
+                    }
+                    let name = format!(
+                        "{}/{}",
+                        entry.subdir.as_str(),
+                        entry
+                            .path
+                            .file_name()
+                            .map(|n| n.to_string_lossy())
+                            .unwrap_or_default()
+                    );
+                    out.push(Scanned {
+                        maildir: i,
+                        name,
+                        entry,
+                        hash,
+                    });
+                }
+            }
+            Ok(out)
+        })
+        .await
+        .map_err(|e| SyncError::Task(e.to_string()))?
+    }
+
+    /// Route every cloud message through the config.
+    async fn route(
+        &self,
+        cloud: &[(usize, CloudEntry, ContentHash)],
+        report: &mut CycleReport,
+    ) -> Vec<Route> {
+        let requests = cloud
+            .iter()
+            .map(|(mailbox, entry, hash)| RouteRequest {
+                mailbox: *mailbox,
+                content_hash: *hash,
+                storage_id: entry.id.clone(),
+                email_id: entry.email_id.clone(),
+                flags: entry.flags,
+                received_time: entry.received_time,
+                size: entry.size.unwrap_or(0),
+                content_path: self.store.blob_path(hash),
+            })
+            .collect();
+        let n_maildirs = self.maildirs.len();
+        self.router
+            .route(requests)
+            .await
+            .into_iter()
+            .map(|r| match r {
+                Ok(i) if i < n_maildirs => Route::Maildir(i),
+                _ => {
+                    report.routing_failures += 1;
+                    Route::Failed
+                }
+            })
+            .collect()
+    }
+
+    /// Apply the plan: cloud actions grouped per folder, local actions on a
+    /// blocking thread. One outcome per action, in plan order.
+    async fn execute(
+        &self,
+        plan: &Plan,
+        scanned: Vec<Scanned>,
+        report: &mut CycleReport,
+    ) -> Result<Vec<Outcome>, SyncError> {
+        let mut outcomes = vec![Outcome::Failed; plan.actions.len()];
+
+        // Cloud: group per folder (flag changes) and per (folder, action) (deletes).
+        let mut flag_groups: BTreeMap<usize, Vec<(usize, FlagChange)>> = BTreeMap::new();
+        let mut delete_groups: BTreeMap<(usize, bool), Vec<(usize, String)>> = BTreeMap::new();
+        for (ai, a) in plan.actions.iter().enumerate() {
+            match a {
+                Action::SetCloudFlags {
+                    mailbox,
+                    id,
+                    set,
+                    clear,
+                    ..
+                } => flag_groups.entry(*mailbox).or_default().push((
+                    ai,
+                    FlagChange {
+                        id: id.clone(),
+                        set: *set,
+                        clear: *clear,
+                    },
+                )),
+                Action::DeleteCloud {
+                    mailbox,
+                    id,
+                    action,
+                    ..
+                } => delete_groups
+                    .entry((*mailbox, *action == DeleteAction::Delete))
+                    .or_default()
+                    .push((ai, id.clone())),
+                _ => {}
+            }
+        }
+        let mut set = JoinSet::new();
+        for (mailbox, group) in flag_groups {
+            let cloud = self.folders[mailbox].cloud.clone();
+            set.spawn(async move {
+                let (idx, changes): (Vec<usize>, Vec<FlagChange>) = group.into_iter().unzip();
+                (idx, cloud.set_flags(changes).await)
+            });
+        }
+        for ((mailbox, delete), group) in delete_groups {
+            let cloud = self.folders[mailbox].cloud.clone();
+            let action = if delete {
+                DeleteAction::Delete
+            } else {
+                DeleteAction::Archive
+            };
+            set.spawn(async move {
+                let (idx, ids): (Vec<usize>, Vec<String>) = group.into_iter().unzip();
+                (idx, cloud.delete(ids, action).await)
+            });
+        }
+        while let Some(joined) = set.join_next().await {
+            let (idx, results) = joined.map_err(|e| SyncError::Task(e.to_string()))?;
+            for (ai, r) in idx.into_iter().zip(results) {
+                match r {
+                    Ok(()) => outcomes[ai] = Outcome::Done,
+                    Err(e) => {
+                        tracing::warn!("cloud action failed, will retry: {e}");
+                        report.cloud_errors.push(e);
+                    }
+                }
+            }
+        }
+
+        // Local actions.
+        let local: Vec<(usize, Action)> = plan
+            .actions
+            .iter()
+            .enumerate()
+            .filter(|(_, a)| !a.is_cloud())
+            .map(|(i, a)| (i, a.clone()))
+            .collect();
+        if !local.is_empty() {
+            let maildirs = self.maildirs.clone();
+            let store = self.store.clone();
+            let results =
+                tokio::task::spawn_blocking(move || apply_local(&store, &maildirs, scanned, local))
+                    .await
+                    .map_err(|e| SyncError::Task(e.to_string()))??;
+            for (ai, o) in results {
+                outcomes[ai] = o;
+            }
+        }
+        Ok(outcomes)
+    }
+
+    /// Record the new agreement and the store's caches; drop content nothing
+    /// references any more.
+    async fn persist(
+        &mut self,
+        new_last: LastState,
+        live: HashSet<ContentHash>,
+    ) -> Result<(), SyncError> {
+        let changed = new_last != self.last;
+        self.last = new_last;
+        let store = self.store.clone();
+        let to_save = changed.then(|| (self.last.clone(), self.cursors.clone()));
+        let state = self.state.clone();
+        tokio::task::spawn_blocking(move || -> Result<(), SyncError> {
+            if let Some((last, cursors)) = to_save {
+                let mut state = match state.lock() {
+                    Ok(g) => g,
+                    Err(p) => p.into_inner(),
+                };
+                state.save(&last, &cursors)?;
+            }
+            store.retain(&live)?;
+            store.save()?;
+            Ok(())
+        })
+        .await
+        .map_err(|e| SyncError::Task(e.to_string()))?
+    }
+}
+
+/// Why a download failed.
+enum DownloadError {
+    /// The cloud call failed: the folder is incomplete this cycle.
+    Cloud(CloudError),
+    /// The store failed: the cycle stops.
+    Store(SyncError),
+}
+
+/// Stream one message into a store temp file and adopt it; nothing reaches
+/// the store unless the backend reported a complete transfer.
+async fn download(
+    store: &Arc<Store>,
+    cloud: &dyn CloudMailbox,
+    id: &str,
+) -> Result<ContentHash, DownloadError> {
+    let mut tmp = store
+        .temp_file()
+        .map_err(|e| DownloadError::Store(e.into()))?;
+    cloud
+        .fetch(id, &mut tmp)
+        .await
+        .map_err(DownloadError::Cloud)?;
+    let store = store.clone();
+    tokio::task::spawn_blocking(move || store.insert_temp(tmp))
+        .await
+        .map_err(|e| DownloadError::Store(SyncError::Task(e.to_string())))?
+        .map_err(|e| DownloadError::Store(e.into()))
+}
+
+/// Apply local actions in order; returns (action index, outcome).
+fn apply_local(
+    store: &Store,
+    maildirs: &[Maildir],
+    scanned: Vec<Scanned>,
+    actions: Vec<(usize, Action)>,
+) -> Result<Vec<(usize, Outcome)>, SyncError> {
+    let mut files: HashMap<(usize, String), Entry> = scanned
+        .into_iter()
+        .map(|s| ((s.maildir, s.name), s.entry))
+        .collect();
+    let mut touched = HashSet::new();
+    // A maildir that disappeared gets its directories back before anything
+    // is restored into it (the planner restores, never deletes, for it).
+    for (_, a) in &actions {
+        let dest = match a {
+            Action::Deliver { maildir, .. } => *maildir,
+            Action::MoveLocal { to_maildir, .. } => *to_maildir,
+            _ => continue,
+        };
+        let md = &maildirs[dest];
+        if !md.path().join("cur").is_dir() || !md.path().join("new").is_dir() {
+            tracing::warn!("recreating maildir {}", md.path().display());
+            Maildir::create(md.path())?;
+        }
+    }
+    let mut out = Vec::with_capacity(actions.len());
+    for (ai, action) in actions {
+        let result: Result<(), String> = match &action {
+            Action::Deliver {
+                hash,
+                maildir,
+                flags,
+            } => {
+                touched.insert(*maildir);
+                maildirs[*maildir]
+                    .deliver_link(&store.blob_path(hash), &Maildir::new_base_name(), *flags)
+                    .map(|e| store.record_inode(e.key, *hash))
+                    .map_err(|e| e.to_string())
+            }
+            Action::SetLocalFlags {
+                hash,
+                maildir,
+                name,
+                flags,
+            } => match files.get(&(*maildir, name.clone())) {
+                None => Err(format!("{name}: not in the scan")),
+                Some(entry) => {
+                    touched.insert(*maildir);
+                    maildirs[*maildir]
+                        .set_flags(entry, *flags)
+                        .map(|e| store.record_inode(e.key, *hash))
+                        .map_err(|e| e.to_string())
+                }
+            },
+            Action::MoveLocal {
+                hash,
+                from_maildir,
+                name,
+                to_maildir,
+                flags,
+            } => match files.get(&(*from_maildir, name.clone())) {
+                None => Err(format!("{name}: not in the scan")),
+                Some(entry) => {
+                    touched.insert(*from_maildir);
+                    touched.insert(*to_maildir);
+                    // Link from the file itself: it holds the content even if
+                    // the store lost it. The old file goes only once the new
+                    // one is in place.
+                    match maildirs[*to_maildir].deliver_link(&entry.path, &entry.base, *flags) {
+                        Ok(new) => {
+                            store.record_inode(new.key, *hash);
+                            match maildirs[*from_maildir].remove(entry) {
+                                Ok(()) | Err(MaildirError::Vanished { .. }) => Ok(()),
+                                Err(e) => Err(e.to_string()),
+                            }
+                        }
+                        Err(e) => Err(e.to_string()),
+                    }
+                }
+            },
+            Action::RemoveLocal { maildir, name, .. } => {
+                match files.remove(&(*maildir, name.clone())) {
+                    None => Err(format!("{name}: not in the scan")),
+                    Some(entry) => {
+                        touched.insert(*maildir);
+                        maildirs[*maildir].remove(&entry).map_err(|e| e.to_string())
+                    }
+                }
+            }
+            Action::SetCloudFlags { .. } | Action::DeleteCloud { .. } => continue,
+        };
+        match result {
+            Ok(()) => out.push((ai, Outcome::Done)),
+            Err(e) => {
+                tracing::warn!("local action failed, will retry: {e}");
+                out.push((ai, Outcome::Failed));
+            }
+        }
+    }
+    for i in touched {
+        maildirs[i].sync()?;
+    }
+    Ok(out)
+}
+
+fn describe_warning(w: &Warning, maildirs: &[Maildir]) -> String {
+    let path = |i: &usize| {
+        maildirs
+            .get(*i)
+            .map(|m| m.path().display().to_string())
+            .unwrap_or_default()
+    };
+    match w {
+        Warning::MaildirMissing { maildir, missing } => format!(
+            "maildir {} disappeared with {missing} synced messages: restoring them from the \
+             store, deleting nothing in the cloud",
+            path(maildir)
+        ),
+        Warning::MassDeletion {
+            maildir,
+            missing,
+            last_count,
+        } => format!(
+            "maildir {} lost {missing} of {last_count} messages at once: not taken as a \
+             deletion request; restoring them, deleting nothing in the cloud",
+            path(maildir)
+        ),
+    }
+}

@@ -1,0 +1,360 @@
+//! The sync engine end to end against the in-memory cloud: initial sync,
+//! nothing downloaded twice, both directions of flag changes, deletions,
+//! restarts with changes made while stopped, failed cloud calls, the
+//! mass-deletion guard, and the daemon's `--once`.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use cloud_mdir_sync::cloud::memory::MemoryMailbox;
+use cloud_mdir_sync::config::{self, DeleteAction, Loaded, PathContext, PyActor};
+use cloud_mdir_sync::daemon;
+use cloud_mdir_sync::maildir::{Maildir, parse_name};
+use cloud_mdir_sync::store::Store;
+use cloud_mdir_sync::sync::engine::{Engine, Folder};
+use cloud_mdir_sync::types::Flags;
+
+use crate::util::Home;
+
+const GRAPH_FLAGS: Flags = Flags(Flags::REPLIED.0 | Flags::READ.0 | Flags::FLAGGED.0);
+
+/// A config with two maildirs and one cloud folder; list mail goes to the
+/// second maildir.
+const CFG: &str = r#"
+inbox = MailDir("~/mail/inbox")
+lists = MailDir("~/mail/lists")
+box = Office365("inbox", Office365_Account(user="user@example.com"))
+def direct_message(msg):
+    if msg.get_header("List-Id"):
+        return lists
+    return inbox
+cfg.direct_message = direct_message
+"#;
+
+struct World {
+    home: Home,
+    loaded: Loaded,
+    cloud: MemoryMailbox,
+    delete_action: DeleteAction,
+}
+
+impl World {
+    fn new() -> World {
+        let home = Home::new();
+        let file = home.write("cms.cfg", CFG);
+        let paths = PathContext {
+            home: home.path().to_path_buf(),
+            cwd: home.path().to_path_buf(),
+        };
+        let loaded = config::load(&PyActor::spawn(), &file, &paths).expect("config");
+        World {
+            home,
+            loaded,
+            cloud: MemoryMailbox::new("office365:user@example.com/inbox", GRAPH_FLAGS),
+            delete_action: DeleteAction::Archive,
+        }
+    }
+
+    fn folders(&self) -> Vec<Folder> {
+        vec![Folder {
+            cloud: Arc::new(self.cloud.clone()),
+            key: "office365:user@example.com/inbox".into(),
+            delete_action: self.delete_action,
+        }]
+    }
+
+    /// A fresh engine, as after a daemon restart.
+    async fn engine(&self, offline: bool) -> Engine {
+        let (store, maildirs) = daemon::prepare(&self.loaded).await.expect("prepare");
+        Engine::new(
+            store,
+            self.loaded.router.clone(),
+            self.folders(),
+            maildirs,
+            offline,
+        )
+    }
+
+    fn maildir(&self, name: &str) -> PathBuf {
+        self.home.path().join("mail").join(name)
+    }
+
+    /// (file name, flags) of every message in a maildir, sorted.
+    fn files(&self, name: &str) -> Vec<(PathBuf, Flags)> {
+        let md = Maildir::open(&self.maildir(name)).expect("maildir");
+        let mut out: Vec<_> = md
+            .scan()
+            .expect("scan")
+            .entries
+            .into_iter()
+            .map(|e| (e.path, e.flags))
+            .collect();
+        out.sort();
+        out
+    }
+}
+
+fn msg(n: usize, list: bool) -> Vec<u8> {
+    let list = if list {
+        "List-Id: Example list <example.lists.example.org>\r\n"
+    } else {
+        ""
+    };
+    format!("Message-ID: <m{n}@example.com>\r\nSubject: message {n}\r\n{list}\r\nbody {n}\r\n")
+        .into_bytes()
+}
+
+/// Rename a maildir file so its name carries `flags`.
+fn set_local(path: &Path, flags: Flags) -> PathBuf {
+    let name = path.file_name().unwrap().to_string_lossy().into_owned();
+    let (base, _, other) = parse_name(&name);
+    let (sub, new_name) = cloud_mdir_sync::maildir::encode_name(base, flags, &other);
+    let dest = path
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join(sub.as_str())
+        .join(new_name);
+    std::fs::rename(path, &dest).unwrap();
+    dest
+}
+
+#[tokio::test]
+async fn initial_sync_routes_and_downloads_once() {
+    let w = World::new();
+    for n in 0..10 {
+        w.cloud.add(
+            &msg(n, n % 3 == 0),
+            if n % 2 == 0 { Flags::READ } else { Flags::NONE },
+        );
+    }
+    let mut e = w.engine(false).await;
+    let r = e.cycle().await.unwrap();
+    assert!(r.is_clean(), "{r:?}");
+    assert_eq!(r.downloads, 10);
+    assert_eq!(w.files("inbox").len(), 6);
+    assert_eq!(w.files("lists").len(), 4);
+    // Stored with LF line ends.
+    let (p, _) = &w.files("inbox")[0];
+    assert!(!std::fs::read(p).unwrap().contains(&b'\r'));
+    let read = w
+        .files("inbox")
+        .iter()
+        .filter(|(_, f)| f.contains(Flags::READ))
+        .count()
+        + w.files("lists")
+            .iter()
+            .filter(|(_, f)| f.contains(Flags::READ))
+            .count();
+    assert_eq!(read, 5);
+
+    // Nothing changed: nothing downloaded, nothing done, no Python called.
+    let calls = w.loaded.router.python_calls();
+    let r = e.cycle().await.unwrap();
+    assert_eq!((r.downloads, r.actions), (0, 0), "{r:?}");
+    assert_eq!(w.loaded.router.python_calls(), calls);
+
+    // A restart downloads nothing either.
+    drop(e);
+    let mut e = w.engine(false).await;
+    let r = e.cycle().await.unwrap();
+    assert_eq!((r.downloads, r.actions), (0, 0), "{r:?}");
+    assert_eq!(w.cloud.counters().downloads, 10);
+}
+
+#[tokio::test]
+async fn flag_changes_travel_both_ways() {
+    let w = World::new();
+    let a = w.cloud.add(&msg(1, false), Flags::NONE);
+    let b = w.cloud.add(&msg(2, false), Flags::NONE);
+    let mut e = w.engine(false).await;
+    e.cycle().await.unwrap();
+    let files = w.files("inbox");
+    assert_eq!(files.len(), 2);
+
+    // Local: mark the first read and flagged.
+    let first = files
+        .iter()
+        .find(|(p, _)| std::fs::read_to_string(p).unwrap().contains("message 1"))
+        .unwrap();
+    set_local(&first.0, Flags::READ | Flags::FLAGGED);
+    // Cloud: mark the second replied.
+    w.cloud.set(&b, Flags::REPLIED);
+    let r = e.cycle().await.unwrap();
+    assert!(r.is_clean(), "{r:?}");
+    assert_eq!(w.cloud.messages()[&a].flags, Flags::READ | Flags::FLAGGED);
+    let flags: Vec<Flags> = w.files("inbox").into_iter().map(|(_, f)| f).collect();
+    assert!(flags.contains(&(Flags::READ | Flags::FLAGGED)));
+    assert!(flags.contains(&Flags::REPLIED));
+    let r = e.cycle().await.unwrap();
+    assert_eq!(r.actions, 0, "converged: {r:?}");
+}
+
+#[tokio::test]
+async fn deletions_both_ways() {
+    let mut w = World::new();
+    w.delete_action = DeleteAction::Delete;
+    let a = w.cloud.add(&msg(1, false), Flags::NONE);
+    let b = w.cloud.add(&msg(2, false), Flags::NONE);
+    let c = w.cloud.add(&msg(3, false), Flags::NONE);
+    let mut e = w.engine(false).await;
+    e.cycle().await.unwrap();
+    let find = |n: usize| {
+        w.files("inbox")
+            .into_iter()
+            .find(|(p, _)| {
+                std::fs::read_to_string(p)
+                    .unwrap()
+                    .contains(&format!("message {n}\n"))
+            })
+            .map(|(p, _)| p)
+    };
+    // Local removal of 1, local T flag on 2, cloud removal of 3.
+    std::fs::remove_file(find(1).unwrap()).unwrap();
+    set_local(&find(2).unwrap(), Flags::DELETED);
+    w.cloud.remove(&c);
+    let r = e.cycle().await.unwrap();
+    assert!(r.is_clean(), "{r:?}");
+    let deletes = w.cloud.counters().deletes;
+    assert!(
+        deletes.contains(&(a.clone(), DeleteAction::Delete)),
+        "{deletes:?}"
+    );
+    assert!(
+        deletes.contains(&(b.clone(), DeleteAction::Delete)),
+        "{deletes:?}"
+    );
+    assert!(find(3).is_none(), "removed in the cloud, removed locally");
+    e.cycle().await.unwrap();
+    assert!(w.files("inbox").is_empty(), "{:?}", w.files("inbox"));
+    assert!(w.cloud.messages().is_empty());
+}
+
+#[tokio::test]
+async fn changes_while_stopped_are_merged() {
+    let w = World::new();
+    let a = w.cloud.add(&msg(1, false), Flags::NONE);
+    let b = w.cloud.add(&msg(2, false), Flags::NONE);
+    let mut e = w.engine(false).await;
+    e.cycle().await.unwrap();
+    drop(e);
+    // While stopped: the MUA reads message 1, the cloud flags message 2.
+    let files = w.files("inbox");
+    let first = files
+        .iter()
+        .find(|(p, _)| std::fs::read_to_string(p).unwrap().contains("message 1"))
+        .unwrap();
+    set_local(&first.0, Flags::READ);
+    w.cloud.set(&b, Flags::FLAGGED);
+    let mut e = w.engine(false).await;
+    let r = e.cycle().await.unwrap();
+    assert!(r.is_clean(), "{r:?}");
+    assert_eq!(r.downloads, 0);
+    assert_eq!(
+        w.cloud.messages()[&a].flags,
+        Flags::READ,
+        "local change made while stopped kept"
+    );
+    let mut flags: Vec<Flags> = w.files("inbox").into_iter().map(|(_, f)| f).collect();
+    flags.sort();
+    assert_eq!(flags, vec![Flags::READ, Flags::FLAGGED]);
+}
+
+#[tokio::test]
+async fn failed_cloud_call_is_retried_and_local_untouched() {
+    let w = World::new();
+    let a = w.cloud.add(&msg(1, false), Flags::NONE);
+    let mut e = w.engine(false).await;
+    e.cycle().await.unwrap();
+    let (p, _) = w.files("inbox").remove(0);
+    let renamed = set_local(&p, Flags::FLAGGED);
+    // A cycle woken by the maildir lists nothing, so the one injected
+    // failure hits the flag change.
+    w.cloud.fail_next(1);
+    let r = e.cycle_with(&[false]).await.unwrap();
+    assert_eq!(r.failed, 1, "{r:?}");
+    assert!(renamed.exists(), "local file untouched by the failure");
+    assert_eq!(w.cloud.messages()[&a].flags, Flags::NONE);
+    let r = e.cycle().await.unwrap();
+    assert!(r.is_clean(), "{r:?}");
+    assert_eq!(
+        w.cloud.messages()[&a].flags,
+        Flags::FLAGGED,
+        "retried next cycle"
+    );
+    assert!(renamed.exists());
+}
+
+#[tokio::test]
+async fn mass_deletion_is_not_a_deletion_request() {
+    let w = World::new();
+    for n in 0..100 {
+        w.cloud.add(&msg(n, false), Flags::READ);
+    }
+    let mut e = w.engine(false).await;
+    e.cycle().await.unwrap();
+    let files = w.files("inbox");
+    assert_eq!(files.len(), 100);
+    for (p, _) in files.iter().take(60) {
+        std::fs::remove_file(p).unwrap();
+    }
+    let r = e.cycle().await.unwrap();
+    assert!(!r.warnings.is_empty(), "{r:?}");
+    assert!(w.cloud.counters().deletes.is_empty());
+    assert_eq!(w.files("inbox").len(), 100, "restored from the store");
+    // The whole maildir gone: same.
+    std::fs::remove_dir_all(w.maildir("inbox")).unwrap();
+    let r = e.cycle().await.unwrap();
+    assert!(!r.warnings.is_empty(), "{r:?}");
+    assert!(w.cloud.counters().deletes.is_empty());
+}
+
+#[tokio::test]
+async fn offline_first_cycle_trusts_local_flags() {
+    let w = World::new();
+    let a = w.cloud.add(&msg(1, false), Flags::NONE);
+    let mut e = w.engine(false).await;
+    e.cycle().await.unwrap();
+    drop(e);
+    // Lose the sync state, change flags locally and in the cloud.
+    std::fs::remove_file(w.home.path().join("mail/.cms/state/sync.json")).unwrap();
+    let (p, _) = w.files("inbox").remove(0);
+    set_local(&p, Flags::READ);
+    w.cloud.set(&a, Flags::FLAGGED);
+    let mut e = w.engine(true).await;
+    e.cycle().await.unwrap();
+    assert_eq!(w.cloud.messages()[&a].flags, Flags::READ);
+}
+
+#[tokio::test]
+async fn daemon_once_runs_a_full_cycle() {
+    let w = World::new();
+    w.cloud.add(&msg(1, true), Flags::NONE);
+    w.cloud.add(&msg(2, false), Flags::READ);
+    let (_tx, rx) = tokio::sync::watch::channel(false);
+    let opts = daemon::Options {
+        once: true,
+        offline: false,
+    };
+    let loaded = config::load(
+        &PyActor::spawn(),
+        &w.home.path().join("cms.cfg"),
+        &PathContext {
+            home: w.home.path().to_path_buf(),
+            cwd: w.home.path().to_path_buf(),
+        },
+    )
+    .unwrap();
+    daemon::run(loaded, opts, w.folders(), rx).await.unwrap();
+    assert_eq!(w.files("inbox").len(), 1);
+    assert_eq!(w.files("lists").len(), 1);
+    let db = w.home.path().join("mail/.cms");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&db).unwrap().permissions().mode() & 0o777,
+        0o700
+    );
+    let store = Store::open(&db).unwrap();
+    assert_eq!(store.blob_count(), 2);
+}
