@@ -1,0 +1,1 @@
+//! Gmail multipart batch endpoint (placeholder).
