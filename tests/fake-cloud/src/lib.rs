@@ -90,14 +90,18 @@ impl Handle {
         &self.app
     }
 
-    /// Mints an access token as `/_control/token` does (audience `graph`, `outlook` or `gmail`).
+    /// Mints an access token as `/_control/token` does (audience `graph`, `outlook` or
+    /// `gmail`; empty `scopes` means the audience's mail scopes).
     pub fn mint_token(
         &self,
         user: &str,
         audience: &str,
         scopes: &[&str],
     ) -> Result<String, String> {
-        let spec = serde_json::json!({"user": user, "audience": audience, "scopes": scopes});
+        let mut spec = serde_json::json!({"user": user, "audience": audience});
+        if !scopes.is_empty() {
+            spec["scopes"] = serde_json::json!(scopes);
+        }
         control::mint_token(&self.app, &spec)
             .map(|v| v["access_token"].as_str().unwrap_or_default().to_string())
     }
