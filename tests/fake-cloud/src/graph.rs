@@ -462,15 +462,14 @@ pub fn out_id(m: &Message, imm: bool) -> String {
 }
 
 fn etag(m: &Message) -> String {
-    let ck = base64::engine::general_purpose::STANDARD.encode(
+    base64::engine::general_purpose::STANDARD.encode(
         [
             &[9u8, 0, 0, 0, 22, 0, 0, 0][..],
             &m.version.to_be_bytes()[..],
             &m.imm_id.as_bytes()[6..14.min(m.imm_id.len())],
         ]
         .concat(),
-    );
-    ck
+    )
 }
 
 fn recipients(v: Option<&str>) -> Value {

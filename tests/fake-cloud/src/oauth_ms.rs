@@ -441,10 +441,11 @@ fn issue(app: &Arc<App>, st: &mut State, g: Grant) -> Resp {
                     }
                     if perm_of(&full) == ".default" {
                         for c in &g.consent {
-                            if let Ok(Some((ca, cf))) = resource_of(c) {
-                                if ca == a && !granted.contains(&cf) {
-                                    granted.push(cf);
-                                }
+                            if let Ok(Some((ca, cf))) = resource_of(c)
+                                && ca == a
+                                && !granted.contains(&cf)
+                            {
+                                granted.push(cf);
                             }
                         }
                     } else if !granted.contains(&full) {
@@ -748,10 +749,10 @@ fn token(app: &Arc<App>, r: &Req) -> Resp {
                 deadline: rt.deadline_ms,
             };
             let resp = issue(app, &mut st, grant);
-            if resp.status == 200 {
-                if let Some(old) = st.auth.refresh.get_mut(rt_s) {
-                    old.used = true;
-                }
+            if resp.status == 200
+                && let Some(old) = st.auth.refresh.get_mut(rt_s)
+            {
+                old.used = true;
             }
             resp
         }

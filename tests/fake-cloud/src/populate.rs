@@ -352,7 +352,8 @@ impl Generator {
             text.push_str(&words.join(" "));
             text.push('\n');
             if unicode && rng.chance(0.3) {
-                text.push_str(*rng.pick(UNICODE_LINES));
+                let line: &&str = rng.pick(UNICODE_LINES);
+                text.push_str(line);
                 text.push('\n');
             }
         }

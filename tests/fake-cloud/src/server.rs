@@ -93,10 +93,10 @@ impl Body for OutBody {
         _cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
         let this = self.get_mut();
-        if let Some(d) = this.data.take() {
-            if !d.is_empty() {
-                return Poll::Ready(Some(Ok(Frame::data(d))));
-            }
+        if let Some(d) = this.data.take()
+            && !d.is_empty()
+        {
+            return Poll::Ready(Some(Ok(Frame::data(d))));
         }
         if this.fail {
             this.fail = false;
