@@ -132,7 +132,9 @@ pub async fn call(app: &Arc<App>, r: Req) -> Resp {
 pub fn api_segments(segs: &[String]) -> Vec<String> {
     let mut out = Vec::new();
     for s in segs.iter().skip(2) {
-        if let (Some(open), true) = (s.find("('"), s.ends_with("')")) {
+        if let (Some(open), true) = (s.find("('"), s.ends_with("')"))
+            && s.len() >= open + 4
+        {
             out.push(s[..open].to_string());
             out.push(s[open + 2..s.len() - 2].replace("''", "'"));
         } else {
