@@ -7,3 +7,4 @@ mod graph;
 mod oauth;
 mod quota;
 mod util;
+mod xoauth;
