@@ -24,6 +24,8 @@ pub enum FaultKind {
     BadJson,
     /// Wait `delay_ms`, then serve normally.
     Delay,
+    /// Answer HTTP 200 with the error body of `status` (Graph occasionally does this).
+    Error200,
 }
 
 /// One fault as given by JSON or the CLI.

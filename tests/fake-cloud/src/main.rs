@@ -31,7 +31,7 @@ struct Args {
     quota: QuotaMode,
     /// Faults to install at start: items separated by `;`, each `key=value,...` with keys
     /// route (glob with `*`, else substring of the path incl. host prefix), method,
-    /// kind (status|reset|truncate|bad_json|delay), status, delay_ms, count, prob,
+    /// kind (status|reset|truncate|bad_json|delay|error200), status, delay_ms, count, prob,
     /// retry_after. Example: `route=*/messages/delta,kind=status,status=503,count=2`.
     #[arg(long)]
     faults: Option<String>,

@@ -312,6 +312,7 @@ fn issue(
                 used: false,
                 revoked: false,
                 spa: false,
+                fail_code: None,
             },
         );
         // Per user+client cap: the oldest live token stops working.

@@ -205,3 +205,19 @@ async fn populate_is_deterministic_and_realistic() {
     assert!(raws.iter().any(|r| r.contains("=?UTF-8?B?")));
     assert!(raws.iter().any(|r| r.contains("multipart/mixed")));
 }
+
+#[tokio::test]
+async fn error_with_status_200() {
+    let h = start_default().await;
+    let tok = graph_token(&h, "a@contoso.com");
+    control(
+        &h,
+        "POST",
+        "faults",
+        &json!({"route": "/me/mailFolders", "kind": "error200", "status": 503, "count": 1}),
+    )
+    .await;
+    let r = get(&h, &format!("{GRAPH}/me/mailFolders"), &tok, &[]).await;
+    assert_eq!(r.status, 200);
+    assert!(r.json()["error"]["code"].is_string());
+}

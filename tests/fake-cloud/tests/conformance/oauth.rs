@@ -525,3 +525,119 @@ async fn google_pkce_and_device_scope_refusal() {
         json!("expired_token")
     );
 }
+
+#[tokio::test]
+async fn ms_refresh_failure_codes() {
+    let h = start(auto()).await;
+    let v = "verifier-abcdefghijklmnopqrstuvwxyz0123456789ABCDEF";
+    let get_rt = || async {
+        let code = ms_code(&h, v).await;
+        redeem(
+            &h,
+            &code,
+            v,
+            "https://graph.microsoft.com/Mail.ReadWrite offline_access",
+            true,
+        )
+        .await
+        .json()["refresh_token"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let refresh = |rt: String| {
+        let h = &h;
+        async move {
+            form(
+                h,
+                TOKEN,
+                &[
+                    ("client_id", MS_CLIENT),
+                    ("grant_type", "refresh_token"),
+                    ("refresh_token", &rt),
+                    (
+                        "scope",
+                        "https://graph.microsoft.com/Mail.ReadWrite offline_access",
+                    ),
+                ],
+                &[ORIGIN],
+            )
+            .await
+            .json()
+        }
+    };
+    let rt = get_rt().await;
+    control(
+        &h,
+        "POST",
+        "revoke",
+        &json!({"user": "u@contoso.com", "reason": "inactive"}),
+    )
+    .await;
+    assert_eq!(refresh(rt).await["error_codes"], json!([700082]));
+    let rt = get_rt().await;
+    control(
+        &h,
+        "POST",
+        "revoke",
+        &json!({"user": "u@contoso.com", "reason": "mfa"}),
+    )
+    .await;
+    let r = refresh(rt).await;
+    assert_eq!(r["error_codes"], json!([50076]));
+    assert_eq!(r["suberror"], json!("basic_action"));
+    // SPA refresh tokens die 24 h after sign-in, however often they are used.
+    let rt = get_rt().await;
+    control(&h, "POST", "clock", &json!({"advance_secs": 86_401})).await;
+    assert_eq!(refresh(rt).await["error_codes"], json!([700084]));
+    // Without Origin a SPA refresh token is refused.
+    let rt = get_rt().await;
+    let r = form(
+        &h,
+        TOKEN,
+        &[
+            ("client_id", MS_CLIENT),
+            ("grant_type", "refresh_token"),
+            ("refresh_token", &rt),
+        ],
+        &[],
+    )
+    .await;
+    assert_eq!(r.json()["error_codes"], json!([9002327]));
+}
+
+#[tokio::test]
+async fn native_client_refuses_origin() {
+    let h = start(auto()).await;
+    control(&h, "POST", "client", &json!({"provider": "microsoft", "client_id": "11111111-2222-3333-4444-555555555555", "kind": "native"})).await;
+    let q = form_urlencoded::Serializer::new(String::new())
+        .extend_pairs([
+            ("client_id", "11111111-2222-3333-4444-555555555555"),
+            ("response_type", "code"),
+            ("redirect_uri", "http://localhost"),
+            ("scope", "Mail.ReadWrite offline_access"),
+            ("login_hint", "n@contoso.com"),
+        ])
+        .finish();
+    let r = send(
+        "GET",
+        &url(
+            &h,
+            &format!("/login.microsoftonline.com/common/oauth2/v2.0/authorize?{q}"),
+        ),
+        &[],
+        vec![],
+    )
+    .await
+    .unwrap();
+    let code = query_param(&r.header("location").unwrap(), "code").unwrap();
+    let pairs = [
+        ("client_id", "11111111-2222-3333-4444-555555555555"),
+        ("grant_type", "authorization_code"),
+        ("code", code.as_str()),
+        ("redirect_uri", "http://localhost"),
+        ("scope", "Mail.ReadWrite offline_access"),
+    ];
+    let r = form(&h, TOKEN, &pairs, &[ORIGIN]).await;
+    assert_eq!(r.json()["error_codes"], json!([9002326]));
+}
