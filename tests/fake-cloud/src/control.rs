@@ -56,9 +56,20 @@ pub async fn handle(app: &Arc<App>, r: Req) -> Resp {
             Ok(json!({"reset": true}))
         }
         ("POST", ["token"]) => mint_token(app, &v).map_err(|e| bad(&e)),
-        ("POST", ["revoke"]) => {
-            user_of(&v).map(|u| json!({"revoked": app.lock().auth.revoke_user(&u)}))
-        }
+        ("POST", ["revoke"]) => user_of(&v).and_then(|u| {
+            let code = match v.get("reason").and_then(Value::as_str) {
+                None | Some("revoked") => None,
+                Some("inactive") => Some(700082),
+                Some("mfa") => Some(50076),
+                Some("signin_frequency") => Some(70043),
+                Some(_) => {
+                    return Err(bad(
+                        "reason must be revoked, inactive, mfa or signin_frequency",
+                    ));
+                }
+            };
+            Ok(json!({"revoked": app.lock().auth.revoke_user(&u, code)}))
+        }),
         ("POST", ["populate"]) => match serde_json::from_value::<PopulateSpec>(v) {
             Ok(spec) => populate::populate(app, &spec)
                 .map(|ids| json!({"created": ids.len(), "ids": ids}))

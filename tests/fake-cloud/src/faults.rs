@@ -24,6 +24,8 @@ pub enum FaultKind {
     BadJson,
     /// Wait `delay_ms`, then serve normally.
     Delay,
+    /// Answer HTTP 200 with the error body of `status` (Graph occasionally does this).
+    Error200,
 }
 
 /// One fault as given by JSON or the CLI.
@@ -114,18 +116,18 @@ impl Faults {
             if f.spec.count == Some(0) {
                 continue;
             }
-            if let Some(m) = &f.spec.method {
-                if !m.eq_ignore_ascii_case(method) {
-                    continue;
-                }
+            if let Some(m) = &f.spec.method
+                && !m.eq_ignore_ascii_case(method)
+            {
+                continue;
             }
             if !matches(&f.spec.route, path) && !matches(&f.spec.route, decoded) {
                 continue;
             }
-            if let Some(p) = f.spec.probability {
-                if !self.rng.chance(p) {
-                    continue;
-                }
+            if let Some(p) = f.spec.probability
+                && !self.rng.chance(p)
+            {
+                continue;
             }
             if let Some(c) = f.spec.count.as_mut() {
                 *c -= 1;

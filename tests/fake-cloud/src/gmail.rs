@@ -586,13 +586,13 @@ fn list(r: &Req, mb: &GmailMailbox, metadata_only: bool) -> Resp {
                 .collect(),
         );
     }
-    if start + page.len() < msgs.len() {
-        if let Some(last) = page.last() {
-            out["nextPageToken"] = json!(
-                base64::engine::general_purpose::URL_SAFE_NO_PAD
-                    .encode(format!("p:{}:{}", last.internal_ms, last.id))
-            );
-        }
+    if start + page.len() < msgs.len()
+        && let Some(last) = page.last()
+    {
+        out["nextPageToken"] = json!(
+            base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .encode(format!("p:{}:{}", last.internal_ms, last.id))
+        );
     }
     Resp::json(200, &out)
 }
@@ -722,10 +722,10 @@ fn history(r: &Req, mb: &GmailMailbox) -> Resp {
         return google_not_found();
     }
     let label = r.q("labelId");
-    if let Some(l) = label {
-        if mb.label(l).is_none() {
-            return google_bad(&format!("Invalid label: {l}"));
-        }
+    if let Some(l) = label
+        && mb.label(l).is_none()
+    {
+        return google_bad(&format!("Invalid label: {l}"));
     }
     let types = r.q_all("historyTypes");
     for t in &types {

@@ -78,19 +78,19 @@ pub async fn handle(app: &Arc<App>, r: Req) -> Resp {
         };
         let mut headers = HeaderMap::new();
         for l in lines {
-            if let Some((k, v)) = l.split_once(':') {
-                if let (Ok(n), Ok(hv)) = (
+            if let Some((k, v)) = l.split_once(':')
+                && let (Ok(n), Ok(hv)) = (
                     HeaderName::from_bytes(k.trim().as_bytes()),
                     HeaderValue::from_str(v.trim()),
-                ) {
-                    headers.append(n, hv);
-                }
+                )
+            {
+                headers.append(n, hv);
             }
         }
-        if !headers.contains_key(hyper::header::AUTHORIZATION) {
-            if let Some(a) = r.headers.get(hyper::header::AUTHORIZATION) {
-                headers.insert(hyper::header::AUTHORIZATION, a.clone());
-            }
+        if !headers.contains_key(hyper::header::AUTHORIZATION)
+            && let Some(a) = r.headers.get(hyper::header::AUTHORIZATION)
+        {
+            headers.insert(hyper::header::AUTHORIZATION, a.clone());
         }
         let path = if let Some(i) = path.find("://") {
             path[i + 3..]

@@ -132,7 +132,9 @@ pub async fn call(app: &Arc<App>, r: Req) -> Resp {
 pub fn api_segments(segs: &[String]) -> Vec<String> {
     let mut out = Vec::new();
     for s in segs.iter().skip(2) {
-        if let (Some(open), true) = (s.find("('"), s.ends_with("')")) {
+        if let (Some(open), true) = (s.find("('"), s.ends_with("')"))
+            && s.len() >= open + 4
+        {
             out.push(s[..open].to_string());
             out.push(s[open + 2..s.len() - 2].replace("''", "'"));
         } else {
@@ -462,15 +464,14 @@ pub fn out_id(m: &Message, imm: bool) -> String {
 }
 
 fn etag(m: &Message) -> String {
-    let ck = base64::engine::general_purpose::STANDARD.encode(
+    base64::engine::general_purpose::STANDARD.encode(
         [
             &[9u8, 0, 0, 0, 22, 0, 0, 0][..],
             &m.version.to_be_bytes()[..],
             &m.imm_id.as_bytes()[6..14.min(m.imm_id.len())],
         ]
         .concat(),
-    );
-    ck
+    )
 }
 
 fn recipients(v: Option<&str>) -> Value {

@@ -194,7 +194,7 @@ async fn run_inner(app: &Arc<App>, req: Req) -> Resp {
                 tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
             }
             match f.kind {
-                FaultKind::Status => {
+                FaultKind::Status | FaultKind::Error200 => {
                     let mut resp =
                         errors::injected(errors::Service::Graph, f.status.unwrap_or(500));
                     if let Some(ra) = f.retry_after {

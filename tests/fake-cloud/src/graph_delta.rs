@@ -112,14 +112,14 @@ pub fn delta(
                     );
                 }
             }
-            if let Some(o) = r.qi("$orderby") {
-                if !o.trim().eq_ignore_ascii_case("receivedDateTime desc") {
-                    return gerr(
-                        400,
-                        "ErrorInvalidUrlQuery",
-                        "Delta only supports $orderby=receivedDateTime desc.",
-                    );
-                }
+            if let Some(o) = r.qi("$orderby")
+                && !o.trim().eq_ignore_ascii_case("receivedDateTime desc")
+            {
+                return gerr(
+                    400,
+                    "ErrorInvalidUrlQuery",
+                    "Delta only supports $orderby=receivedDateTime desc.",
+                );
             }
             if r.qi("$search").is_some() {
                 return gerr(
@@ -128,14 +128,14 @@ pub fn delta(
                     "$search is not supported with delta.",
                 );
             }
-            if let Some(ct) = r.q("changeType") {
-                if !matches!(ct, "created" | "updated" | "deleted") {
-                    return gerr(
-                        400,
-                        "ErrorInvalidUrlQuery",
-                        "changeType must be created, updated or deleted.",
-                    );
-                }
+            if let Some(ct) = r.q("changeType")
+                && !matches!(ct, "created" | "updated" | "deleted")
+            {
+                return gerr(
+                    400,
+                    "ErrorInvalidUrlQuery",
+                    "changeType must be created, updated or deleted.",
+                );
             }
             let top = match r.qi("$top").map(|t| t.parse::<usize>()) {
                 None => None,

@@ -12,6 +12,7 @@
 //! - [`quota`], [`faults`], [`stats`], [`control`]: test knobs.
 //! - [`mime`], [`populate`]: MIME parsing and realistic message generation.
 //! - [`errors`]: error bodies in each service's shape.
+//! - [`xoauth`]: SMTP/IMAP listeners that check XOAUTH2 tokens.
 
 pub mod control;
 pub mod errors;
@@ -34,6 +35,7 @@ pub mod stats;
 pub mod store_gmail;
 pub mod store_graph;
 pub mod tokens;
+pub mod xoauth;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -53,6 +55,19 @@ impl FakeCloud {
         let base_url = format!("http://{addr}");
         let app = Arc::new(App::new(opts, base_url.clone()));
         populate::apply_startup(&app).map_err(std::io::Error::other)?;
+        let mut extra = Vec::new();
+        let mut smtp_addr = None;
+        let mut imap_addr = None;
+        for (want, proto, slot) in [
+            (app.opts.smtp_listen, xoauth::Proto::Smtp, &mut smtp_addr),
+            (app.opts.imap_listen, xoauth::Proto::Imap, &mut imap_addr),
+        ] {
+            if let Some(a) = want {
+                let l = tokio::net::TcpListener::bind(a).await?;
+                *slot = Some(l.local_addr()?);
+                extra.push(tokio::spawn(xoauth::serve(app.clone(), l, proto)));
+            }
+        }
         let (tx, rx) = tokio::sync::oneshot::channel();
         let task = tokio::spawn(server::run(app.clone(), listener, rx));
         Ok(Handle {
@@ -61,6 +76,9 @@ impl FakeCloud {
             app,
             shutdown: Some(tx),
             task: Some(task),
+            extra,
+            smtp_addr,
+            imap_addr,
         })
     }
 }
@@ -72,6 +90,9 @@ pub struct Handle {
     app: Arc<App>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
+    extra: Vec<tokio::task::JoinHandle<()>>,
+    smtp_addr: Option<SocketAddr>,
+    imap_addr: Option<SocketAddr>,
 }
 
 impl Handle {
@@ -85,25 +106,42 @@ impl Handle {
         self.addr
     }
 
+    /// Address of the XOAUTH2 SMTP listener, when one was asked for.
+    pub fn smtp_addr(&self) -> Option<SocketAddr> {
+        self.smtp_addr
+    }
+
+    /// Address of the XOAUTH2 IMAP listener, when one was asked for.
+    pub fn imap_addr(&self) -> Option<SocketAddr> {
+        self.imap_addr
+    }
+
     /// The shared state, for tests that want to look inside or mint tokens directly.
     pub fn app(&self) -> &Arc<App> {
         &self.app
     }
 
-    /// Mints an access token as `/_control/token` does (audience `graph`, `outlook` or `gmail`).
+    /// Mints an access token as `/_control/token` does (audience `graph`, `outlook` or
+    /// `gmail`; empty `scopes` means the audience's mail scopes).
     pub fn mint_token(
         &self,
         user: &str,
         audience: &str,
         scopes: &[&str],
     ) -> Result<String, String> {
-        let spec = serde_json::json!({"user": user, "audience": audience, "scopes": scopes});
+        let mut spec = serde_json::json!({"user": user, "audience": audience});
+        if !scopes.is_empty() {
+            spec["scopes"] = serde_json::json!(scopes);
+        }
         control::mint_token(&self.app, &spec)
             .map(|v| v["access_token"].as_str().unwrap_or_default().to_string())
     }
 
     /// Stops the server and waits for the accept loop to end.
     pub async fn shutdown(mut self) {
+        for t in self.extra.drain(..) {
+            t.abort();
+        }
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
@@ -115,6 +153,9 @@ impl Handle {
 
 impl Drop for Handle {
     fn drop(&mut self) {
+        for t in self.extra.drain(..) {
+            t.abort();
+        }
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }

@@ -31,7 +31,7 @@ struct Args {
     quota: QuotaMode,
     /// Faults to install at start: items separated by `;`, each `key=value,...` with keys
     /// route (glob with `*`, else substring of the path incl. host prefix), method,
-    /// kind (status|reset|truncate|bad_json|delay), status, delay_ms, count, prob,
+    /// kind (status|reset|truncate|bad_json|delay|error200), status, delay_ms, count, prob,
     /// retry_after. Example: `route=*/messages/delta,kind=status,status=503,count=2`.
     #[arg(long)]
     faults: Option<String>,
@@ -70,6 +70,12 @@ struct Args {
     /// Google refresh-token lifetime in days (7 models a consent screen in Testing; 0 = no expiry).
     #[arg(long, default_value_t = 7)]
     google_rt_days: u64,
+    /// Run a plain-text SMTP listener that checks AUTH XOAUTH2 tokens (e.g. 127.0.0.1:0).
+    #[arg(long)]
+    smtp_listen: Option<SocketAddr>,
+    /// Run a plain-text IMAP listener that checks AUTHENTICATE XOAUTH2 tokens.
+    #[arg(long)]
+    imap_listen: Option<SocketAddr>,
 }
 
 #[tokio::main]
@@ -100,6 +106,8 @@ async fn main() -> anyhow::Result<()> {
         populate,
         history_window: a.history_window,
         delta_token_cache: a.delta_token_cache,
+        smtp_listen: a.smtp_listen,
+        imap_listen: a.imap_listen,
         google_rt_lifetime: (a.google_rt_days > 0)
             .then(|| Duration::from_secs(a.google_rt_days * 86_400)),
     };
@@ -110,6 +118,12 @@ async fn main() -> anyhow::Result<()> {
         st.graph.values().map(|m| m.messages.len()).sum::<usize>()
             + st.gmail.values().map(|m| m.messages.len()).sum::<usize>()
     };
+    if let Some(a) = handle.smtp_addr() {
+        eprintln!("smtp (XOAUTH2, no TLS) on {a}");
+    }
+    if let Some(a) = handle.imap_addr() {
+        eprintln!("imap (XOAUTH2, no TLS) on {a}");
+    }
     if seeded > 0 {
         eprintln!("emulated cloud ready, {seeded} messages seeded");
     }

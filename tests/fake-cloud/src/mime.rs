@@ -175,14 +175,14 @@ pub fn addresses(v: &str) -> Vec<Addr> {
         if p.is_empty() {
             continue;
         }
-        if let (Some(l), Some(r)) = (p.rfind('<'), p.rfind('>')) {
-            if l < r {
-                out.push(Addr {
-                    name: decode_words(p[..l].trim().trim_matches('"')),
-                    address: p[l + 1..r].trim().to_string(),
-                });
-                continue;
-            }
+        if let (Some(l), Some(r)) = (p.rfind('<'), p.rfind('>'))
+            && l < r
+        {
+            out.push(Addr {
+                name: decode_words(p[..l].trim().trim_matches('"')),
+                address: p[l + 1..r].trim().to_string(),
+            });
+            continue;
         }
         out.push(Addr {
             name: String::new(),
@@ -255,38 +255,39 @@ fn parse_depth(raw: &[u8], depth: usize) -> Part {
         data: Vec::new(),
         parts: Vec::new(),
     };
-    if mime_type.starts_with("multipart/") && depth < 20 {
-        if let Some(b) = param("boundary") {
-            let delim = format!("--{b}");
-            let text = body;
-            let mut pieces = Vec::new();
-            let mut idx = find(text, delim.as_bytes(), 0);
-            while let Some(start) = idx {
-                let after = start + delim.len();
-                if text[after..].starts_with(b"--") {
-                    break;
-                }
-                let content_start = match find(text, b"\n", after) {
-                    Some(n) => n + 1,
-                    None => break,
-                };
-                let next = find(text, delim.as_bytes(), content_start);
-                let end = next.unwrap_or(text.len());
-                let mut piece = &text[content_start..end];
-                if piece.ends_with(b"\r\n") {
-                    piece = &piece[..piece.len() - 2];
-                } else if piece.ends_with(b"\n") {
-                    piece = &piece[..piece.len() - 1];
-                }
-                pieces.push(piece);
-                idx = next;
+    if mime_type.starts_with("multipart/")
+        && depth < 20
+        && let Some(b) = param("boundary")
+    {
+        let delim = format!("--{b}");
+        let text = body;
+        let mut pieces = Vec::new();
+        let mut idx = find(text, delim.as_bytes(), 0);
+        while let Some(start) = idx {
+            let after = start + delim.len();
+            if text[after..].starts_with(b"--") {
+                break;
             }
-            part.parts = pieces
-                .into_iter()
-                .map(|p| parse_depth(p, depth + 1))
-                .collect();
-            return part;
+            let content_start = match find(text, b"\n", after) {
+                Some(n) => n + 1,
+                None => break,
+            };
+            let next = find(text, delim.as_bytes(), content_start);
+            let end = next.unwrap_or(text.len());
+            let mut piece = &text[content_start..end];
+            if piece.ends_with(b"\r\n") {
+                piece = &piece[..piece.len() - 2];
+            } else if piece.ends_with(b"\n") {
+                piece = &piece[..piece.len() - 1];
+            }
+            pieces.push(piece);
+            idx = next;
         }
+        part.parts = pieces
+            .into_iter()
+            .map(|p| parse_depth(p, depth + 1))
+            .collect();
+        return part;
     }
     let cte = header(&hs, "content-transfer-encoding")
         .unwrap_or("7bit")

@@ -144,10 +144,11 @@ fn authorize(app: &Arc<App>, params: &[(String, String)]) -> Resp {
     let Some(scope) = p("scope").filter(|s| !s.trim().is_empty()) else {
         return page_error("invalid_request", "Missing required parameter: scope");
     };
-    if let Some(m) = p("code_challenge_method") {
-        if m != "S256" && m != "plain" {
-            return page_error("invalid_request", "Invalid code_challenge_method value.");
-        }
+    if let Some(m) = p("code_challenge_method")
+        && m != "S256"
+        && m != "plain"
+    {
+        return page_error("invalid_request", "Invalid code_challenge_method value.");
     }
     let _ = scope;
     if app.opts.auto_approve {
@@ -311,6 +312,7 @@ fn issue(
                 used: false,
                 revoked: false,
                 spa: false,
+                fail_code: None,
             },
         );
         // Per user+client cap: the oldest live token stops working.

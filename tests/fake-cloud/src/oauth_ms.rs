@@ -441,10 +441,11 @@ fn issue(app: &Arc<App>, st: &mut State, g: Grant) -> Resp {
                     }
                     if perm_of(&full) == ".default" {
                         for c in &g.consent {
-                            if let Ok(Some((ca, cf))) = resource_of(c) {
-                                if ca == a && !granted.contains(&cf) {
-                                    granted.push(cf);
-                                }
+                            if let Ok(Some((ca, cf))) = resource_of(c)
+                                && ca == a
+                                && !granted.contains(&cf)
+                            {
+                                granted.push(cf);
                             }
                         }
                     } else if !granted.contains(&full) {
@@ -498,6 +499,7 @@ fn issue(app: &Arc<App>, st: &mut State, g: Grant) -> Resp {
                 used: false,
                 revoked: false,
                 spa: g.spa,
+                fail_code: None,
             },
         );
         out["refresh_token"] = json!(rt);
@@ -701,12 +703,40 @@ fn token(app: &Arc<App>, r: &Req) -> Resp {
                 return native_err();
             }
             if rt.revoked {
-                return aad(
-                    400,
-                    "invalid_grant",
-                    50173,
-                    "The provided grant has expired due to it being revoked, a fresh auth token is needed. The user might have changed or reset their password.",
-                );
+                return match rt.fail_code {
+                    Some(700082) => aad(
+                        400,
+                        "invalid_grant",
+                        700082,
+                        "The refresh token has expired due to inactivity. The token was issued on 2024-01-01T00:00:00Z and was inactive for 90.00:00:00.",
+                    ),
+                    Some(70043) => aad(
+                        400,
+                        "invalid_grant",
+                        70043,
+                        "The refresh token has expired or is invalid due to sign-in frequency checks by conditional access.",
+                    ),
+                    Some(50076) => {
+                        // Both interaction_required and invalid_grant are observed; the
+                        // documented error value is used, with the observed suberror.
+                        let mut r = aad(
+                            400,
+                            "interaction_required",
+                            50076,
+                            "Due to a configuration change made by your administrator, or because you moved to a new location, you must use multi-factor authentication to access this resource.",
+                        );
+                        let mut v = r.body_json();
+                        v["suberror"] = json!("basic_action");
+                        r.body = bytes::Bytes::from(serde_json::to_vec(&v).unwrap_or_default());
+                        r
+                    }
+                    _ => aad(
+                        400,
+                        "invalid_grant",
+                        50173,
+                        "The provided grant has expired due to it being revoked, a fresh auth token is needed. The user might have changed or reset their password.",
+                    ),
+                };
             }
             if rt.used && app.opts.rt_single_use {
                 // Stricter than Entra (which leaves old RTs valid): the brief asks
@@ -748,10 +778,10 @@ fn token(app: &Arc<App>, r: &Req) -> Resp {
                 deadline: rt.deadline_ms,
             };
             let resp = issue(app, &mut st, grant);
-            if resp.status == 200 {
-                if let Some(old) = st.auth.refresh.get_mut(rt_s) {
-                    old.used = true;
-                }
+            if resp.status == 200
+                && let Some(old) = st.auth.refresh.get_mut(rt_s)
+            {
+                old.used = true;
             }
             resp
         }

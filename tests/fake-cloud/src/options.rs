@@ -74,6 +74,10 @@ pub struct Options {
     pub delta_token_cache: usize,
     /// Lifetime of Google refresh tokens (7 days models a consent screen in "Testing").
     pub google_rt_lifetime: Option<Duration>,
+    /// Where to run the plain-text XOAUTH2 SMTP listener (none by default).
+    pub smtp_listen: Option<SocketAddr>,
+    /// Where to run the plain-text XOAUTH2 IMAP listener (none by default).
+    pub imap_listen: Option<SocketAddr>,
 }
 
 impl Default for Options {
@@ -93,6 +97,8 @@ impl Default for Options {
             history_window: 10_000,
             delta_token_cache: 1_000,
             google_rt_lifetime: Some(Duration::from_secs(7 * 24 * 3600)),
+            smtp_listen: None,
+            imap_listen: None,
         }
     }
 }

@@ -304,7 +304,8 @@ impl Generator {
         h.push_str(&format!("From: {from_disp} <{from_addr}>\r\n"));
         if is_list {
             let (lname, lid) = LISTS[list_idx];
-            h.push_str(&format!("To: {lid}\r\n"));
+            let list_addr = lid.replacen('.', "@", 1);
+            h.push_str(&format!("To: {list_addr}\r\n"));
             if rng.chance(0.3) {
                 h.push_str(&format!("Cc: {}\r\n", self.user));
             }
@@ -313,7 +314,7 @@ impl Generator {
                 1 => h.push_str(&format!("List-Id: {lname} <{lid}>\r\n")),
                 _ => h.push_str(&format!("List-Id: \"{lname}\"\r\n <{lid}>\r\n")),
             }
-            h.push_str(&format!("List-Post: <mailto:{lid}>\r\nList-Unsubscribe: <mailto:{lid}-unsubscribe@lists.example>\r\nPrecedence: list\r\n"));
+            h.push_str(&format!("List-Post: <mailto:{list_addr}>\r\nList-Unsubscribe: <mailto:{list_addr}?subject=unsubscribe>\r\nPrecedence: list\r\n"));
         } else {
             h.push_str(&format!("To: {}\r\n", self.user));
         }
@@ -352,7 +353,8 @@ impl Generator {
             text.push_str(&words.join(" "));
             text.push('\n');
             if unicode && rng.chance(0.3) {
-                text.push_str(*rng.pick(UNICODE_LINES));
+                let line: &&str = rng.pick(UNICODE_LINES);
+                text.push_str(line);
                 text.push('\n');
             }
         }

@@ -93,10 +93,10 @@ impl Body for OutBody {
         _cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
         let this = self.get_mut();
-        if let Some(d) = this.data.take() {
-            if !d.is_empty() {
-                return Poll::Ready(Some(Ok(Frame::data(d))));
-            }
+        if let Some(d) = this.data.take()
+            && !d.is_empty()
+        {
+            return Poll::Ready(Some(Ok(Frame::data(d))));
         }
         if this.fail {
             this.fail = false;
@@ -177,7 +177,7 @@ async fn handle(app: Arc<App>, req: Request<Incoming>, kill: Arc<Notify>) -> Res
                 kill.notify_one();
                 std::future::pending::<()>().await;
             }
-            FaultKind::Status => {
+            FaultKind::Status | FaultKind::Error200 => {
                 let status = f.status.unwrap_or(500);
                 let mut resp = match f.body {
                     Some(b) => Resp::json(status, &b),
@@ -187,6 +187,9 @@ async fn handle(app: Arc<App>, req: Request<Incoming>, kill: Arc<Notify>) -> Res
                     resp.headers
                         .retain(|(k, _)| !k.eq_ignore_ascii_case("retry-after"));
                     resp = resp.with_header("Retry-After", &ra);
+                }
+                if f.kind == FaultKind::Error200 {
+                    resp.status = 200;
                 }
                 app.stats().record(&route, resp.status, resp.body.len());
                 return to_hyper(resp, false);

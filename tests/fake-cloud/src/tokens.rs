@@ -116,6 +116,9 @@ pub struct RefreshToken {
     pub revoked: bool,
     /// Issued through a SPA redirect: redeeming it needs an `Origin` header.
     pub spa: bool,
+    /// AADSTS code a revoked Microsoft token answers with (50173 by default;
+    /// 700082 inactivity, 50076 MFA required, 70043 sign-in frequency).
+    pub fail_code: Option<u32>,
 }
 
 /// A pending or redeemed authorization code.
@@ -251,8 +254,9 @@ impl AuthState {
         token
     }
 
-    /// Revokes every refresh token of a user; returns how many were live.
-    pub fn revoke_user(&mut self, user: &str) -> usize {
+    /// Revokes every refresh token of a user (answering with `fail_code` on Microsoft);
+    /// returns how many were live.
+    pub fn revoke_user(&mut self, user: &str, fail_code: Option<u32>) -> usize {
         let user = user.to_ascii_lowercase();
         let mut n = 0;
         for rt in self.refresh.values_mut() {
@@ -261,6 +265,7 @@ impl AuthState {
                     n += 1;
                 }
                 rt.revoked = true;
+                rt.fail_code = fail_code;
             }
         }
         n
