@@ -10,6 +10,7 @@
 //!   atomic state files.
 //! - [`sync`]: the pure three-way sync planner.
 //! - [`types`]: flags, content hashes and cloud ids shared by all modules.
+pub mod auth;
 pub mod cloud;
 pub mod config;
 pub mod daemon;

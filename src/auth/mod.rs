@@ -1,0 +1,151 @@
+//! Authentication: where cloud clients get access tokens. The
+//! [`TokenSource`] trait is what Graph and Gmail clients see; the OAuth
+//! implementation (PKCE loopback login, device code, refresh, keyring) lives
+//! in submodules, and [`StaticTokens`] serves fixed tokens to tests.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Mutex;
+
+use crate::cloud::BoxFut;
+
+/// Which resource a token is for; each needs its own access token.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Audience {
+    /// Microsoft Graph (mail sync).
+    Graph,
+    /// `outlook.office.com` (SMTP/IMAP XOAUTH2).
+    Outlook,
+    /// Gmail API (mail sync, `gmail.modify`).
+    Gmail,
+    /// Google `https://mail.google.com/` (SMTP/IMAP XOAUTH2).
+    GoogleMail,
+}
+
+/// An access token. Its `Debug` and `Display` never show the secret.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AccessToken(String);
+
+impl AccessToken {
+    /// Wrap a token string.
+    pub fn new(s: impl Into<String>) -> AccessToken {
+        AccessToken(s.into())
+    }
+
+    /// The secret, for an `Authorization` header only.
+    pub fn secret(&self) -> &str {
+        &self.0
+    }
+
+    /// `Bearer <token>`, for an `Authorization` header.
+    pub fn bearer(&self) -> String {
+        format!("Bearer {}", self.0)
+    }
+}
+
+impl fmt::Debug for AccessToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("AccessToken(<redacted>)")
+    }
+}
+
+impl fmt::Display for AccessToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted token>")
+    }
+}
+
+/// Why no token could be had.
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum AuthError {
+    /// The user must log in (no refresh token, or it was revoked/expired);
+    /// the login page shows the account as pending.
+    #[error("{user}: login needed ({reason})")]
+    LoginNeeded {
+        /// The account.
+        user: String,
+        /// Why (never contains a token).
+        reason: String,
+    },
+    /// A transient failure talking to the token endpoint.
+    #[error("{user}: token endpoint unavailable: {reason}")]
+    Unavailable {
+        /// The account.
+        user: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Supplies access tokens for one account.
+pub trait TokenSource: Send + Sync {
+    /// A currently valid access token for `audience` (refreshing or waiting
+    /// for a login as needed).
+    fn token(&self, audience: Audience) -> BoxFut<'_, Result<AccessToken, AuthError>>;
+
+    /// The service refused `token` (HTTP 401): forget it so the next
+    /// [`TokenSource::token`] call refreshes.
+    fn invalidate(&self, audience: Audience, token: &AccessToken);
+}
+
+/// Fixed tokens per audience, for tests (e.g. minted by the emulator's
+/// `/_control/token`).
+#[derive(Default)]
+pub struct StaticTokens {
+    user: String,
+    tokens: Mutex<HashMap<Audience, AccessToken>>,
+}
+
+impl StaticTokens {
+    /// Tokens for `user`.
+    pub fn new(user: &str, tokens: impl IntoIterator<Item = (Audience, AccessToken)>) -> Self {
+        StaticTokens {
+            user: user.to_string(),
+            tokens: Mutex::new(tokens.into_iter().collect()),
+        }
+    }
+
+    /// Replace the token for `audience`.
+    pub fn set(&self, audience: Audience, token: AccessToken) {
+        if let Ok(mut m) = self.tokens.lock() {
+            m.insert(audience, token);
+        }
+    }
+}
+
+impl TokenSource for StaticTokens {
+    fn token(&self, audience: Audience) -> BoxFut<'_, Result<AccessToken, AuthError>> {
+        let t = self
+            .tokens
+            .lock()
+            .ok()
+            .and_then(|m| m.get(&audience).cloned());
+        let user = self.user.clone();
+        Box::pin(async move {
+            t.ok_or(AuthError::LoginNeeded {
+                user,
+                reason: format!("no static token for {audience:?}"),
+            })
+        })
+    }
+
+    fn invalidate(&self, audience: Audience, token: &AccessToken) {
+        if let Ok(mut m) = self.tokens.lock()
+            && m.get(&audience) == Some(token)
+        {
+            m.remove(&audience);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_are_redacted() {
+        let t = AccessToken::new("secret-value");
+        assert!(!format!("{t:?} {t}").contains("secret"));
+        assert_eq!(t.bearer(), "Bearer secret-value");
+    }
+}
