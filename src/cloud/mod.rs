@@ -108,6 +108,17 @@ pub trait CloudMailbox: Send + Sync {
     /// Apply flag changes; one result per change, in order.
     fn set_flags(&self, changes: Vec<FlagChange>) -> BoxFut<'_, Vec<Result<(), CloudError>>>;
 
+    /// Opaque state to persist (delta link or history id plus what the
+    /// backend needs to resume), so a restart resumes incrementally. `None`
+    /// when there is nothing worth saving.
+    fn save_cursor(&self) -> Option<serde_json::Value> {
+        None
+    }
+
+    /// Restore what [`CloudMailbox::save_cursor`] returned in an earlier
+    /// run; an unusable value is ignored (the next listing is then full).
+    fn load_cursor(&self, _cursor: serde_json::Value) {}
+
     /// Delete (archive or trash) messages; one result per id, in order.
     fn delete(
         &self,

@@ -114,6 +114,11 @@ impl Engine {
         let fd_keys = folders.iter().map(|f| f.key.clone()).collect();
         let mut state = SyncState::new(&store.dir().join("state"), md_keys, fd_keys);
         let (last, cursors) = state.load();
+        for f in &folders {
+            if let Some(c) = cursors.get(&f.key) {
+                f.cloud.load_cursor(c.clone());
+            }
+        }
         Engine {
             store,
             router,
@@ -514,8 +519,16 @@ impl Engine {
         new_last: LastState,
         live: HashSet<ContentHash>,
     ) -> Result<(), SyncError> {
-        let changed = new_last != self.last;
+        let mut changed = new_last != self.last;
         self.last = new_last;
+        for f in &self.folders {
+            if let Some(c) = f.cloud.save_cursor()
+                && self.cursors.get(&f.key) != Some(&c)
+            {
+                self.cursors.insert(f.key.clone(), c);
+                changed = true;
+            }
+        }
         let store = self.store.clone();
         let to_save = changed.then(|| (self.last.clone(), self.cursors.clone()));
         let state = self.state.clone();
