@@ -734,3 +734,134 @@ fn last_state_serde_round_trip() {
     let back: LastState = serde_json::from_str(&json).unwrap();
     assert_eq!(back, w.last);
 }
+
+#[test]
+fn incomplete_listing_keeps_unlisted_copy_base() {
+    // The Gmail copy is hidden by an incomplete listing while the user marks
+    // the message read; its base must survive, or next cycle its (old)
+    // flags would look like a cloud change and undo the user's.
+    let mut w = known(N, N, S);
+    w.cloud.push(cloud(GMAIL, "g", 1, N, 0));
+    w.last
+        .entries
+        .insert(h(1), entry(N, 0, &[(GRAPH, "a"), (GMAIL, "g")]));
+    let mut hidden = w.clone();
+    hidden.cloud.retain(|c| c.mailbox == GRAPH);
+    hidden.mailboxes[GMAIL].complete = false;
+    let p = plan(&hidden);
+    assert_eq!(p.actions, vec![set_cloud(GRAPH, "a", 1, S, N)]);
+    let next = next_state(&hidden, &p, &done(&p));
+    assert_eq!(next.entries[&h(1)].cloud.len(), 2);
+    let mut w2 = w.clone();
+    w2.cloud[0].flags = S;
+    w2.last = next;
+    assert_eq!(plan(&w2).actions, vec![set_cloud(GMAIL, "g", 1, S, N)]);
+}
+
+#[test]
+fn removed_locally_known_copy_unlisted_waits() {
+    // The copy the user saw is hidden by an incomplete listing; another copy
+    // is listed. Neither delete nor restore until the listing is complete.
+    let mut w = known(S, S, S);
+    w.local.clear();
+    w.cloud[0] = cloud(GMAIL, "g", 1, S, 0);
+    w.mailboxes[GRAPH].complete = false;
+    let p = plan(&w);
+    assert_eq!(p.actions, vec![]);
+    assert_eq!(next_state(&w, &p, &[]).entries, w.last.entries);
+}
+
+#[test]
+fn gone_on_both_sides_listing_incomplete_kept() {
+    let mut w = known(S, S, S);
+    w.cloud.clear();
+    w.local.clear();
+    w.mailboxes[GRAPH].complete = false;
+    let p = plan(&w);
+    assert_eq!(p.actions, vec![]);
+    assert_eq!(next_state(&w, &p, &[]).entries, w.last.entries);
+}
+
+#[test]
+fn gone_on_both_sides_listing_incomplete_guarded_forgotten() {
+    // The maildir disappeared: its missing files are no deletion requests,
+    // now or when the listing shows the message again.
+    let mut w = known(S, S, S);
+    w.cloud.clear();
+    w.local.clear();
+    w.mailboxes[GRAPH].complete = false;
+    w.maildirs[0].present = false;
+    let p = plan(&w);
+    assert_eq!(
+        p.warnings,
+        vec![Warning::MaildirMissing {
+            maildir: 0,
+            missing: 1
+        }]
+    );
+    assert!(next_state(&w, &p, &[]).entries.is_empty());
+}
+
+#[test]
+fn guard_missing_maildir_holds_other_maildirs_deletions() {
+    // The user may have moved the file into the maildir that disappeared.
+    let mut w = known(S, S, S);
+    w.local.clear();
+    w.maildirs[1].present = false;
+    let p = plan(&w);
+    assert_eq!(p.actions, vec![deliver(0, 1, S)]);
+    assert_eq!(
+        p.warnings,
+        vec![
+            Warning::DeletionsHeld {
+                maildir: 0,
+                missing: 1
+            },
+            Warning::MaildirMissing {
+                maildir: 1,
+                missing: 0
+            }
+        ]
+    );
+}
+
+#[test]
+fn moved_copy_keeps_its_base_by_id() {
+    // Another client moved the message to another synced folder (same id)
+    // and marked it read: a cloud change, pushed to nothing, renamed locally.
+    let mut w = known(F, F, F);
+    w.cloud[0] = cloud(GMAIL, "a", 1, S | F, 0);
+    assert_eq!(plan(&w).actions, vec![set_local(0, "m1", 1, S | F)]);
+    // Unchanged flags after the move: nothing to do.
+    w.cloud[0].flags = F;
+    assert_eq!(plan(&w).actions, vec![]);
+}
+
+#[test]
+fn new_copy_compared_with_agreed_flags() {
+    // A copy with a new id that differs from the agreement is a cloud change.
+    let mut w = known(N, N, N);
+    w.cloud.push(cloud(GMAIL, "g", 1, F, 0));
+    assert_eq!(
+        plan(&w).actions,
+        vec![set_cloud(GRAPH, "a", 1, F, N), set_local(0, "m1", 1, F)]
+    );
+}
+
+#[test]
+fn duplicates_failed_removal_does_not_revert_merge() {
+    // The cloud marked it read; the duplicate's removal fails. The stale
+    // duplicate must not look like a local "unread" next cycle.
+    let mut w = known(N, S, N);
+    w.local.push(file(0, "m0", 1, N));
+    let p = plan(&w);
+    assert_eq!(
+        p.actions,
+        vec![set_local(0, "m0", 1, S), remove(0, "m1", 1)]
+    );
+    let next = next_state(&w, &p, &[Outcome::Done, Outcome::Failed]);
+    let mut w2 = w.clone();
+    w2.local[1].flags = S;
+    w2.last = next;
+    assert_eq!(plan(&w2).actions, vec![remove(0, "m1", 1)]);
+}
