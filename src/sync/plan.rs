@@ -401,26 +401,28 @@ fn guard(
             .get(m)
             .copied()
             .unwrap_or(agreed[m]);
-        if !input.maildirs[m].present {
-            guarded.insert(m);
-            warnings.push(Warning::MaildirMissing {
+        let warning = if !input.maildirs[m].present {
+            Some(Warning::MaildirMissing {
                 maildir: m,
                 missing: lost,
-            });
-        } else if lost == 0 {
+            })
         } else if lost > GUARD_MIN_MISSING && lost * 4 > last_count {
-            guarded.insert(m);
-            warnings.push(Warning::MassDeletion {
+            Some(Warning::MassDeletion {
                 maildir: m,
                 missing: lost,
                 last_count,
-            });
-        } else if any_absent {
-            guarded.insert(m);
-            warnings.push(Warning::DeletionsHeld {
+            })
+        } else if lost > 0 && any_absent {
+            Some(Warning::DeletionsHeld {
                 maildir: m,
                 missing: lost,
-            });
+            })
+        } else {
+            None
+        };
+        if let Some(w) = warning {
+            guarded.insert(m);
+            warnings.push(w);
         }
     }
     (guarded, warnings)
@@ -472,20 +474,25 @@ fn decide(input: &PlanInput, g: &Group<'_>, guarded: &BTreeSet<usize>) -> (Vec<A
                         .iter()
                         .any(|c| c.mailbox == b.mailbox && c.id == b.id)
             });
-            if !held && input.mode == Mode::Online && known.is_empty() && unseen {
-                (Vec::new(), Rule::KeepOld)
-            } else if held || input.mode == Mode::OfflineFirstCycle || known.is_empty() {
+            let restore = || {
                 let flags = three_way(input, g, s);
                 let dest = route(input, g)
                     .or_else(|| valid(input, s.maildir))
                     .or_else(|| default(input));
                 deliver(input, g, flags, dest)
-            } else {
+            };
+            if held || input.mode == Mode::OfflineFirstCycle {
+                restore()
+            } else if !known.is_empty() {
                 let actions = known
                     .iter()
                     .filter_map(|c| delete_cloud(input, c))
                     .collect();
                 (actions, Rule::KeepOld)
+            } else if unseen {
+                (Vec::new(), Rule::KeepOld)
+            } else {
+                restore()
             }
         }
         // New cloud message: deliver with the cloud's flags into its route,
