@@ -1,6 +1,7 @@
-//! The sync engine. [`plan`] is the pure three-way planner: it decides what
-//! to do from the cloud listing, the maildir scan and the last agreement,
-//! and what agreement to persist once the actions ran.
+//! The sync engine. [`plan()`] is the pure three-way planner: it decides
+//! what to do from the cloud listing, the maildir scan and the last
+//! agreement; [`next_state()`] computes the agreement to persist once the
+//! actions ran. Semantics: `docs/sync.md`.
 
 pub mod engine;
 pub mod plan;

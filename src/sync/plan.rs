@@ -252,6 +252,14 @@ pub enum Warning {
         /// How many files it held after the last cycle.
         last_count: usize,
     },
+    /// Another maildir disappeared, so files missing here may have been
+    /// moved there: they are restored and nothing is deleted in the cloud.
+    DeletionsHeld {
+        /// The maildir.
+        maildir: usize,
+        /// How many agreed messages it is missing.
+        missing: usize,
+    },
 }
 
 /// How an action went, reported by the executor.
@@ -373,36 +381,48 @@ fn guard(
             continue;
         }
         agreed[s.maildir] += 1;
-        if !g.cloud.is_empty() && g.local.is_empty() {
+        // Missing files that would be (or, once an incomplete listing
+        // shows them again, become) deletion requests.
+        let hidden = s.cloud.iter().any(|b| !mailbox_complete(input, b.mailbox));
+        if g.local.is_empty() && (!g.cloud.is_empty() || hidden) {
             missing[s.maildir] += 1;
         }
     }
+    // With a maildir gone, files the user moved into it look missing from
+    // the maildir the agreement names: hold every maildir's deletions.
+    let any_absent = input.maildirs.iter().any(|m| !m.present);
     let mut guarded = BTreeSet::new();
     let mut warnings = Vec::new();
     for m in 0..n {
         let lost = missing[m];
-        if lost == 0 {
-            continue;
-        }
         let last_count = input
             .last
             .maildir_counts
             .get(m)
             .copied()
             .unwrap_or(agreed[m]);
-        if !input.maildirs[m].present {
-            guarded.insert(m);
-            warnings.push(Warning::MaildirMissing {
+        let warning = if !input.maildirs[m].present {
+            Some(Warning::MaildirMissing {
                 maildir: m,
                 missing: lost,
-            });
+            })
         } else if lost > GUARD_MIN_MISSING && lost * 4 > last_count {
-            guarded.insert(m);
-            warnings.push(Warning::MassDeletion {
+            Some(Warning::MassDeletion {
                 maildir: m,
                 missing: lost,
                 last_count,
-            });
+            })
+        } else if lost > 0 && any_absent {
+            Some(Warning::DeletionsHeld {
+                maildir: m,
+                missing: lost,
+            })
+        } else {
+            None
+        };
+        if let Some(w) = warning {
+            guarded.insert(m);
+            warnings.push(w);
         }
     }
     (guarded, warnings)
@@ -433,7 +453,8 @@ fn decide(input: &PlanInput, g: &Group<'_>, guarded: &BTreeSet<usize>) -> (Vec<A
         // agreement knew, unless the guard holds or this is the offline
         // first cycle (then restore). Copies it did not know (the message
         // reached another synced folder since) are never deleted: with no
-        // known copy left they are delivered again.
+        // known copy left they are delivered again; while a known copy may
+        // hide in an incomplete listing, wait.
         (true, false, Some(s)) => {
             let held = guarded.contains(&s.maildir) || s.maildir >= input.maildirs.len();
             let known: Vec<&CloudMsg> = g
@@ -446,18 +467,32 @@ fn decide(input: &PlanInput, g: &Group<'_>, guarded: &BTreeSet<usize>) -> (Vec<A
                         .any(|b| b.mailbox == c.mailbox && b.id == c.id)
                 })
                 .collect();
-            if held || input.mode == Mode::OfflineFirstCycle || known.is_empty() {
+            let unseen = s.cloud.iter().any(|b| {
+                !mailbox_complete(input, b.mailbox)
+                    && !g
+                        .cloud
+                        .iter()
+                        .any(|c| c.mailbox == b.mailbox && c.id == b.id)
+            });
+            let restore = || {
                 let flags = three_way(input, g, s);
                 let dest = route(input, g)
                     .or_else(|| valid(input, s.maildir))
                     .or_else(|| default(input));
                 deliver(input, g, flags, dest)
-            } else {
+            };
+            if held || input.mode == Mode::OfflineFirstCycle {
+                restore()
+            } else if !known.is_empty() {
                 let actions = known
                     .iter()
                     .filter_map(|c| delete_cloud(input, c))
                     .collect();
                 (actions, Rule::KeepOld)
+            } else if unseen {
+                (Vec::new(), Rule::KeepOld)
+            } else {
+                restore()
             }
         }
         // New cloud message: deliver with the cloud's flags into its route,
@@ -488,8 +523,21 @@ fn decide(input: &PlanInput, g: &Group<'_>, guarded: &BTreeSet<usize>) -> (Vec<A
             };
             (actions, Rule::Forget)
         }
-        // Gone on both sides: forget it.
-        (false, false, Some(_)) => (Vec::new(), Rule::Forget),
+        // Gone on both sides: forget it, unless a folder it was listed in
+        // is incomplete this cycle: it may still be there, and its local
+        // removal is then a pending deletion request; but not if the guard
+        // holds for its maildir (then it is forgotten and, if still in the
+        // cloud, delivered again as new).
+        (false, false, Some(s)) => {
+            let complete = s.cloud.iter().all(|b| mailbox_complete(input, b.mailbox));
+            let held = guarded.contains(&s.maildir) || s.maildir >= input.maildirs.len();
+            let rule = if complete || held {
+                Rule::Forget
+            } else {
+                Rule::KeepOld
+            };
+            (Vec::new(), rule)
+        }
         // A group always has at least one member; nothing to do.
         (false, false, None) => (Vec::new(), Rule::Forget),
     }
@@ -508,10 +556,14 @@ fn three_way(input: &PlanInput, g: &Group<'_>, s: &LastEntry) -> Flags {
     let (mut set, mut cleared) = (Flags::NONE, Flags::NONE);
     for c in &g.cloud {
         let sup = supported(input, c.mailbox);
+        // A copy moved to another synced folder keeps its id (Graph
+        // immutable ids, Gmail labels); a truly new copy is compared with
+        // the agreed flags.
         let base = s
             .cloud
             .iter()
             .find(|b| b.mailbox == c.mailbox && b.id == c.id)
+            .or_else(|| s.cloud.iter().find(|b| b.id == c.id))
             .map_or(s.flags, |b| b.flags);
         let changed = (c.flags ^ base) & sup;
         set |= c.flags & changed;
@@ -786,14 +838,31 @@ pub fn next_state(input: &PlanInput, plan: &Plan, outcomes: &[Outcome]) -> LastS
                 let kept = prefer
                     .and_then(|m| post.iter().find(|f| f.0 == m))
                     .or_else(|| post.first());
-                kept.map(|&(maildir, local)| {
+                // Where files left over by a failed removal disagree, the
+                // base is the opposite of the merge result: only files that
+                // hold the result look changed, so it is merged again.
+                let (mut all, mut any) = (Flags::ALL, Flags::NONE);
+                for &(_, f) in post {
+                    all = all & f;
+                    any |= f;
+                }
+                let disputed = any & !all;
+                kept.map(|&(maildir, _)| {
                     let mut cloud = copies.get(hash).cloned().unwrap_or_default();
+                    // Copies an incomplete listing missed keep their base, or
+                    // they would look changed when they are listed again.
+                    for b in old.map_or(&[][..], |e| e.cloud.as_slice()) {
+                        let listed = cloud.iter().any(|c| c.mailbox == b.mailbox && c.id == b.id);
+                        if !listed && !mailbox_complete(input, b.mailbox) {
+                            cloud.push(b.clone());
+                        }
+                    }
                     cloud.sort();
                     cloud.dedup_by(|a, b| (a.mailbox, &a.id) == (b.mailbox, &b.id));
                     LastEntry {
                         flags: *flags & SYNCED,
                         maildir,
-                        local: local & SYNCED,
+                        local: ((all & !disputed) | (!*flags & disputed)) & SYNCED,
                         cloud,
                     }
                 })
