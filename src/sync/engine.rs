@@ -706,5 +706,10 @@ fn describe_warning(w: &Warning, maildirs: &[Maildir]) -> String {
              deletion request; restoring them, deleting nothing in the cloud",
             path(maildir)
         ),
+        Warning::DeletionsHeld { maildir, missing } => format!(
+            "another maildir disappeared: the {missing} messages missing from {} are restored, \
+             not deleted in the cloud",
+            path(maildir)
+        ),
     }
 }
