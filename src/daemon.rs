@@ -110,6 +110,19 @@ pub async fn run(
         })?
     };
 
+    // A shutdown signal during a cycle stops it after the current action;
+    // the cycle then records what was done, as always.
+    let stop = engine.stop_flag();
+    let mut stop_rx = shutdown.clone();
+    tokio::spawn(async move {
+        while stop_rx.changed().await.is_ok() {
+            if *stop_rx.borrow() {
+                stop.store(true, std::sync::atomic::Ordering::Relaxed);
+                break;
+            }
+        }
+    });
+
     if opts.once {
         let report = engine.cycle().await?;
         log_report(&report);
@@ -119,13 +132,17 @@ pub async fn run(
         return Ok(());
     }
 
-    let (_guard, mut events) = maildir::watch(
-        watch_dirs
-            .iter()
-            .flat_map(|d| [d.join("cur"), d.join("new")])
-            .collect(),
-        WATCH_DEBOUNCE,
-    )?;
+    // Without a watcher local changes still travel at the next poll.
+    let (_guard, mut events) = match maildir::watch(watch_dirs, WATCH_DEBOUNCE) {
+        Ok((g, rx)) => (Some(g), rx),
+        Err(e) => {
+            tracing::error!(
+                "cannot watch the maildirs ({e}); local changes wait for the next poll"
+            );
+            let (_tx, rx) = tokio::sync::mpsc::channel(1);
+            (None, rx)
+        }
+    };
     let n = engine.folder_count();
     let mut next_poll: Vec<Instant> = vec![Instant::now(); n];
     let mut relist = vec![true; n];
@@ -133,6 +150,10 @@ pub async fn run(
     let mut rng = Jitter::new();
     loop {
         let result = engine.cycle_with(&relist).await;
+        if *shutdown.borrow() {
+            tracing::info!("stopping; state saved");
+            return Ok(());
+        }
         let now = Instant::now();
         for (i, due) in next_poll.iter_mut().enumerate() {
             if relist[i] {
@@ -170,10 +191,7 @@ pub async fn run(
                 tracing::info!("stopping");
                 return Ok(());
             }
-            ev = events.recv() => {
-                if ev.is_none() {
-                    tracing::warn!("maildir watcher stopped; relying on polls");
-                }
+            Some(_) = events.recv() => {
                 // A local change: push it without listing again, unless a
                 // retry is due anyway.
                 if retry_at.is_some_and(|r| r <= Instant::now()) {

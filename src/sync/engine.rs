@@ -6,6 +6,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
@@ -86,6 +87,7 @@ pub struct Engine {
     last: LastState,
     cursors: BTreeMap<String, serde_json::Value>,
     mode: Mode,
+    stop: Arc<AtomicBool>,
 }
 
 /// A maildir file found by the scan, with its content hash.
@@ -133,7 +135,14 @@ impl Engine {
             } else {
                 Mode::Online
             },
+            stop: Arc::new(AtomicBool::new(false)),
         }
+    }
+
+    /// A flag that, once set, makes the running cycle finish early: no new
+    /// downloads or actions start, and what was done is recorded as usual.
+    pub fn stop_flag(&self) -> Arc<AtomicBool> {
+        self.stop.clone()
     }
 
     /// Number of cloud folders.
@@ -301,9 +310,19 @@ impl Engine {
             let cloud = self.folders[i].cloud.clone();
             let store = self.store.clone();
             let sem = sem.clone();
+            let stop = self.stop.clone();
+            let name = self.folders[i].key.clone();
             set.spawn(async move {
                 let _permit = sem.acquire_owned().await;
-                let r = download(&store, cloud.as_ref(), &entry.id).await;
+                let r = if stop.load(Ordering::Relaxed) {
+                    Err(DownloadError::Cloud(CloudError::new(
+                        &name,
+                        crate::cloud::ErrorKind::Retry,
+                        "stopping",
+                    )))
+                } else {
+                    download(&store, cloud.as_ref(), &entry.id).await
+                };
                 (i, entry, cid, r)
             });
         }
@@ -425,6 +444,9 @@ impl Engine {
         report: &mut CycleReport,
     ) -> Result<Vec<Outcome>, SyncError> {
         let mut outcomes = vec![Outcome::Failed; plan.actions.len()];
+        if self.stop.load(Ordering::Relaxed) {
+            return Ok(outcomes);
+        }
 
         // Cloud: group per folder (flag changes) and per (folder, action) (deletes).
         let mut flag_groups: BTreeMap<usize, Vec<(usize, FlagChange)>> = BTreeMap::new();
@@ -501,10 +523,12 @@ impl Engine {
         if !local.is_empty() {
             let maildirs = self.maildirs.clone();
             let store = self.store.clone();
-            let results =
-                tokio::task::spawn_blocking(move || apply_local(&store, &maildirs, scanned, local))
-                    .await
-                    .map_err(|e| SyncError::Task(e.to_string()))??;
+            let stop = self.stop.clone();
+            let results = tokio::task::spawn_blocking(move || {
+                apply_local(&store, &maildirs, scanned, local, &stop)
+            })
+            .await
+            .map_err(|e| SyncError::Task(e.to_string()))??;
             for (ai, o) in results {
                 outcomes[ai] = o;
             }
@@ -584,6 +608,7 @@ fn apply_local(
     maildirs: &[Maildir],
     scanned: Vec<Scanned>,
     actions: Vec<(usize, Action)>,
+    stop: &AtomicBool,
 ) -> Result<Vec<(usize, Outcome)>, SyncError> {
     let mut files: HashMap<(usize, String), Entry> = scanned
         .into_iter()
@@ -606,6 +631,11 @@ fn apply_local(
     }
     let mut out = Vec::with_capacity(actions.len());
     for (ai, action) in actions {
+        if stop.load(Ordering::Relaxed) {
+            // Not started: recorded as failed, so planned again next run.
+            out.push((ai, Outcome::Failed));
+            continue;
+        }
         let result: Result<(), String> = match &action {
             Action::Deliver {
                 hash,

@@ -358,3 +358,70 @@ async fn daemon_once_runs_a_full_cycle() {
     let store = Store::open(&db).unwrap();
     assert_eq!(store.blob_count(), 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn daemon_pushes_local_changes_and_stops_cleanly() {
+    let w = World::new();
+    let a = w.cloud.add(&msg(1, false), Flags::NONE);
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    let loaded = config::load(
+        &PyActor::spawn(),
+        &w.home.path().join("cms.cfg"),
+        &PathContext {
+            home: w.home.path().to_path_buf(),
+            cwd: w.home.path().to_path_buf(),
+        },
+    )
+    .unwrap();
+    let mut task = tokio::spawn(daemon::run(
+        loaded,
+        daemon::Options::default(),
+        w.folders(),
+        rx,
+    ));
+    async fn wait_for(
+        what: &str,
+        task: &mut tokio::task::JoinHandle<Result<(), daemon::DaemonError>>,
+        f: impl Fn() -> bool,
+    ) {
+        let start = std::time::Instant::now();
+        while !f() {
+            assert!(
+                !task.is_finished(),
+                "daemon stopped early: {:?}",
+                task.await
+            );
+            assert!(
+                start.elapsed() < std::time::Duration::from_secs(30),
+                "timed out: {what}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+    let inbox = w.maildir("inbox");
+    wait_for("initial delivery", &mut task, || {
+        Maildir::open(&inbox).is_ok_and(|m| m.scan().is_ok_and(|s| s.entries.len() == 1))
+    })
+    .await;
+    // The MUA flags the message; the watcher wakes the daemon, which pushes it
+    // without waiting for the poll.
+    let lists_before = w.cloud.counters().lists;
+    let (p, _) = w.files("inbox").remove(0);
+    set_local(&p, Flags::FLAGGED);
+    wait_for("flag pushed", &mut task, || {
+        w.cloud.messages()[&a].flags == Flags::FLAGGED
+    })
+    .await;
+    assert_eq!(
+        w.cloud.counters().lists,
+        lists_before,
+        "a local change lists nothing"
+    );
+    tx.send(true).unwrap();
+    tokio::time::timeout(std::time::Duration::from_secs(30), task)
+        .await
+        .expect("daemon stops")
+        .unwrap()
+        .unwrap();
+    assert!(w.home.path().join("mail/.cms/state/sync.json").exists());
+}
