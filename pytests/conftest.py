@@ -5,6 +5,8 @@ import json
 import os
 import pathlib
 import subprocess
+import urllib.parse
+import urllib.request
 
 import pytest
 
@@ -26,6 +28,18 @@ class Env:
         self.home = home
         self.env = dict(os.environ, HOME=str(home))
         self.env.pop("RUST_LOG", None)
+        # A "browser" that follows the login redirects, as a person would.
+        browser = home / "browser.py"
+        browser.write_text(
+            "import sys, urllib.request\n"
+            "urllib.request.urlopen(sys.argv[1], timeout=30).read()\n"
+        )
+        self.env["BROWSER"] = f"/usr/bin/python3 {browser}"
+        self.env["CMS_OAUTH_LISTEN"] = "127.0.0.1:0"
+
+    def use_cloud(self, cloud):
+        """Send every cloud request to the emulator `cloud`."""
+        self.env["CMS_CLOUD_BASE_URL"] = cloud.url
 
     def write_cfg(self, text, name="cms.cfg"):
         path = self.home / name
@@ -50,6 +64,55 @@ class Env:
 
     def check(self):
         return json.loads(self.run("--check").stdout)
+
+
+class FakeCloud:
+    """A running cms-fakecloud and helpers for its /_control/ API."""
+
+    def __init__(self, proc, url):
+        self.proc = proc
+        self.url = url
+
+    def control(self, path, body=None, method=None):
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(
+            self.url + "/_control/" + path,
+            data=data,
+            method=method or ("POST" if data is not None else "GET"),
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            raw = resp.read()
+        return json.loads(raw) if raw else None
+
+    def mailbox(self, user):
+        return self.control("mailbox?user=" + urllib.parse.quote(user))
+
+    def stats(self):
+        return self.control("stats")
+
+
+@pytest.fixture
+def fakecloud_factory():
+    """Start emulators with the given extra arguments; all stopped at the end."""
+    procs = []
+
+    def start(*args):
+        proc = subprocess.Popen(
+            [str(binary("cms-fakecloud")), "--auto-approve", *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
+        procs.append(proc)
+        line = proc.stdout.readline()
+        assert line.startswith("listening on "), line
+        return FakeCloud(proc, line.split()[-1])
+
+    yield start
+    for p in procs:
+        p.terminate()
+        p.wait(timeout=10)
 
 
 @pytest.fixture
