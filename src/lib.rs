@@ -13,6 +13,8 @@
 pub mod auth;
 pub mod cloud;
 pub mod config;
+pub mod credclient;
+pub mod credsrv;
 pub mod daemon;
 pub mod fsutil;
 pub mod maildir;

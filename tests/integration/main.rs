@@ -2,6 +2,7 @@
 //! `util`.
 
 mod config;
+mod credsrv;
 mod headers;
 mod router;
 mod sync;

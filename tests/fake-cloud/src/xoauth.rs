@@ -157,6 +157,7 @@ async fn imap(app: Arc<App>, s: TcpStream) -> std::io::Result<()> {
     let mut lines = BufReader::new(r).lines();
     w.write_all(b"* OK [CAPABILITY IMAP4rev1 AUTH=XOAUTH2 SASL-IR] fake-cloud ready\r\n")
         .await?;
+    let mut authed = false;
     while let Some(line) = lines.next_line().await? {
         let mut parts = line.splitn(3, ' ');
         let tag = parts.next().unwrap_or("*").to_string();
@@ -166,6 +167,15 @@ async fn imap(app: Arc<App>, s: TcpStream) -> std::io::Result<()> {
             "CAPABILITY" => format!(
                 "* CAPABILITY IMAP4rev1 AUTH=XOAUTH2 SASL-IR\r\n{tag} OK CAPABILITY completed\r\n"
             ),
+            // Enough of a mailbox for a login check: INBOX exists and is empty.
+            "SELECT" | "EXAMINE" if !authed => format!("{tag} NO Not authenticated\r\n"),
+            "SELECT" | "EXAMINE" if rest.trim().trim_matches('"').eq_ignore_ascii_case("INBOX") => {
+                format!(
+                    "* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft)\r\n* 0 EXISTS\r\n\
+                     * 0 RECENT\r\n{tag} OK [READ-WRITE] {cmd} completed\r\n"
+                )
+            }
+            "SELECT" | "EXAMINE" => format!("{tag} NO [NONEXISTENT] Unknown Mailbox\r\n"),
             "NOOP" => format!("{tag} OK NOOP completed\r\n"),
             "LOGOUT" => {
                 w.write_all(
@@ -186,7 +196,10 @@ async fn imap(app: Arc<App>, s: TcpStream) -> std::io::Result<()> {
                         arg = lines.next_line().await?.unwrap_or_default();
                     }
                     match check(&app, Proto::Imap, &arg) {
-                        Verdict::Ok(u) => format!("{tag} OK AUTHENTICATE completed ({u})\r\n"),
+                        Verdict::Ok(u) => {
+                            authed = true;
+                            format!("{tag} OK AUTHENTICATE completed ({u})\r\n")
+                        }
                         Verdict::Refused(google) => {
                             if google {
                                 w.write_all(format!("+ {}\r\n", challenge()).as_bytes())

@@ -1,0 +1,229 @@
+//! The token broker: a UNIX socket that hands XOAUTH2 strings to SMTP and
+//! IMAP clients (msmtp `passwordeval`, exim `readsocket`, mutt, mbsync through
+//! `cms-oauth`). A client writes `PROTO[,opt,...] user@domain` and shuts its
+//! write side; the answer is `user=USER\x01auth=Bearer TOKEN\x01\x01`, or the
+//! connection closes without data for an unknown user or a protocol the
+//! server does not offer.
+
+use std::collections::HashMap;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::watch;
+
+use crate::auth::{Audience, TokenSource};
+use crate::config::{CloudKind, Protocol};
+
+/// Longest request accepted.
+const MAX_REQUEST: u64 = 4096;
+/// How long a client may take to send its request.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Failures setting up the socket.
+#[derive(Debug, thiserror::Error)]
+pub enum CredsrvError {
+    /// Binding or setting the mode of the socket failed.
+    #[error("credential socket {path}: {source}")]
+    Socket {
+        /// The socket path.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+}
+
+/// One account the broker serves.
+pub struct BrokerAccount {
+    /// Service of the account (decides the token audience).
+    pub kind: CloudKind,
+    /// Where tokens come from.
+    pub tokens: Arc<dyn TokenSource>,
+}
+
+/// What one socket serves: accounts by address, and the protocols offered.
+pub struct Broker {
+    accounts: HashMap<String, BrokerAccount>,
+    protocols: Vec<Protocol>,
+}
+
+/// A parsed request line.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Request {
+    /// `SMTP` or `IMAP` (anything else is refused later).
+    pub proto: String,
+    /// Options after the protocol, comma separated (unused, kept for logs).
+    pub options: Vec<String>,
+    /// The account address.
+    pub user: String,
+}
+
+/// Parse `PROTO[,opt,...] user@domain` (surrounding whitespace ignored).
+pub fn parse_request(text: &str) -> Option<Request> {
+    let mut parts = text.split_whitespace();
+    let head = parts.next()?;
+    let user = parts.next()?;
+    if parts.next().is_some() || !user.contains('@') {
+        return None;
+    }
+    let mut head = head.split(',');
+    let proto = head.next()?.to_string();
+    if proto.is_empty() {
+        return None;
+    }
+    Some(Request {
+        proto,
+        options: head.map(str::to_string).collect(),
+        user: user.to_string(),
+    })
+}
+
+/// The XOAUTH2 initial response string (before base64).
+pub fn xoauth2(user: &str, token: &str) -> String {
+    format!("user={user}\x01auth=Bearer {token}\x01\x01")
+}
+
+impl Broker {
+    /// A broker for `accounts` (address → account) offering `protocols`.
+    pub fn new(accounts: HashMap<String, BrokerAccount>, protocols: Vec<Protocol>) -> Broker {
+        Broker {
+            accounts,
+            protocols,
+        }
+    }
+
+    /// The answer to one request, or `None` to close without data.
+    pub async fn answer(&self, req: &Request) -> Option<String> {
+        let proto = match req.proto.as_str() {
+            "SMTP" => Protocol::Smtp,
+            "IMAP" => Protocol::Imap,
+            _ => return None,
+        };
+        if !self.protocols.contains(&proto) {
+            return None;
+        }
+        let acct = self.accounts.get(&req.user)?;
+        let audience = match acct.kind {
+            CloudKind::Office365 => Audience::Outlook,
+            CloudKind::Gmail => Audience::GoogleMail,
+        };
+        match acct.tokens.token(audience).await {
+            Ok(t) => Some(xoauth2(&req.user, t.secret())),
+            Err(e) => {
+                tracing::warn!("credential request for {} failed: {e}", req.user);
+                None
+            }
+        }
+    }
+}
+
+/// Bind the socket at `path` (replacing a stale socket file, never another
+/// kind of file) and give it `mode`.
+pub fn bind(path: &Path, mode: u32) -> Result<UnixListener, CredsrvError> {
+    let err = |source| CredsrvError::Socket {
+        path: path.to_path_buf(),
+        source,
+    };
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        use std::os::unix::fs::FileTypeExt;
+        if meta.file_type().is_socket() {
+            std::fs::remove_file(path).map_err(err)?;
+        } else {
+            return Err(err(std::io::Error::new(
+                std::io::ErrorKind::AlreadyExists,
+                "exists and is not a socket",
+            )));
+        }
+    }
+    // Bind under a restrictive umask so the socket is never more open than
+    // asked, even for an instant; then set the exact mode.
+    // SAFETY: umask only changes this process's file-creation mask.
+    let old = unsafe { libc::umask(0o077) };
+    let listener = UnixListener::bind(path);
+    // SAFETY: as above, restoring the previous mask.
+    unsafe { libc::umask(old) };
+    let listener = listener.map_err(err)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(err)?;
+    Ok(listener)
+}
+
+/// Serve `broker` on `listener` until `shutdown` turns true; removes the
+/// socket file at the end.
+pub async fn serve(
+    listener: UnixListener,
+    path: PathBuf,
+    broker: Arc<Broker>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    let broker = broker.clone();
+                    tokio::spawn(async move { handle(stream, &broker).await });
+                }
+                Err(e) => {
+                    tracing::warn!("credential socket accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
+    let _ = std::fs::remove_file(&path);
+}
+
+async fn handle(mut stream: UnixStream, broker: &Broker) {
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(
+        REQUEST_TIMEOUT,
+        (&mut stream).take(MAX_REQUEST).read_to_end(&mut buf),
+    )
+    .await;
+    if !matches!(read, Ok(Ok(_))) {
+        return;
+    }
+    let text = String::from_utf8_lossy(&buf);
+    let Some(req) = parse_request(&text) else {
+        tracing::warn!(
+            "invalid credential request {:?}",
+            text.chars().take(80).collect::<String>()
+        );
+        return;
+    };
+    tracing::debug!(proto = %req.proto, user = %req.user, "credential request");
+    if let Some(answer) = broker.answer(&req).await {
+        let _ = stream.write_all(answer.as_bytes()).await;
+        let _ = stream.shutdown().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_requests() {
+        assert_eq!(
+            parse_request("SMTP user@example.com"),
+            Some(Request {
+                proto: "SMTP".into(),
+                options: vec![],
+                user: "user@example.com".into()
+            })
+        );
+        let r = parse_request("IMAP,a,b u@x.org\n").unwrap();
+        assert_eq!(r.options, vec!["a", "b"]);
+        assert_eq!(parse_request("SMTP"), None);
+        assert_eq!(parse_request("SMTP nobody"), None);
+        assert_eq!(parse_request("SMTP a@b c@d"), None);
+    }
+
+    #[test]
+    fn xoauth2_format() {
+        assert_eq!(xoauth2("u@x", "T"), "user=u@x\x01auth=Bearer T\x01\x01");
+    }
+}
