@@ -39,7 +39,7 @@ cp "$ROOT/cms.cfg.example" "$DEMO/cms.cfg"
 # loopback server, as a person clicking through would.
 cat >"$DEMO/browser.sh" <<'SH'
 #!/bin/sh
-exec curl -fsSL -o /dev/null "$1"
+exec /usr/bin/python3 -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=60).read()' "$1"
 SH
 chmod +x "$DEMO/browser.sh"
 
