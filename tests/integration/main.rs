@@ -2,6 +2,7 @@
 //! `util`.
 
 mod config;
+mod gmail;
 mod headers;
 mod router;
 mod sync;
