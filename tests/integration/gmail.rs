@@ -846,6 +846,46 @@ async fn rate_limit_storms_and_outages_converge() {
 }
 
 #[tokio::test]
+async fn a_client_that_outruns_the_real_limiter_still_converges() {
+    // The emulator's own limiter (windows 60 times shorter, same rate) with
+    // pacing switched off on our side and more requests in flight than it
+    // admits: 403 userRateLimitExceeded with Retry-After and 429 for
+    // concurrency, inside batch answers too. Everything still arrives.
+    let env = Env::start(QuotaMode::Scaled(60)).await;
+    let ids = env.populate("INBOX", 300, 85).await;
+    let account = env.account(Options {
+        limits: Limits {
+            units_per_minute: 0,
+            burst_units: 0,
+            max_concurrency: 16,
+            backoff_base: Duration::from_millis(20),
+            backoff_max: Duration::from_secs(3),
+        },
+        max_attempts: 3,
+        max_rate_limited_attempts: 200,
+        ..Options::default()
+    });
+    let mb = GmailMailbox::new(account.clone(), "INBOX", "gmail:user@gmail.com/INBOX");
+    let entries = mb.list().await.expect("list converges");
+    assert_listing(&env, "INBOX", &entries).await;
+    let results: Vec<_> = futures_util::stream::iter(ids.iter().take(60))
+        .map(|id| {
+            let mb = &mb;
+            async move {
+                let mut out = Vec::new();
+                mb.fetch(id, &mut out).await
+            }
+        })
+        .buffer_unordered(16)
+        .collect()
+        .await;
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    let s = env.stats().await;
+    assert!(s.rate_limited() > 0, "the limiter was hit");
+    assert!(account.usage().rate_limited > 0);
+}
+
+#[tokio::test]
 async fn the_emulator_quota_is_never_hit_in_normal_running() {
     // Real quotas (15,000 units/min, 10 in flight) and default pacing:
     // an initial sync (listing plus every download) of 1,000 messages.

@@ -124,6 +124,7 @@ struct Request<'a> {
 struct BatchPart {
     content_id: String,
     status: u16,
+    retry_after: Option<Duration>,
     body: Vec<u8>,
 }
 
@@ -250,11 +251,10 @@ impl GmailAccount {
     ) -> Vec<Result<wire::Message, ApiError>> {
         let mut results: Vec<Option<Result<wire::Message, ApiError>>> = vec![None; ids.len()];
         let mut pending: Vec<usize> = (0..ids.len()).collect();
-        let mut round = 0u32;
+        let mut transient_rounds = 0u32;
         let mut rate_rounds = 0u32;
         let mut auth_retried = false;
         while !pending.is_empty() {
-            round += 1;
             let (body, boundary) = batch_body(ids, &pending, query);
             let req = Request {
                 method: Http::POST,
@@ -288,7 +288,7 @@ impl GmailAccount {
                 let reply = Reply {
                     token: token.clone(),
                     status: part.status,
-                    retry_after: None,
+                    retry_after: part.retry_after,
                     content_type: "application/json".into(),
                     body: part.body,
                 };
@@ -316,7 +316,13 @@ impl GmailAccount {
                         again.push(i);
                     }
                     Some(Failure::RateLimited(e)) => {
-                        rate_limited = Some(e);
+                        // Keep the longest Retry-After of the parts.
+                        if rate_limited
+                            .as_ref()
+                            .is_none_or(|r: &ApiError| r.retry_after < e.retry_after)
+                        {
+                            rate_limited = Some(e);
+                        }
                         again.push(i);
                     }
                     Some(Failure::Unauthorized(_, e)) => {
@@ -354,7 +360,7 @@ impl GmailAccount {
                 }
             } else if let Some(e) = rate_limited {
                 rate_rounds += 1;
-                let pause = self.throttle.rate_limited(None);
+                let pause = self.throttle.rate_limited(e.retry_after);
                 if rate_rounds >= self.opts.max_rate_limited_attempts
                     || pause > self.opts.limits.backoff_max
                 {
@@ -365,11 +371,16 @@ impl GmailAccount {
                 } else {
                     None
                 }
-            } else if round >= self.opts.max_attempts {
-                last_error
             } else {
-                tokio::time::sleep(self.throttle.retry_delay(round)).await;
-                None
+                transient_rounds += 1;
+                if transient_rounds >= self.opts.max_attempts {
+                    Some(last_error.unwrap_or_else(|| {
+                        ApiError::new(ErrorKind::Retry, "batch parts kept failing")
+                    }))
+                } else {
+                    tokio::time::sleep(self.throttle.retry_delay(transient_rounds)).await;
+                    None
+                }
             };
             if let Some(e) = give_up {
                 for i in again {
@@ -739,9 +750,14 @@ fn parse_multipart(body: &[u8], boundary: &str) -> Result<Vec<BatchPart>, String
             Some(_) => return Err("batch part shorter than its Content-Length".into()),
             None => inner_body.to_vec(),
         };
+        let retry_after = header(&inner_head, "retry-after")
+            .and_then(|v| v.parse::<f64>().ok())
+            .filter(|s| s.is_finite() && *s >= 0.0)
+            .map(|s| Duration::from_secs_f64(s.min(86_400.0)));
         parts.push(BatchPart {
             content_id,
             status,
+            retry_after,
             body,
         });
         pos = next;
@@ -850,7 +866,7 @@ mod tests {
         assert!(text.ends_with(&format!("--{boundary}--\r\n")));
 
         let answer = "--b\r\nContent-Type: application/http\r\nContent-ID: <response-item-2>\r\n\r\n\
-            HTTP/1.1 404 Not Found\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}\r\n\
+            HTTP/1.1 429 Too Many Requests\r\nRetry-After: 1.5\r\nContent-Length: 2\r\n\r\n{}\r\n\
             --b\r\nContent-Type: application/http\r\nContent-ID: <response-item-0>\r\n\r\n\
             HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\r\n{\"id\":\"aa\"}\r\n--b--\r\n";
         let r = Reply {
@@ -863,7 +879,8 @@ mod tests {
         let parts = parse_batch_reply(&r).unwrap();
         assert_eq!(parts.len(), 2);
         assert_eq!(part_index(&parts[0].content_id), Some(2));
-        assert_eq!(parts[0].status, 404);
+        assert_eq!(parts[0].status, 429);
+        assert_eq!(parts[0].retry_after, Some(Duration::from_millis(1500)));
         assert_eq!(parts[0].body, b"{}");
         assert_eq!(part_index(&parts[1].content_id), Some(0));
         assert_eq!(parts[1].body, b"{\"id\":\"aa\"}");
