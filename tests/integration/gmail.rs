@@ -496,6 +496,27 @@ async fn history_follows_a_second_client() {
 }
 
 #[tokio::test]
+async fn labels_of_one_account_share_the_idle_poll() {
+    let env = Env::start(QuotaMode::Off).await;
+    env.populate("INBOX", 30, 25).await;
+    env.populate("Lists", 20, 26).await;
+    let account = env.account(fast());
+    let inbox = GmailMailbox::new(account.clone(), "INBOX", "gmail:user@gmail.com/INBOX");
+    let lists = GmailMailbox::new(account, "Lists", "gmail:user@gmail.com/Lists");
+    let (a, b) = tokio::join!(inbox.list(), lists.list());
+    assert_eq!((a.expect("inbox").len(), b.expect("lists").len()), (30, 20));
+    env.reset_stats().await;
+    let (a, b) = tokio::join!(inbox.list(), lists.list());
+    assert!(a.is_ok() && b.is_ok());
+    assert_eq!(env.stats().await.http_requests(), 1, "one profile for both");
+    // A change is never missed because of the shared answer.
+    let id = env.deliver(&raw_message(4), &["Lists"]).await;
+    let (a, b) = tokio::join!(inbox.list(), lists.list());
+    assert_listing(&env, "INBOX", &a.expect("inbox")).await;
+    assert!(b.expect("lists").iter().any(|e| e.id == id));
+}
+
+#[tokio::test]
 async fn many_history_pages_and_changes_outside_the_label() {
     let env = Env::start(QuotaMode::Off).await;
     let ids = env.populate("INBOX", 700, 31).await;

@@ -5,6 +5,7 @@
 //! headers (marked sensitive); nothing here logs or reports them.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use reqwest::Method as Http;
@@ -137,7 +138,14 @@ pub struct GmailAccount {
     tokens: Arc<dyn TokenSource>,
     throttle: Throttle,
     opts: Options,
+    /// The last profile `historyId` and when it was read, shared by the
+    /// account's mailboxes so one poll of several labels costs one request.
+    /// (when, sequence number, historyId).
+    profile: tokio::sync::Mutex<Option<(tokio::time::Instant, u64, u64)>>,
 }
+
+/// How long a profile `historyId` answers the polls of other labels.
+const PROFILE_REUSE: Duration = Duration::from_secs(2);
 
 impl GmailAccount {
     /// A client for `user` talking to `endpoints` with tokens from `tokens`.
@@ -167,6 +175,7 @@ impl GmailAccount {
             tokens,
             throttle: Throttle::new(opts.limits.clone()),
             opts,
+            profile: tokio::sync::Mutex::new(None),
         }))
     }
 
@@ -183,6 +192,35 @@ impl GmailAccount {
     /// Requests and quota units spent so far by every mailbox of the account.
     pub fn usage(&self) -> Usage {
         self.throttle.usage()
+    }
+
+    /// The mailbox's current `historyId` (`users.getProfile`, 1 unit).
+    /// Labels polled together share one request: an answer at most two
+    /// seconds old that this caller has not used yet (`seen` holds the
+    /// sequence number of the last answer it used) is reused. That is safe
+    /// because a listing may start from an older history id (history
+    /// replays what came after), and a caller never gets the same answer
+    /// twice, so a poll always sees changes made before its previous one.
+    pub(crate) async fn history_id(&self, seen: &AtomicU64) -> Result<u64, ApiError> {
+        let mut cached = self.profile.lock().await;
+        if let Some((at, seq, id)) = *cached
+            && at.elapsed() < PROFILE_REUSE
+            && seq > seen.load(Ordering::Relaxed)
+        {
+            seen.store(seq, Ordering::Relaxed);
+            return Ok(id);
+        }
+        let p: wire::Profile = self.get(Method::GetProfile, "/profile", &[]).await?;
+        let id = p.history_id.trim().parse().map_err(|_| {
+            ApiError::new(
+                ErrorKind::Retry,
+                format!("invalid historyId {:?}", p.history_id),
+            )
+        })?;
+        let seq = cached.map_or(1, |c| c.1 + 1);
+        *cached = Some((tokio::time::Instant::now(), seq, id));
+        seen.store(seq, Ordering::Relaxed);
+        Ok(id)
     }
 
     /// `GET` a JSON document from `API + path`.

@@ -12,6 +12,7 @@
 //! same rule `messages.list` applies.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use base64::Engine;
@@ -124,6 +125,8 @@ pub struct GmailMailbox {
     state: Mutex<Listing>,
     /// One listing at a time per mailbox.
     list_lock: tokio::sync::Mutex<()>,
+    /// The last shared profile answer this mailbox used.
+    profile_seen: AtomicU64,
 }
 
 impl GmailMailbox {
@@ -138,6 +141,7 @@ impl GmailMailbox {
             name: name_for_logs.to_string(),
             state: Mutex::new(Listing::default()),
             list_lock: tokio::sync::Mutex::new(()),
+            profile_seen: AtomicU64::new(0),
         }
     }
 
@@ -198,11 +202,7 @@ impl GmailMailbox {
         let base = self.lock().clone();
         let next = match (&base.label_id, base.history_id) {
             (Some(label), Some(since)) => {
-                let profile: wire::Profile = self
-                    .account
-                    .get(Method::GetProfile, "/profile", &[])
-                    .await?;
-                if parse_history_id(&profile.history_id)? == since {
+                if self.account.history_id(&self.profile_seen).await? == since {
                     return Ok(entries(&base.messages));
                 }
                 match self.incremental(&base, label, since).await {
@@ -266,11 +266,7 @@ impl GmailMailbox {
     async fn full(&self, base: &Listing) -> Result<Listing, ApiError> {
         let label = self.lookup_label().await?;
         let lb = LabelBits { label: &label };
-        let profile: wire::Profile = self
-            .account
-            .get(Method::GetProfile, "/profile", &[])
-            .await?;
-        let since = parse_history_id(&profile.history_id)?;
+        let since = self.account.history_id(&self.profile_seen).await?;
         let ids: BTreeSet<String> = self.list_ids(&[&label]).await?.into_iter().collect();
         let known = ids
             .iter()
