@@ -626,6 +626,43 @@ async fn too_old_history_relists_correctly_and_cheaply() {
 }
 
 #[tokio::test]
+async fn a_failed_first_listing_keeps_its_progress() {
+    let env = Env::start(QuotaMode::Off).await;
+    env.populate("INBOX", 1000, 55).await;
+    let mb = env.mailbox(
+        Options {
+            max_attempts: 1,
+            ..fast()
+        },
+        "INBOX",
+    );
+    // Half the metadata batches fail (503, no retry): the listing fails.
+    env.fault(
+        json!({"route": "*/batch/gmail/v1", "kind": "status", "status": 503,
+        "probability": 0.5, "count": 15}),
+    )
+    .await;
+    let e = mb.list().await.expect_err("incomplete listing is an error");
+    assert_eq!(e.kind, ErrorKind::Retry);
+    assert!(mb.save_cursor().is_none(), "nothing committed");
+    let first = env
+        .stats()
+        .await
+        .on("gmail GET /users/me/messages/{id} (in batch)");
+    assert!(first > 0 && first < 1000, "{first}");
+    env.control("DELETE", "faults", Value::Null).await;
+    env.reset_stats().await;
+    let entries = mb.list().await.expect("list");
+    assert_listing(&env, "INBOX", &entries).await;
+    // Only what the failed attempt did not get is asked for again.
+    let s = env.stats().await;
+    assert_eq!(
+        s.on("gmail GET /users/me/messages/{id} (in batch)"),
+        1000 - first
+    );
+}
+
+#[tokio::test]
 async fn fetch_gives_lf_content_and_never_partial_success() {
     let env = Env::start(QuotaMode::Off).await;
     let ids = env.populate("INBOX", 20, 61).await;

@@ -127,7 +127,15 @@ pub struct GmailMailbox {
     list_lock: tokio::sync::Mutex<()>,
     /// The last shared profile answer this mailbox used.
     profile_seen: AtomicU64,
+    /// Date and Message-ID of messages whose metadata arrived during a
+    /// listing that has not been committed yet (it failed, or is running):
+    /// a listing that fails after 90% of a large mailbox does not pay for
+    /// that 90% again.
+    meta: Mutex<HashMap<String, Meta>>,
 }
+
+/// What never changes about a message: `internalDate` and Message-ID.
+type Meta = (Option<i64>, Option<String>);
 
 impl GmailMailbox {
     /// The label named `label_name` (a user label's name, or a system label
@@ -142,6 +150,7 @@ impl GmailMailbox {
             state: Mutex::new(Listing::default()),
             list_lock: tokio::sync::Mutex::new(()),
             profile_seen: AtomicU64::new(0),
+            meta: Mutex::new(HashMap::new()),
         }
     }
 
@@ -157,6 +166,13 @@ impl GmailMailbox {
 
     fn lock(&self) -> MutexGuard<'_, Listing> {
         match self.state.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        }
+    }
+
+    fn meta(&self) -> MutexGuard<'_, HashMap<String, Meta>> {
+        match self.meta.lock() {
             Ok(g) => g,
             Err(p) => p.into_inner(),
         }
@@ -224,6 +240,7 @@ impl GmailMailbox {
         };
         let out = entries(&next.messages);
         *self.lock() = next;
+        self.meta().clear();
         Ok(out)
     }
 
@@ -268,10 +285,21 @@ impl GmailMailbox {
         let lb = LabelBits { label: &label };
         let since = self.account.history_id(&self.profile_seen).await?;
         let ids: BTreeSet<String> = self.list_ids(&[&label]).await?.into_iter().collect();
-        let known = ids
-            .iter()
-            .filter(|id| base.messages.contains_key(*id))
-            .count();
+        // Date and Message-ID from the last listing, or from an earlier
+        // attempt at this one.
+        let mut meta: HashMap<String, Meta> = {
+            let cache = self.meta();
+            ids.iter()
+                .filter_map(|id| {
+                    let m = match base.messages.get(id) {
+                        Some(k) => (k.received_ms, k.email_id.clone()),
+                        None => cache.get(id)?.clone(),
+                    };
+                    Some((id.clone(), m))
+                })
+                .collect()
+        };
+        let known = meta.len();
         let (unread, starred) = if known > 0 {
             let u: BTreeSet<String> = self
                 .list_ids(&[&label, "UNREAD"])
@@ -290,8 +318,8 @@ impl GmailMailbox {
         let mut messages = BTreeMap::new();
         let mut to_fetch = Vec::new();
         for id in ids {
-            match base.messages.get(&id) {
-                Some(k) => {
+            match meta.remove(&id) {
+                Some((received_ms, email_id)) => {
                     let mut bits = lb.mask(&label);
                     if unread.contains(&id) {
                         bits |= UNREAD;
@@ -299,7 +327,12 @@ impl GmailMailbox {
                     if starred.contains(&id) {
                         bits |= STARRED;
                     }
-                    messages.insert(id, Known { bits, ..k.clone() });
+                    let k = Known {
+                        bits,
+                        received_ms,
+                        email_id,
+                    };
+                    messages.insert(id, k);
                 }
                 None => to_fetch.push(id),
             }
@@ -394,7 +427,17 @@ impl GmailMailbox {
             match bits {
                 Some(b) if lb.contains(b) => match messages.get_mut(&id) {
                     Some(k) => k.bits = b,
-                    None => to_fetch.push(id),
+                    None => match self.meta().get(&id).cloned() {
+                        Some((received_ms, email_id)) => {
+                            let k = Known {
+                                bits: b,
+                                received_ms,
+                                email_id,
+                            };
+                            messages.insert(id, k);
+                        }
+                        None => to_fetch.push(id),
+                    },
                 },
                 Some(_) => {
                     messages.remove(&id);
@@ -449,18 +492,17 @@ impl GmailMailbox {
                 match r {
                     Ok(m) => {
                         let bits = lb.of(&m.label_ids);
+                        let received_ms = m.internal_date.as_deref().and_then(|d| d.parse().ok());
+                        let email_id = message_id(&m);
+                        self.meta()
+                            .insert(id.clone(), (received_ms, email_id.clone()));
                         if lb.contains(bits) {
-                            messages.insert(
-                                id,
-                                Known {
-                                    bits,
-                                    received_ms: m
-                                        .internal_date
-                                        .as_deref()
-                                        .and_then(|d| d.parse().ok()),
-                                    email_id: message_id(&m),
-                                },
-                            );
+                            let k = Known {
+                                bits,
+                                received_ms,
+                                email_id,
+                            };
+                            messages.insert(id, k);
                         } else {
                             messages.remove(&id);
                         }
