@@ -3,6 +3,7 @@
 
 mod config;
 mod credsrv;
+mod gmail;
 mod headers;
 mod router;
 mod sync;

@@ -1,0 +1,951 @@
+//! The per-account Gmail API client: one `reqwest` client, the account's
+//! token source and throttle, retries with backoff, the 401 refresh-once
+//! rule, Google's error envelope mapped to an [`ErrorKind`], and the
+//! multipart batch endpoint. Tokens only ever go into `Authorization`
+//! headers (marked sensitive); nothing here logs or reports them.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use reqwest::Method as Http;
+use reqwest::header::{CONTENT_TYPE, HeaderMap, RETRY_AFTER};
+use serde::de::DeserializeOwned;
+
+use super::throttle::{Limits, Method, Throttle, Usage};
+use super::wire;
+use crate::auth::{AccessToken, Audience, AuthError, TokenSource};
+use crate::cloud::{CloudError, Endpoints, ErrorKind};
+
+/// The API host. The legacy `www.googleapis.com` serves the REST paths and
+/// the documented `batch/gmail/v1` endpoint, as the Python program uses.
+pub const HOST: &str = "www.googleapis.com";
+/// Path prefix of the REST API for the signed-in user.
+pub const API: &str = "/gmail/v1/users/me";
+/// Path of the multipart batch endpoint.
+pub const BATCH: &str = "/batch/gmail/v1";
+
+/// Client knobs.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Pacing (quota units, concurrency, backoff).
+    pub limits: Limits,
+    /// Attempts per request before a transient failure is reported.
+    pub max_attempts: u32,
+    /// Attempts per request while Google answers "rate limit exceeded".
+    pub max_rate_limited_attempts: u32,
+    /// Calls per multipart batch (Google allows 100, advises at most 50).
+    pub batch_size: usize,
+    /// TCP/TLS connect timeout.
+    pub connect_timeout: Duration,
+    /// Longest silence while reading a response.
+    pub read_timeout: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            limits: Limits::default(),
+            max_attempts: 5,
+            max_rate_limited_attempts: 10,
+            batch_size: 50,
+            connect_timeout: Duration::from_secs(30),
+            read_timeout: Duration::from_secs(120),
+        }
+    }
+}
+
+/// A failed API call, before it is attributed to a mailbox.
+#[derive(Clone, Debug)]
+pub struct ApiError {
+    /// What the caller should do about it.
+    pub kind: ErrorKind,
+    /// HTTP status, when there was an answer.
+    pub status: Option<u16>,
+    /// Google's `errors[].reason`, when given.
+    pub reason: String,
+    /// Server-requested (or computed) delay before retrying.
+    pub retry_after: Option<Duration>,
+    /// What failed (never contains a token).
+    pub message: String,
+}
+
+impl ApiError {
+    fn new(kind: ErrorKind, message: impl Into<String>) -> ApiError {
+        ApiError {
+            kind,
+            status: None,
+            reason: String::new(),
+            retry_after: None,
+            message: message.into(),
+        }
+    }
+
+    /// The error as the sync engine sees it, for `mailbox`.
+    pub fn into_cloud(self, mailbox: &str) -> CloudError {
+        let mut e = CloudError::new(mailbox, self.kind, self.message);
+        e.retry_after = self.retry_after;
+        e
+    }
+}
+
+/// One HTTP answer with its body read completely.
+struct Reply {
+    /// The token the request carried (to invalidate it if refused).
+    token: AccessToken,
+    status: u16,
+    retry_after: Option<Duration>,
+    content_type: String,
+    body: Vec<u8>,
+}
+
+/// How one attempt failed.
+enum Failure {
+    /// Worth repeating after a delay.
+    Transient(ApiError),
+    /// Google's rate limiter refused the call.
+    RateLimited(ApiError),
+    /// The access token was refused (HTTP 401).
+    Unauthorized(AccessToken, ApiError),
+    /// Repeating will not help.
+    Final(ApiError),
+}
+
+/// A request to send (path under [`HOST`], query, optional body).
+struct Request<'a> {
+    method: Http,
+    path: &'a str,
+    query: &'a [(&'a str, String)],
+    body: Option<(String, Vec<u8>)>,
+    units: u32,
+}
+
+/// One part of a batch answer.
+#[derive(Debug, PartialEq, Eq)]
+struct BatchPart {
+    content_id: String,
+    status: u16,
+    retry_after: Option<Duration>,
+    body: Vec<u8>,
+}
+
+/// A Gmail account: the HTTP client, tokens and throttle that every
+/// mailbox (label) of the account shares.
+pub struct GmailAccount {
+    user: String,
+    http: reqwest::Client,
+    endpoints: Endpoints,
+    tokens: Arc<dyn TokenSource>,
+    throttle: Throttle,
+    opts: Options,
+    /// The last profile `historyId` and when it was read, shared by the
+    /// account's mailboxes so one poll of several labels costs one request.
+    /// (when, sequence number, historyId).
+    profile: tokio::sync::Mutex<Option<(tokio::time::Instant, u64, u64)>>,
+}
+
+/// How long a profile `historyId` answers the polls of other labels.
+const PROFILE_REUSE: Duration = Duration::from_secs(2);
+
+impl GmailAccount {
+    /// A client for `user` talking to `endpoints` with tokens from `tokens`.
+    pub fn new(
+        user: &str,
+        endpoints: Endpoints,
+        tokens: Arc<dyn TokenSource>,
+        opts: Options,
+    ) -> Result<Arc<GmailAccount>, CloudError> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(opts.connect_timeout)
+            .read_timeout(opts.read_timeout)
+            .pool_max_idle_per_host(opts.limits.max_concurrency.max(1))
+            .user_agent(concat!("cloud-mdir-sync/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| {
+                CloudError::new(
+                    &format!("gmail:{user}"),
+                    ErrorKind::Fatal,
+                    format!("cannot build the HTTP client: {e}"),
+                )
+            })?;
+        Ok(Arc::new(GmailAccount {
+            user: user.to_string(),
+            http,
+            endpoints,
+            tokens,
+            throttle: Throttle::new(opts.limits.clone()),
+            opts,
+            profile: tokio::sync::Mutex::new(None),
+        }))
+    }
+
+    /// The account's address.
+    pub fn user(&self) -> &str {
+        &self.user
+    }
+
+    /// The client knobs.
+    pub fn options(&self) -> &Options {
+        &self.opts
+    }
+
+    /// Requests and quota units spent so far by every mailbox of the account.
+    pub fn usage(&self) -> Usage {
+        self.throttle.usage()
+    }
+
+    /// The mailbox's current `historyId` (`users.getProfile`, 1 unit).
+    /// Labels polled together share one request: an answer at most two
+    /// seconds old that this caller has not used yet (`seen` holds the
+    /// sequence number of the last answer it used) is reused. That is safe
+    /// because a listing may start from an older history id (history
+    /// replays what came after), and a caller never gets the same answer
+    /// twice, so a poll always sees changes made before its previous one.
+    pub(crate) async fn history_id(&self, seen: &AtomicU64) -> Result<u64, ApiError> {
+        let mut cached = self.profile.lock().await;
+        if let Some((at, seq, id)) = *cached
+            && at.elapsed() < PROFILE_REUSE
+            && seq > seen.load(Ordering::Relaxed)
+        {
+            seen.store(seq, Ordering::Relaxed);
+            return Ok(id);
+        }
+        let p: wire::Profile = self.get(Method::GetProfile, "/profile", &[]).await?;
+        let id = p.history_id.trim().parse().map_err(|_| {
+            ApiError::new(
+                ErrorKind::Retry,
+                format!("invalid historyId {:?}", p.history_id),
+            )
+        })?;
+        let seq = cached.map_or(1, |c| c.1 + 1);
+        *cached = Some((tokio::time::Instant::now(), seq, id));
+        seen.store(seq, Ordering::Relaxed);
+        Ok(id)
+    }
+
+    /// `GET` a JSON document from `API + path`.
+    pub(crate) async fn get<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        query: &[(&str, String)],
+    ) -> Result<T, ApiError> {
+        let full = format!("{API}{path}");
+        let req = Request {
+            method: Http::GET,
+            path: &full,
+            query,
+            body: None,
+            units: method.units(),
+        };
+        self.call(&req, |r| {
+            serde_json::from_slice(&r.body).map_err(|e| format!("invalid JSON answer: {e}"))
+        })
+        .await
+    }
+
+    /// `POST` a JSON body to `API + path`, expecting an empty answer (as
+    /// `batchModify` gives) or any JSON document (as `modify` gives).
+    pub(crate) async fn post(
+        &self,
+        method: Method,
+        path: &str,
+        body: &impl serde::Serialize,
+        expect_empty: bool,
+    ) -> Result<(), ApiError> {
+        let full = format!("{API}{path}");
+        let bytes = serde_json::to_vec(body)
+            .map_err(|e| ApiError::new(ErrorKind::Fatal, format!("encoding request: {e}")))?;
+        let req = Request {
+            method: Http::POST,
+            path: &full,
+            query: &[],
+            body: Some(("application/json".to_string(), bytes)),
+            units: method.units(),
+        };
+        self.call(&req, |r| {
+            if expect_empty && !r.body.iter().all(u8::is_ascii_whitespace) {
+                return Err(format!(
+                    "expected an empty answer, got {} bytes",
+                    r.body.len()
+                ));
+            }
+            if !expect_empty {
+                serde_json::from_slice::<serde_json::Value>(&r.body)
+                    .map_err(|e| format!("invalid JSON answer: {e}"))?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// `GET API/messages/{id}` for each id through the batch endpoint (at
+    /// most `batch_size` ids per call). One result per id, in order; parts
+    /// that failed transiently are sent again in a smaller batch.
+    pub(crate) async fn batch_get_messages(
+        &self,
+        ids: &[String],
+        query: &str,
+    ) -> Vec<Result<wire::Message, ApiError>> {
+        let mut results: Vec<Option<Result<wire::Message, ApiError>>> = vec![None; ids.len()];
+        let mut pending: Vec<usize> = (0..ids.len()).collect();
+        let mut transient_rounds = 0u32;
+        let mut rate_rounds = 0u32;
+        let mut auth_retried = false;
+        while !pending.is_empty() {
+            let (body, boundary) = batch_body(ids, &pending, query);
+            let req = Request {
+                method: Http::POST,
+                path: BATCH,
+                query: &[],
+                body: Some((format!("multipart/mixed; boundary={boundary}"), body)),
+                units: Method::MessagesGet.units() * pending.len() as u32,
+            };
+            let answer = self
+                .call(&req, |r| Ok((parse_batch_reply(r)?, r.token.clone())))
+                .await;
+            let (parts, token) = match answer {
+                Ok(p) => p,
+                Err(e) => {
+                    for i in pending {
+                        results[i] = Some(Err(e.clone()));
+                    }
+                    break;
+                }
+            };
+            let mut again = Vec::new();
+            let mut last_error = None;
+            let mut rate_limited = None;
+            let mut unauthorized = false;
+            let mut answered = vec![false; ids.len()];
+            for part in parts {
+                let Some(i) = part_index(&part.content_id).filter(|i| pending.contains(i)) else {
+                    continue;
+                };
+                answered[i] = true;
+                let reply = Reply {
+                    token: token.clone(),
+                    status: part.status,
+                    retry_after: part.retry_after,
+                    content_type: "application/json".into(),
+                    body: part.body,
+                };
+                match classify(&reply) {
+                    None => match serde_json::from_slice::<wire::Message>(&reply.body) {
+                        Ok(m) if m.id == ids[i] => results[i] = Some(Ok(m)),
+                        Ok(m) => {
+                            last_error = Some(ApiError::new(
+                                ErrorKind::Retry,
+                                format!("batch part for {} answered {}", ids[i], m.id),
+                            ));
+                            again.push(i);
+                        }
+                        Err(e) => {
+                            last_error = Some(ApiError::new(
+                                ErrorKind::Retry,
+                                format!("invalid JSON in batch part: {e}"),
+                            ));
+                            again.push(i);
+                        }
+                    },
+                    Some(Failure::Final(e)) => results[i] = Some(Err(e)),
+                    Some(Failure::Transient(e)) => {
+                        last_error = Some(e);
+                        again.push(i);
+                    }
+                    Some(Failure::RateLimited(e)) => {
+                        // Keep the longest Retry-After of the parts.
+                        if rate_limited
+                            .as_ref()
+                            .is_none_or(|r: &ApiError| r.retry_after < e.retry_after)
+                        {
+                            rate_limited = Some(e);
+                        }
+                        again.push(i);
+                    }
+                    Some(Failure::Unauthorized(_, e)) => {
+                        unauthorized = true;
+                        last_error = Some(e);
+                        again.push(i);
+                    }
+                }
+            }
+            for &i in &pending {
+                if !answered[i] {
+                    last_error.get_or_insert_with(|| {
+                        ApiError::new(ErrorKind::Retry, "batch answer is missing parts")
+                    });
+                    again.push(i);
+                }
+            }
+            if again.is_empty() {
+                break;
+            }
+            again.sort_unstable();
+            tracing::debug!(
+                user = %self.user,
+                retrying = again.len(),
+                "gmail batch: parts to send again"
+            );
+            // Decide how to wait before sending the rest again.
+            let give_up = if unauthorized {
+                if auth_retried {
+                    Some(auth_error("the access token was refused twice"))
+                } else {
+                    auth_retried = true;
+                    self.tokens.invalidate(Audience::Gmail, &token);
+                    None
+                }
+            } else if let Some(e) = rate_limited {
+                rate_rounds += 1;
+                let pause = self.throttle.rate_limited(e.retry_after);
+                if rate_rounds >= self.opts.max_rate_limited_attempts
+                    || pause > self.opts.limits.backoff_max
+                {
+                    Some(ApiError {
+                        retry_after: Some(pause),
+                        ..e
+                    })
+                } else {
+                    None
+                }
+            } else {
+                transient_rounds += 1;
+                if transient_rounds >= self.opts.max_attempts {
+                    Some(last_error.unwrap_or_else(|| {
+                        ApiError::new(ErrorKind::Retry, "batch parts kept failing")
+                    }))
+                } else {
+                    tokio::time::sleep(self.throttle.retry_delay(transient_rounds)).await;
+                    None
+                }
+            };
+            if let Some(e) = give_up {
+                for i in again {
+                    results[i] = Some(Err(e.clone()));
+                }
+                break;
+            }
+            pending = again;
+        }
+        results
+            .into_iter()
+            .map(|r| {
+                r.unwrap_or_else(|| Err(ApiError::new(ErrorKind::Retry, "batch part not sent")))
+            })
+            .collect()
+    }
+
+    /// Send `req` until it succeeds and `parse` accepts the answer, retrying
+    /// transient failures with backoff, rate limits with the shared pause,
+    /// and a refused token once with a fresh one.
+    async fn call<T>(
+        &self,
+        req: &Request<'_>,
+        parse: impl Fn(&Reply) -> Result<T, String>,
+    ) -> Result<T, ApiError> {
+        let mut attempts = 0u32;
+        let mut rate_attempts = 0u32;
+        let mut auth_retried = false;
+        loop {
+            let failure = match self.attempt(req).await {
+                Ok(reply) => match parse(&reply) {
+                    Ok(v) => {
+                        self.throttle.succeeded();
+                        return Ok(v);
+                    }
+                    Err(msg) => Failure::Transient(ApiError {
+                        status: Some(reply.status),
+                        ..ApiError::new(ErrorKind::Retry, msg)
+                    }),
+                },
+                Err(f) => f,
+            };
+            match failure {
+                Failure::Final(e) => return Err(e),
+                Failure::Unauthorized(token, e) => {
+                    if auth_retried {
+                        return Err(ApiError {
+                            kind: ErrorKind::Auth,
+                            ..e
+                        });
+                    }
+                    auth_retried = true;
+                    tracing::debug!(user = %self.user, "gmail: token refused, refreshing once");
+                    self.tokens.invalidate(Audience::Gmail, &token);
+                }
+                Failure::RateLimited(e) => {
+                    rate_attempts += 1;
+                    let pause = self.throttle.rate_limited(e.retry_after);
+                    tracing::debug!(
+                        user = %self.user,
+                        reason = %e.reason,
+                        pause_ms = pause.as_millis() as u64,
+                        "gmail: rate limited"
+                    );
+                    if rate_attempts >= self.opts.max_rate_limited_attempts
+                        || pause > self.opts.limits.backoff_max
+                    {
+                        return Err(ApiError {
+                            retry_after: Some(pause),
+                            ..e
+                        });
+                    }
+                    // The throttle makes the next attempt wait for the pause.
+                }
+                Failure::Transient(e) => {
+                    attempts += 1;
+                    if attempts >= self.opts.max_attempts {
+                        return Err(e);
+                    }
+                    let delay = e
+                        .retry_after
+                        .unwrap_or_default()
+                        .max(self.throttle.retry_delay(attempts));
+                    tracing::debug!(
+                        user = %self.user,
+                        error = %e.message,
+                        delay_ms = delay.as_millis() as u64,
+                        "gmail: transient failure, retrying"
+                    );
+                    tokio::time::sleep(delay).await;
+                }
+            }
+        }
+    }
+
+    /// One attempt: wait for the throttle, get a token, send, read the
+    /// whole answer, classify it.
+    async fn attempt(&self, req: &Request<'_>) -> Result<Reply, Failure> {
+        let _permit = self.throttle.acquire(req.units).await;
+        let token = self
+            .tokens
+            .token(Audience::Gmail)
+            .await
+            .map_err(|e| Failure::Final(token_error(e)))?;
+        let url = self.endpoints.url(HOST, req.path);
+        let mut rb = self
+            .http
+            .request(req.method.clone(), &url)
+            .bearer_auth(token.secret());
+        if !req.query.is_empty() {
+            rb = rb.query(req.query);
+        }
+        if let Some((ct, body)) = &req.body {
+            rb = rb.header(CONTENT_TYPE, ct.as_str()).body(body.clone());
+        }
+        let resp = rb.send().await.map_err(|e| {
+            Failure::Transient(ApiError::new(
+                ErrorKind::Retry,
+                format!("{} {}: {}", req.method, req.path, e.without_url()),
+            ))
+        })?;
+        let status = resp.status().as_u16();
+        let retry_after = parse_retry_after(resp.headers());
+        let content_type = resp
+            .headers()
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        let body = resp.bytes().await.map_err(|e| {
+            Failure::Transient(ApiError::new(
+                ErrorKind::Retry,
+                format!(
+                    "{} {}: reading the answer: {}",
+                    req.method,
+                    req.path,
+                    e.without_url()
+                ),
+            ))
+        })?;
+        tracing::debug!(
+            user = %self.user,
+            method = %req.method,
+            path = %req.path,
+            status,
+            bytes = body.len(),
+            "gmail request"
+        );
+        let reply = Reply {
+            token,
+            status,
+            retry_after,
+            content_type,
+            body: Vec::from(body),
+        };
+        match classify(&reply) {
+            None => Ok(reply),
+            Some(f) => Err(f),
+        }
+    }
+}
+
+/// `None` for a success; otherwise how the answer failed. An HTTP 200 that
+/// carries Google's error envelope is treated as that error.
+fn classify(reply: &Reply) -> Option<Failure> {
+    let envelope = || serde_json::from_slice::<wire::ErrorEnvelope>(&reply.body).ok();
+    let (status, body) = if (200..300).contains(&reply.status) {
+        let looks_like_error = reply.body.starts_with(b"{")
+            && reply.body.len() < 64 * 1024
+            && reply.body.windows(8).any(|w| w == b"\"error\":");
+        match looks_like_error.then(envelope).flatten() {
+            Some(env) if env.error.code >= 400 => (env.error.code, env.error),
+            _ => return None,
+        }
+    } else {
+        (
+            reply.status,
+            envelope().map(|e| e.error).unwrap_or_default(),
+        )
+    };
+    let reason = body.reason().to_string();
+    let message = if body.message.is_empty() {
+        format!("HTTP {status}")
+    } else {
+        format!("HTTP {status} {reason}: {}", body.message)
+    };
+    let err = |kind| ApiError {
+        kind,
+        status: Some(status),
+        reason: reason.clone(),
+        retry_after: reply.retry_after,
+        message: message.clone(),
+    };
+    Some(match status {
+        401 => Failure::Unauthorized(reply.token.clone(), err(ErrorKind::Auth)),
+        429 => Failure::RateLimited(err(ErrorKind::Retry)),
+        403 if matches!(
+            reason.as_str(),
+            "rateLimitExceeded" | "userRateLimitExceeded"
+        ) =>
+        {
+            Failure::RateLimited(err(ErrorKind::Retry))
+        }
+        // Out of quota for the day: not worth hammering; tell the daemon.
+        403 if matches!(reason.as_str(), "dailyLimitExceeded" | "quotaExceeded") => {
+            Failure::Final(ApiError {
+                retry_after: Some(reply.retry_after.unwrap_or(Duration::from_secs(3600))),
+                ..err(ErrorKind::Retry)
+            })
+        }
+        403 => Failure::Final(err(ErrorKind::Auth)),
+        404 => Failure::Final(err(ErrorKind::NotFound)),
+        408 | 500..=599 => Failure::Transient(err(ErrorKind::Retry)),
+        _ => Failure::Final(err(ErrorKind::Fatal)),
+    })
+}
+
+fn auth_error(msg: &str) -> ApiError {
+    ApiError::new(ErrorKind::Auth, msg)
+}
+
+fn token_error(e: AuthError) -> ApiError {
+    match e {
+        AuthError::LoginNeeded { .. } => ApiError::new(ErrorKind::Auth, e.to_string()),
+        AuthError::Unavailable { .. } => ApiError::new(ErrorKind::Retry, e.to_string()),
+    }
+}
+
+/// `Retry-After` as seconds (fractions allowed); HTTP dates are ignored.
+fn parse_retry_after(h: &HeaderMap) -> Option<Duration> {
+    let v = h.get(RETRY_AFTER)?.to_str().ok()?.trim();
+    let secs: f64 = v.parse().ok()?;
+    (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs.min(86_400.0)))
+}
+
+/// A path segment with anything outside `[A-Za-z0-9_-]` percent-encoded
+/// (Gmail ids are hex; this only guards against surprises).
+pub(crate) fn segment(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b == b'-' || b == b'_' {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// The multipart body asking for `ids[i]` for each `i` in `which`;
+/// returns the body and its boundary.
+fn batch_body(ids: &[String], which: &[usize], query: &str) -> (Vec<u8>, String) {
+    let boundary = format!("cms_batch_{:016x}", rand_u64());
+    let mut body = Vec::new();
+    for &i in which {
+        body.extend_from_slice(
+            format!(
+                "--{boundary}\r\nContent-Type: application/http\r\nContent-ID: <item-{i}>\r\n\r\n\
+                 GET {API}/messages/{}?{query}\r\n\r\n",
+                segment(&ids[i])
+            )
+            .as_bytes(),
+        );
+    }
+    body.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
+    (body, boundary)
+}
+
+fn rand_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(0x9e37_79b9_7f4a_7c15);
+    h.finish()
+}
+
+/// The request index of a part from its `Content-ID: <response-item-N>`.
+fn part_index(content_id: &str) -> Option<usize> {
+    content_id
+        .trim()
+        .trim_start_matches('<')
+        .trim_end_matches('>')
+        .strip_prefix("response-")?
+        .strip_prefix("item-")?
+        .parse()
+        .ok()
+}
+
+/// Parse a batch answer; an answer cut short (no closing delimiter, a part
+/// shorter than its `Content-Length`) is an error.
+fn parse_batch_reply(r: &Reply) -> Result<Vec<BatchPart>, String> {
+    let boundary = r
+        .content_type
+        .split(';')
+        .filter_map(|p| p.trim().strip_prefix("boundary="))
+        .map(|b| b.trim_matches('"').to_string())
+        .next()
+        .ok_or_else(|| format!("batch answer is not multipart: {:?}", r.content_type))?;
+    parse_multipart(&r.body, &boundary)
+}
+
+fn find(hay: &[u8], needle: &[u8], from: usize) -> Option<usize> {
+    if needle.is_empty() || from > hay.len() {
+        return None;
+    }
+    hay[from..]
+        .windows(needle.len())
+        .position(|w| w == needle)
+        .map(|p| p + from)
+}
+
+/// Split header lines from a body at the first empty line (CRLF or LF).
+fn split_head(b: &[u8]) -> (&[u8], &[u8]) {
+    let crlf = find(b, b"\r\n\r\n", 0).map(|p| (p, p + 4));
+    let lf = find(b, b"\n\n", 0).map(|p| (p, p + 2));
+    match (crlf, lf) {
+        (Some(a), Some(b2)) if b2.0 < a.0 => (&b[..b2.0], &b[b2.1..]),
+        (Some(a), _) => (&b[..a.0], &b[a.1..]),
+        (None, Some(b2)) => (&b[..b2.0], &b[b2.1..]),
+        (None, None) => (b, &[]),
+    }
+}
+
+fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
+    head.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.trim().eq_ignore_ascii_case(name).then(|| v.trim())
+    })
+}
+
+fn parse_multipart(body: &[u8], boundary: &str) -> Result<Vec<BatchPart>, String> {
+    let delim = format!("--{boundary}");
+    let delim = delim.as_bytes();
+    let mut pos = find(body, delim, 0).ok_or("batch answer has no parts")?;
+    let mut parts = Vec::new();
+    loop {
+        let after = pos + delim.len();
+        if body[after..].starts_with(b"--") {
+            return Ok(parts);
+        }
+        // The next delimiter starts a line; the line break before it
+        // belongs to the delimiter.
+        let next = find(body, delim, after).ok_or("batch answer is cut short")?;
+        let mut end = next;
+        if end >= 2 && &body[end - 2..end] == b"\r\n" {
+            end -= 2;
+        } else if end >= 1 && body[end - 1] == b'\n' {
+            end -= 1;
+        }
+        let mut chunk = &body[after..end.max(after)];
+        chunk = chunk
+            .strip_prefix(b"\r\n")
+            .or_else(|| chunk.strip_prefix(b"\n"))
+            .unwrap_or(chunk);
+        let (outer_head, inner) = split_head(chunk);
+        let outer_head = String::from_utf8_lossy(outer_head);
+        let content_id = header(&outer_head, "content-id").unwrap_or("").to_string();
+        let (inner_head, inner_body) = split_head(inner);
+        let inner_head = String::from_utf8_lossy(inner_head);
+        let status: u16 = inner_head
+            .lines()
+            .next()
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|s| s.parse().ok())
+            .ok_or("batch part without an HTTP status line")?;
+        let body = match header(&inner_head, "content-length").and_then(|v| v.parse().ok()) {
+            Some(n) if n <= inner_body.len() => inner_body[..n].to_vec(),
+            Some(_) => return Err("batch part shorter than its Content-Length".into()),
+            None => inner_body.to_vec(),
+        };
+        let retry_after = header(&inner_head, "retry-after")
+            .and_then(|v| v.parse::<f64>().ok())
+            .filter(|s| s.is_finite() && *s >= 0.0)
+            .map(|s| Duration::from_secs_f64(s.min(86_400.0)));
+        parts.push(BatchPart {
+            content_id,
+            status,
+            retry_after,
+            body,
+        });
+        pos = next;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reply(status: u16, body: &str) -> Reply {
+        Reply {
+            token: AccessToken::new("t"),
+            status,
+            retry_after: None,
+            content_type: "application/json".into(),
+            body: body.as_bytes().to_vec(),
+        }
+    }
+
+    fn kind(f: Option<Failure>) -> &'static str {
+        match f {
+            None => "ok",
+            Some(Failure::Transient(_)) => "transient",
+            Some(Failure::RateLimited(_)) => "rate",
+            Some(Failure::Unauthorized(..)) => "401",
+            Some(Failure::Final(e)) => match e.kind {
+                ErrorKind::Retry => "final-retry",
+                ErrorKind::Auth => "auth",
+                ErrorKind::NotFound => "notfound",
+                ErrorKind::Fatal => "fatal",
+            },
+        }
+    }
+
+    fn google(code: u16, reason: &str) -> String {
+        format!(
+            r#"{{"error":{{"code":{code},"message":"m","errors":[{{"reason":"{reason}","domain":"d"}}]}}}}"#
+        )
+    }
+
+    #[test]
+    fn statuses_and_reasons_classify() {
+        assert_eq!(kind(classify(&reply(200, "{\"id\":\"a\"}"))), "ok");
+        assert_eq!(kind(classify(&reply(204, ""))), "ok");
+        assert_eq!(
+            kind(classify(&reply(401, &google(401, "authError")))),
+            "401"
+        );
+        assert_eq!(kind(classify(&reply(429, "Too many"))), "rate");
+        assert_eq!(
+            kind(classify(&reply(403, &google(403, "userRateLimitExceeded")))),
+            "rate"
+        );
+        assert_eq!(
+            kind(classify(&reply(403, &google(403, "rateLimitExceeded")))),
+            "rate"
+        );
+        assert_eq!(
+            kind(classify(&reply(403, &google(403, "dailyLimitExceeded")))),
+            "final-retry"
+        );
+        assert_eq!(
+            kind(classify(&reply(
+                403,
+                &google(403, "insufficientPermissions")
+            ))),
+            "auth"
+        );
+        assert_eq!(
+            kind(classify(&reply(404, &google(404, "notFound")))),
+            "notfound"
+        );
+        assert_eq!(kind(classify(&reply(503, "<html>"))), "transient");
+        assert_eq!(
+            kind(classify(&reply(400, &google(400, "invalidArgument")))),
+            "fatal"
+        );
+        // An error envelope delivered with HTTP 200.
+        assert_eq!(
+            kind(classify(&reply(200, &google(503, "backendError")))),
+            "transient"
+        );
+    }
+
+    #[test]
+    fn retry_after_seconds() {
+        let mut h = HeaderMap::new();
+        h.insert(RETRY_AFTER, "2.5".parse().unwrap());
+        assert_eq!(parse_retry_after(&h), Some(Duration::from_millis(2500)));
+        h.insert(
+            RETRY_AFTER,
+            "Wed, 21 Oct 2015 07:28:00 GMT".parse().unwrap(),
+        );
+        assert_eq!(parse_retry_after(&h), None);
+    }
+
+    #[test]
+    fn batch_body_and_answer_round_trip() {
+        let ids = vec!["aa".to_string(), "bb".to_string(), "c/d".to_string()];
+        let (body, boundary) = batch_body(&ids, &[0, 2], "format=minimal");
+        let text = String::from_utf8(body).unwrap();
+        assert!(text.contains("Content-ID: <item-0>"));
+        assert!(text.contains("GET /gmail/v1/users/me/messages/c%2Fd?format=minimal\r\n"));
+        assert!(!text.contains("item-1"));
+        assert!(text.ends_with(&format!("--{boundary}--\r\n")));
+
+        let answer = "--b\r\nContent-Type: application/http\r\nContent-ID: <response-item-2>\r\n\r\n\
+            HTTP/1.1 429 Too Many Requests\r\nRetry-After: 1.5\r\nContent-Length: 2\r\n\r\n{}\r\n\
+            --b\r\nContent-Type: application/http\r\nContent-ID: <response-item-0>\r\n\r\n\
+            HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\r\n{\"id\":\"aa\"}\r\n--b--\r\n";
+        let r = Reply {
+            token: AccessToken::new("t"),
+            status: 200,
+            retry_after: None,
+            content_type: "multipart/mixed; boundary=b".into(),
+            body: answer.as_bytes().to_vec(),
+        };
+        let parts = parse_batch_reply(&r).unwrap();
+        assert_eq!(parts.len(), 2);
+        assert_eq!(part_index(&parts[0].content_id), Some(2));
+        assert_eq!(parts[0].status, 429);
+        assert_eq!(parts[0].retry_after, Some(Duration::from_millis(1500)));
+        assert_eq!(parts[0].body, b"{}");
+        assert_eq!(part_index(&parts[1].content_id), Some(0));
+        assert_eq!(parts[1].body, b"{\"id\":\"aa\"}");
+    }
+
+    #[test]
+    fn truncated_batch_answers_are_errors() {
+        let full = "--b\r\nContent-ID: <response-item-0>\r\n\r\nHTTP/1.1 200 OK\r\n\
+            Content-Length: 11\r\n\r\n{\"id\":\"aa\"}\r\n--b--\r\n";
+        for cut in [full.len() / 2, full.len() - 8] {
+            let r = Reply {
+                token: AccessToken::new("t"),
+                status: 200,
+                retry_after: None,
+                content_type: "multipart/mixed; boundary=\"b\"".into(),
+                body: full.as_bytes()[..cut].to_vec(),
+            };
+            assert!(parse_batch_reply(&r).is_err(), "cut at {cut}");
+        }
+        let short = "--b\r\nContent-ID: <response-item-0>\r\n\r\nHTTP/1.1 200 OK\r\n\
+            Content-Length: 50\r\n\r\n{\"id\":\"aa\"}\r\n--b--\r\n";
+        assert!(parse_multipart(short.as_bytes(), "b").is_err());
+    }
+
+    #[test]
+    fn segments_are_encoded() {
+        assert_eq!(segment("18c2ab_-Z"), "18c2ab_-Z");
+        assert_eq!(segment("a/b?c"), "a%2Fb%3Fc");
+    }
+}

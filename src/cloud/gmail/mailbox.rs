@@ -1,0 +1,883 @@
+//! One Gmail label as a [`CloudMailbox`]. The first listing is full
+//! (`messages.list` plus batched `messages.get?format=metadata` for what is
+//! not known yet); later listings check the profile's `historyId` (one
+//! request when nothing changed) and apply `history.list` records, falling
+//! back to a full listing when the history id is too old. The listing and
+//! the history id it is current as of are persisted through the cursor, so
+//! a restart resumes with one request.
+//!
+//! Flags: read is the absence of `UNREAD`, flagged is `STARRED`; replied
+//! cannot be stored. A message is in the mailbox while it carries the label
+//! and is not in Trash or Spam (unless the label is `TRASH` or `SPAM`), the
+//! same rule `messages.list` applies.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use base64::Engine;
+use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
+use futures_util::stream::{self, StreamExt};
+use serde::{Deserialize, Serialize};
+
+use super::client::{ApiError, GmailAccount, segment};
+use super::throttle::Method;
+use super::wire;
+use crate::cloud::{BoxFut, CloudEntry, CloudError, CloudMailbox, ErrorKind, FlagChange, Sink};
+use crate::config::DeleteAction;
+use crate::types::{Flags, StorageKind};
+
+/// Most ids in one `batchModify` call.
+const MODIFY_CHUNK: usize = 1000;
+/// Page size of `messages.list` and `history.list` (their maximum).
+const PAGE: &str = "500";
+/// What a metadata request asks for: labels, `internalDate`, Message-ID.
+const METADATA_QUERY: &str = "format=metadata&metadataHeaders=message-id";
+/// Version of the persisted cursor.
+const CURSOR_VERSION: u32 = 1;
+
+/// The message carries the synced label.
+const IN: u8 = 1;
+/// The message carries `UNREAD`.
+const UNREAD: u8 = 2;
+/// The message carries `STARRED`.
+const STARRED: u8 = 4;
+/// The message carries `TRASH`.
+const TRASH: u8 = 8;
+/// The message carries `SPAM`.
+const SPAM: u8 = 16;
+
+/// The labels that matter for one synced label, as bits.
+struct LabelBits<'a> {
+    label: &'a str,
+}
+
+impl LabelBits<'_> {
+    fn mask(&self, l: &str) -> u8 {
+        let mut m = if l == self.label { IN } else { 0 };
+        m |= match l {
+            "UNREAD" => UNREAD,
+            "STARRED" => STARRED,
+            "TRASH" => TRASH,
+            "SPAM" => SPAM,
+            _ => 0,
+        };
+        m
+    }
+
+    fn of(&self, labels: &[String]) -> u8 {
+        labels.iter().fold(0, |b, l| b | self.mask(l))
+    }
+
+    /// True when a message with these bits is listed in the mailbox.
+    fn contains(&self, bits: u8) -> bool {
+        bits & IN != 0
+            && (bits & TRASH == 0 || self.label == "TRASH")
+            && (bits & SPAM == 0 || self.label == "SPAM")
+    }
+}
+
+fn flags_of(bits: u8) -> Flags {
+    let mut f = Flags::NONE;
+    if bits & UNREAD == 0 {
+        f |= Flags::READ;
+    }
+    if bits & STARRED != 0 {
+        f |= Flags::FLAGGED;
+    }
+    f
+}
+
+/// What is remembered of a listed message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Known {
+    bits: u8,
+    received_ms: Option<i64>,
+    email_id: Option<String>,
+}
+
+/// The committed listing.
+#[derive(Clone, Debug, Default)]
+struct Listing {
+    label_id: Option<String>,
+    /// Set when `messages` is complete as of this history id.
+    history_id: Option<u64>,
+    messages: BTreeMap<String, Known>,
+}
+
+/// Persisted form of a [`Listing`].
+#[derive(Serialize, Deserialize)]
+struct Cursor {
+    v: u32,
+    user: String,
+    label_name: String,
+    label_id: String,
+    history_id: String,
+    /// `(id, label bits, internalDate ms, Message-ID)`.
+    messages: Vec<(String, u8, Option<i64>, Option<String>)>,
+}
+
+/// A Gmail label mirrored as a cloud mailbox.
+pub struct GmailMailbox {
+    account: Arc<GmailAccount>,
+    label_name: String,
+    name: String,
+    state: Mutex<Listing>,
+    /// One listing at a time per mailbox.
+    list_lock: tokio::sync::Mutex<()>,
+    /// The last shared profile answer this mailbox used.
+    profile_seen: AtomicU64,
+    /// Date and Message-ID of messages whose metadata arrived during a
+    /// listing that has not been committed yet (it failed, or is running):
+    /// a listing that fails after 90% of a large mailbox does not pay for
+    /// that 90% again.
+    meta: Mutex<HashMap<String, Meta>>,
+}
+
+/// What never changes about a message: `internalDate` and Message-ID.
+type Meta = (Option<i64>, Option<String>);
+
+impl GmailMailbox {
+    /// The label named `label_name` (a user label's name, or a system label
+    /// such as `INBOX`) of `account`. The label is looked up on first use (a
+    /// restored cursor already knows it); a missing label makes that call
+    /// fail with [`ErrorKind::Fatal`].
+    pub fn new(account: Arc<GmailAccount>, label_name: &str, name_for_logs: &str) -> GmailMailbox {
+        GmailMailbox {
+            account,
+            label_name: label_name.to_string(),
+            name: name_for_logs.to_string(),
+            state: Mutex::new(Listing::default()),
+            list_lock: tokio::sync::Mutex::new(()),
+            profile_seen: AtomicU64::new(0),
+            meta: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The label's name as configured.
+    pub fn label_name(&self) -> &str {
+        &self.label_name
+    }
+
+    /// Look the label up by name (`labels.list`) and return its id.
+    pub async fn resolve_label(&self) -> Result<String, CloudError> {
+        self.lookup_label().await.map_err(|e| self.err(e))
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Listing> {
+        match self.state.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        }
+    }
+
+    fn meta(&self) -> MutexGuard<'_, HashMap<String, Meta>> {
+        match self.meta.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        }
+    }
+
+    fn err(&self, e: ApiError) -> CloudError {
+        e.into_cloud(&self.name)
+    }
+
+    async fn lookup_label(&self) -> Result<String, ApiError> {
+        let labels: wire::LabelList = self.account.get(Method::LabelsList, "/labels", &[]).await?;
+        let by_name = labels.labels.iter().find(|l| l.name == self.label_name);
+        // System labels have id == name; accept an id as well.
+        let by_id = || labels.labels.iter().find(|l| l.id == self.label_name);
+        match by_name.or_else(by_id) {
+            Some(l) => Ok(l.id.clone()),
+            None => Err(ApiError {
+                kind: ErrorKind::Fatal,
+                status: None,
+                reason: String::new(),
+                retry_after: None,
+                message: format!(
+                    "Gmail label {:?} not found for {}",
+                    self.label_name,
+                    self.account.user()
+                ),
+            }),
+        }
+    }
+
+    /// The label id, looking it up if no listing has yet.
+    async fn label_id(&self) -> Result<String, ApiError> {
+        if let Some(l) = self.lock().label_id.clone() {
+            return Ok(l);
+        }
+        let l = self.lookup_label().await?;
+        self.lock().label_id.get_or_insert(l.clone());
+        Ok(l)
+    }
+
+    async fn list_inner(&self) -> Result<Vec<CloudEntry>, ApiError> {
+        let _one = self.list_lock.lock().await;
+        let base = self.lock().clone();
+        let next = match (&base.label_id, base.history_id) {
+            (Some(label), Some(since)) => {
+                if self.account.history_id(&self.profile_seen).await? == since {
+                    return Ok(entries(&base.messages));
+                }
+                match self.incremental(&base, label, since).await {
+                    Ok(l) => l,
+                    // 404: the history id is too old; 400: it (or the label
+                    // id) is no longer valid. Both mean: list everything.
+                    Err(e) if e.kind == ErrorKind::NotFound || e.status == Some(400) => {
+                        tracing::info!(
+                            mailbox = %self.name,
+                            "history from {since} unavailable ({}); listing everything",
+                            e.message
+                        );
+                        self.full(&base).await?
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            _ => self.full(&base).await?,
+        };
+        let out = entries(&next.messages);
+        *self.lock() = next;
+        self.meta().clear();
+        Ok(out)
+    }
+
+    /// Every id carrying all of `labels` (`messages.list`, all pages).
+    async fn list_ids(&self, labels: &[&str]) -> Result<Vec<String>, ApiError> {
+        let mut ids = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let mut q: Vec<(&str, String)> =
+                labels.iter().map(|l| ("labelIds", l.to_string())).collect();
+            q.push(("maxResults", PAGE.to_string()));
+            if let Some(t) = &token {
+                q.push(("pageToken", t.clone()));
+            }
+            let page: wire::MessageList = self
+                .account
+                .get(Method::MessagesList, "/messages", &q)
+                .await?;
+            ids.extend(page.messages.into_iter().map(|m| m.id));
+            match page.next_page_token {
+                Some(t) if Some(&t) != token.as_ref() => token = Some(t),
+                Some(_) => {
+                    return Err(ApiError {
+                        kind: ErrorKind::Retry,
+                        status: None,
+                        reason: String::new(),
+                        retry_after: None,
+                        message: "messages.list repeated its page token".into(),
+                    });
+                }
+                None => return Ok(ids),
+            }
+        }
+    }
+
+    /// A full listing: ids of the label, flags from two more listings
+    /// (label+UNREAD, label+STARRED) for messages known from before, and
+    /// metadata (labels, date, Message-ID) for the others. Current as of
+    /// the profile's history id read first.
+    async fn full(&self, base: &Listing) -> Result<Listing, ApiError> {
+        let label = self.lookup_label().await?;
+        let lb = LabelBits { label: &label };
+        let since = self.account.history_id(&self.profile_seen).await?;
+        let ids: BTreeSet<String> = self.list_ids(&[&label]).await?.into_iter().collect();
+        // Date and Message-ID from the last listing, or from an earlier
+        // attempt at this one.
+        let mut meta: HashMap<String, Meta> = {
+            let cache = self.meta();
+            ids.iter()
+                .filter_map(|id| {
+                    let m = match base.messages.get(id) {
+                        Some(k) => (k.received_ms, k.email_id.clone()),
+                        None => cache.get(id)?.clone(),
+                    };
+                    Some((id.clone(), m))
+                })
+                .collect()
+        };
+        let known = meta.len();
+        let (unread, starred) = if known > 0 {
+            let u: BTreeSet<String> = self
+                .list_ids(&[&label, "UNREAD"])
+                .await?
+                .into_iter()
+                .collect();
+            let s: BTreeSet<String> = self
+                .list_ids(&[&label, "STARRED"])
+                .await?
+                .into_iter()
+                .collect();
+            (u, s)
+        } else {
+            Default::default()
+        };
+        let mut messages = BTreeMap::new();
+        let mut to_fetch = Vec::new();
+        for id in ids {
+            match meta.remove(&id) {
+                Some((received_ms, email_id)) => {
+                    let mut bits = lb.mask(&label);
+                    if unread.contains(&id) {
+                        bits |= UNREAD;
+                    }
+                    if starred.contains(&id) {
+                        bits |= STARRED;
+                    }
+                    let k = Known {
+                        bits,
+                        received_ms,
+                        email_id,
+                    };
+                    messages.insert(id, k);
+                }
+                None => to_fetch.push(id),
+            }
+        }
+        tracing::info!(
+            mailbox = %self.name,
+            listed = messages.len() + to_fetch.len(),
+            new = to_fetch.len(),
+            "gmail: full listing"
+        );
+        self.fill_metadata(&lb, &mut messages, to_fetch).await?;
+        Ok(Listing {
+            label_id: Some(label),
+            history_id: Some(since),
+            messages,
+        })
+    }
+
+    /// Apply history records since `since` to `base`.
+    async fn incremental(
+        &self,
+        base: &Listing,
+        label: &str,
+        since: u64,
+    ) -> Result<Listing, ApiError> {
+        let lb = LabelBits { label };
+        // Per touched message: Some(bits) when its labels are known after
+        // the records, None when a metadata request must tell.
+        let mut touched: HashMap<String, Option<u8>> = HashMap::new();
+        let current = |t: &HashMap<String, Option<u8>>, id: &str| -> Option<u8> {
+            match t.get(id) {
+                Some(s) => *s,
+                None => base.messages.get(id).map(|k| k.bits),
+            }
+        };
+        let mut token: Option<String> = None;
+        let mut records = 0usize;
+        let now = loop {
+            let mut q = vec![
+                ("startHistoryId", since.to_string()),
+                ("labelId", label.to_string()),
+                ("maxResults", PAGE.to_string()),
+            ];
+            if let Some(t) = &token {
+                q.push(("pageToken", t.clone()));
+            }
+            let page: wire::HistoryList = self
+                .account
+                .get(Method::HistoryList, "/history", &q)
+                .await?;
+            records += page.history.len();
+            for rec in page.history {
+                for m in rec.messages_added {
+                    let bits = m.message.label_ids.as_deref().map(|l| lb.of(l));
+                    touched.insert(m.message.id, bits);
+                }
+                for c in rec.labels_added {
+                    let bits = match c.message.label_ids.as_deref() {
+                        Some(full) => Some(lb.of(full)),
+                        None => current(&touched, &c.message.id).map(|b| b | lb.of(&c.label_ids)),
+                    };
+                    touched.insert(c.message.id, bits);
+                }
+                for c in rec.labels_removed {
+                    let bits = match c.message.label_ids.as_deref() {
+                        Some(full) => Some(lb.of(full)),
+                        None => current(&touched, &c.message.id).map(|b| b & !lb.of(&c.label_ids)),
+                    };
+                    touched.insert(c.message.id, bits);
+                }
+                for m in rec.messages_deleted {
+                    touched.insert(m.message.id, Some(0));
+                }
+            }
+            match page.next_page_token {
+                Some(t) if Some(&t) != token.as_ref() => token = Some(t),
+                Some(_) => {
+                    return Err(ApiError {
+                        kind: ErrorKind::Retry,
+                        status: None,
+                        reason: String::new(),
+                        retry_after: None,
+                        message: "history.list repeated its page token".into(),
+                    });
+                }
+                None => break parse_history_id(&page.history_id)?,
+            }
+        };
+        let mut messages = base.messages.clone();
+        let mut to_fetch = Vec::new();
+        for (id, bits) in touched {
+            match bits {
+                Some(b) if lb.contains(b) => match messages.get_mut(&id) {
+                    Some(k) => k.bits = b,
+                    None => match self.meta().get(&id).cloned() {
+                        Some((received_ms, email_id)) => {
+                            let k = Known {
+                                bits: b,
+                                received_ms,
+                                email_id,
+                            };
+                            messages.insert(id, k);
+                        }
+                        None => to_fetch.push(id),
+                    },
+                },
+                Some(_) => {
+                    messages.remove(&id);
+                }
+                None => to_fetch.push(id),
+            }
+        }
+        to_fetch.sort();
+        tracing::debug!(
+            mailbox = %self.name,
+            since,
+            now,
+            records,
+            fetch = to_fetch.len(),
+            "gmail: history applied"
+        );
+        self.fill_metadata(&lb, &mut messages, to_fetch).await?;
+        Ok(Listing {
+            label_id: Some(label.to_string()),
+            history_id: Some(now.max(since)),
+            messages,
+        })
+    }
+
+    /// Ask for the metadata of `ids` (batched) and put the ones in the
+    /// mailbox into `messages`. A message that no longer exists is left
+    /// out; any other failure fails the listing (nothing may be skipped).
+    async fn fill_metadata(
+        &self,
+        lb: &LabelBits<'_>,
+        messages: &mut BTreeMap<String, Known>,
+        ids: Vec<String>,
+    ) -> Result<(), ApiError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let size = self.account.options().batch_size.clamp(1, 100);
+        let parallel = self.account.options().limits.max_concurrency.max(1);
+        let chunks: Vec<Vec<String>> = ids.chunks(size).map(<[String]>::to_vec).collect();
+        let mut answers = stream::iter(chunks)
+            .map(|chunk| async move {
+                let r = self
+                    .account
+                    .batch_get_messages(&chunk, METADATA_QUERY)
+                    .await;
+                (chunk, r)
+            })
+            .buffer_unordered(parallel);
+        let mut failed = None;
+        while let Some((chunk, results)) = answers.next().await {
+            for (id, r) in chunk.into_iter().zip(results) {
+                match r {
+                    Ok(m) => {
+                        let bits = lb.of(&m.label_ids);
+                        let received_ms = m.internal_date.as_deref().and_then(|d| d.parse().ok());
+                        let email_id = message_id(&m);
+                        self.meta()
+                            .insert(id.clone(), (received_ms, email_id.clone()));
+                        if lb.contains(bits) {
+                            let k = Known {
+                                bits,
+                                received_ms,
+                                email_id,
+                            };
+                            messages.insert(id, k);
+                        } else {
+                            messages.remove(&id);
+                        }
+                    }
+                    Err(e) if e.kind == ErrorKind::NotFound => {
+                        messages.remove(&id);
+                    }
+                    Err(e) => {
+                        failed.get_or_insert(e);
+                    }
+                }
+            }
+        }
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// Add and remove labels on `ids`: `batchModify` in chunks; when a
+    /// chunk is refused as a whole (an id that no longer exists), each
+    /// message is changed on its own so the others still go through.
+    async fn modify(
+        &self,
+        ids: &[String],
+        add: &[String],
+        remove: &[String],
+    ) -> Vec<Result<(), ApiError>> {
+        let mut out = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(MODIFY_CHUNK) {
+            let body = wire::BatchModify {
+                ids: chunk,
+                add_label_ids: add,
+                remove_label_ids: remove,
+            };
+            let r = self
+                .account
+                .post(Method::BatchModify, "/messages/batchModify", &body, true)
+                .await;
+            match r {
+                Ok(()) => out.extend(chunk.iter().map(|_| Ok(()))),
+                Err(e)
+                    if chunk.len() > 1
+                        && (e.kind == ErrorKind::NotFound || e.status == Some(400)) =>
+                {
+                    tracing::warn!(
+                        mailbox = %self.name,
+                        "batchModify refused ({}); changing {} messages one by one",
+                        e.message,
+                        chunk.len()
+                    );
+                    let mut general: Option<ApiError> = None;
+                    for id in chunk {
+                        if let Some(g) = &general {
+                            out.push(Err(g.clone()));
+                            continue;
+                        }
+                        let body = wire::Modify {
+                            add_label_ids: add,
+                            remove_label_ids: remove,
+                        };
+                        let path = format!("/messages/{}/modify", segment(id));
+                        let r = self
+                            .account
+                            .post(Method::MessagesModify, &path, &body, false)
+                            .await;
+                        // The same refusal for a single message: the request
+                        // itself is wrong, not one id; stop trying.
+                        if let Err(e) = &r
+                            && e.kind != ErrorKind::NotFound
+                        {
+                            general = Some(e.clone());
+                        }
+                        out.push(r);
+                    }
+                }
+                Err(e) => out.extend(chunk.iter().map(|_| Err(e.clone()))),
+            }
+        }
+        out
+    }
+}
+
+/// Label edits for a flag change (replied has no Gmail label).
+fn label_edits(set: Flags, clear: Flags) -> (Vec<String>, Vec<String>) {
+    let mut add = Vec::new();
+    let mut remove = Vec::new();
+    if set.contains(Flags::READ) {
+        remove.push("UNREAD".to_string());
+    } else if clear.contains(Flags::READ) {
+        add.push("UNREAD".to_string());
+    }
+    if set.contains(Flags::FLAGGED) {
+        add.push("STARRED".to_string());
+    } else if clear.contains(Flags::FLAGGED) {
+        remove.push("STARRED".to_string());
+    }
+    (add, remove)
+}
+
+fn parse_history_id(s: &str) -> Result<u64, ApiError> {
+    s.trim().parse().map_err(|_| ApiError {
+        kind: ErrorKind::Retry,
+        status: None,
+        reason: String::new(),
+        retry_after: None,
+        message: format!("invalid historyId {s:?}"),
+    })
+}
+
+fn message_id(m: &wire::Message) -> Option<String> {
+    m.payload
+        .as_ref()?
+        .headers
+        .iter()
+        .find(|h| h.name.eq_ignore_ascii_case("message-id"))
+        .map(|h| h.value.trim().to_string())
+        .filter(|v| !v.is_empty())
+}
+
+fn entries(messages: &BTreeMap<String, Known>) -> Vec<CloudEntry> {
+    messages
+        .iter()
+        .map(|(id, k)| CloudEntry {
+            id: id.clone(),
+            email_id: k.email_id.clone(),
+            flags: flags_of(k.bits),
+            received_time: k.received_ms.map(|ms| ms.div_euclid(1000)),
+            size: None,
+        })
+        .collect()
+}
+
+/// Decode Gmail's base64url `raw` (padded or not) and turn CRLF into LF.
+fn decode_raw(raw: &str) -> Result<Vec<u8>, String> {
+    const URL: GeneralPurpose = GeneralPurpose::new(
+        &base64::alphabet::URL_SAFE,
+        GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
+    );
+    let clean: Vec<u8> = raw.bytes().filter(|b| !b.is_ascii_whitespace()).collect();
+    let bytes = URL
+        .decode(&clean)
+        .map_err(|e| format!("raw content is not base64url: {e}"))?;
+    if bytes.is_empty() {
+        return Err("raw content is empty".into());
+    }
+    Ok(crlf_to_lf(&bytes))
+}
+
+fn crlf_to_lf(b: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\r' && b.get(i + 1) == Some(&b'\n') {
+            i += 1;
+            continue;
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    out
+}
+
+impl CloudMailbox for GmailMailbox {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn storage_kind(&self) -> StorageKind {
+        StorageKind::Gmail
+    }
+
+    fn supported_flags(&self) -> Flags {
+        Flags::READ | Flags::FLAGGED
+    }
+
+    fn list(&self) -> BoxFut<'_, Result<Vec<CloudEntry>, CloudError>> {
+        Box::pin(async move { self.list_inner().await.map_err(|e| self.err(e)) })
+    }
+
+    fn fetch<'a>(&'a self, id: &'a str, out: &'a mut Sink) -> BoxFut<'a, Result<(), CloudError>> {
+        Box::pin(async move {
+            let path = format!("/messages/{}", segment(id));
+            let q = [("format", "raw".to_string())];
+            let m: wire::Message = self
+                .account
+                .get(Method::MessagesGet, &path, &q)
+                .await
+                .map_err(|e| self.err(e))?;
+            let bad = |msg: String| CloudError::new(&self.name, ErrorKind::Retry, msg);
+            if m.id != id {
+                return Err(bad(format!("asked for message {id}, got {}", m.id)));
+            }
+            let raw = m
+                .raw
+                .as_deref()
+                .ok_or_else(|| bad(format!("message {id}: answer has no raw content")))?;
+            let content = decode_raw(raw).map_err(|e| bad(format!("message {id}: {e}")))?;
+            out.write_all(&content)
+                .map_err(|e| bad(format!("writing message {id}: {e}")))?;
+            Ok(())
+        })
+    }
+
+    fn set_flags(&self, changes: Vec<FlagChange>) -> BoxFut<'_, Vec<Result<(), CloudError>>> {
+        Box::pin(async move {
+            let mut results: Vec<Option<Result<(), CloudError>>> = vec![None; changes.len()];
+            let mut groups: BTreeMap<(Vec<String>, Vec<String>), Vec<usize>> = BTreeMap::new();
+            for (i, c) in changes.iter().enumerate() {
+                let edits = label_edits(c.set, c.clear);
+                if edits.0.is_empty() && edits.1.is_empty() {
+                    results[i] = Some(Ok(()));
+                } else {
+                    groups.entry(edits).or_default().push(i);
+                }
+            }
+            for ((add, remove), idx) in groups {
+                let ids: Vec<String> = idx.iter().map(|&i| changes[i].id.clone()).collect();
+                let done = self.modify(&ids, &add, &remove).await;
+                let mut st = self.lock();
+                let label = st.label_id.clone().unwrap_or_default();
+                let lb = LabelBits { label: &label };
+                for (&i, r) in idx.iter().zip(done) {
+                    if r.is_ok()
+                        && let Some(k) = st.messages.get_mut(&changes[i].id)
+                    {
+                        k.bits = (k.bits | lb.of(&add)) & !lb.of(&remove);
+                    }
+                    results[i] = Some(r.map_err(|e| self.err(e)));
+                }
+            }
+            results.into_iter().map(|r| r.unwrap_or(Ok(()))).collect()
+        })
+    }
+
+    fn save_cursor(&self) -> Option<serde_json::Value> {
+        let st = self.lock();
+        let cursor = Cursor {
+            v: CURSOR_VERSION,
+            user: self.account.user().to_string(),
+            label_name: self.label_name.clone(),
+            label_id: st.label_id.clone()?,
+            history_id: st.history_id?.to_string(),
+            messages: st
+                .messages
+                .iter()
+                .map(|(id, k)| (id.clone(), k.bits, k.received_ms, k.email_id.clone()))
+                .collect(),
+        };
+        serde_json::to_value(cursor).ok()
+    }
+
+    fn load_cursor(&self, cursor: serde_json::Value) {
+        let c: Cursor = match serde_json::from_value(cursor) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::info!(mailbox = %self.name, "ignoring saved cursor: {e}");
+                return;
+            }
+        };
+        if c.v != CURSOR_VERSION
+            || c.label_name != self.label_name
+            || !c.user.eq_ignore_ascii_case(self.account.user())
+        {
+            tracing::info!(mailbox = %self.name, "ignoring saved cursor of another label or version");
+            return;
+        }
+        let Ok(history_id) = c.history_id.parse::<u64>() else {
+            return;
+        };
+        let mut st = self.lock();
+        if st.history_id.is_some() {
+            return;
+        }
+        *st = Listing {
+            label_id: Some(c.label_id),
+            history_id: Some(history_id),
+            messages: c
+                .messages
+                .into_iter()
+                .map(|(id, bits, received_ms, email_id)| {
+                    (
+                        id,
+                        Known {
+                            bits,
+                            received_ms,
+                            email_id,
+                        },
+                    )
+                })
+                .collect(),
+        };
+    }
+
+    fn delete(
+        &self,
+        ids: Vec<String>,
+        action: DeleteAction,
+    ) -> BoxFut<'_, Vec<Result<(), CloudError>>> {
+        Box::pin(async move {
+            let label = match self.label_id().await {
+                Ok(l) => l,
+                Err(e) => {
+                    let e = self.err(e);
+                    return ids.iter().map(|_| Err(e.clone())).collect();
+                }
+            };
+            let (add, remove) = match action {
+                DeleteAction::Archive => (Vec::new(), vec![label]),
+                DeleteAction::Delete => (vec!["TRASH".to_string()], Vec::new()),
+            };
+            let done = self.modify(&ids, &add, &remove).await;
+            let mut st = self.lock();
+            ids.iter()
+                .zip(done)
+                .map(|(id, r)| match r {
+                    // Gone already is as good as deleted.
+                    Ok(()) => {
+                        st.messages.remove(id);
+                        Ok(())
+                    }
+                    Err(e) if e.kind == ErrorKind::NotFound => {
+                        st.messages.remove(id);
+                        Ok(())
+                    }
+                    Err(e) => Err(self.err(e)),
+                })
+                .collect()
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn membership_follows_messages_list() {
+        let inbox = LabelBits { label: "INBOX" };
+        let l = |v: &[&str]| inbox.of(&v.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+        assert!(inbox.contains(l(&["INBOX", "UNREAD"])));
+        assert!(!inbox.contains(l(&["INBOX", "TRASH"])));
+        assert!(!inbox.contains(l(&["INBOX", "SPAM"])));
+        assert!(!inbox.contains(l(&["Label_1"])));
+        let trash = LabelBits { label: "TRASH" };
+        assert!(trash.contains(trash.of(&["TRASH".to_string()])));
+        assert_eq!(flags_of(l(&["INBOX"])), Flags::READ);
+        assert_eq!(flags_of(l(&["INBOX", "UNREAD", "STARRED"])), Flags::FLAGGED);
+    }
+
+    #[test]
+    fn flag_changes_become_label_edits() {
+        let s = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            label_edits(Flags::READ | Flags::FLAGGED, Flags::NONE),
+            (s(&["STARRED"]), s(&["UNREAD"]))
+        );
+        assert_eq!(
+            label_edits(Flags::NONE, Flags::READ | Flags::FLAGGED),
+            (s(&["UNREAD"]), s(&["STARRED"]))
+        );
+        assert_eq!(label_edits(Flags::REPLIED, Flags::NONE), (s(&[]), s(&[])));
+    }
+
+    #[test]
+    fn raw_decodes_padded_or_not_with_lf() {
+        let text = b"Subject: a\r\n\r\nbody\r\nline\r\n";
+        let padded = base64::engine::general_purpose::URL_SAFE.encode(text);
+        let bare = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(text);
+        assert_ne!(padded, bare);
+        for s in [padded, bare] {
+            assert_eq!(decode_raw(&s).unwrap(), b"Subject: a\n\nbody\nline\n");
+        }
+        assert!(decode_raw("not*base64").is_err());
+        assert!(decode_raw("").is_err());
+        assert_eq!(crlf_to_lf(b"a\rb\r\n"), b"a\rb\n");
+    }
+}

@@ -1,0 +1,18 @@
+//! The Gmail backend: a label of a Gmail account mirrored through the Gmail
+//! API v1. [`GmailAccount`] is shared by the labels of one account (HTTP
+//! client, tokens, per-user throttle); [`GmailMailbox`] is one label.
+//!
+//! # Layout
+//! - [`wire`]: serde types of the API's JSON.
+//! - [`client`]: requests, retries, token refresh, errors, the batch endpoint.
+//! - [`throttle`]: quota units, concurrency and rate-limit backoff per user.
+//! - [`mailbox`]: listing (full and by history), download, flags, deletes.
+
+pub mod client;
+pub mod mailbox;
+pub mod throttle;
+pub mod wire;
+
+pub use client::{ApiError, GmailAccount, Options};
+pub use mailbox::GmailMailbox;
+pub use throttle::{Limits, Usage};

@@ -1,0 +1,319 @@
+//! Per-user pacing of Gmail API calls: a token bucket of quota units (the
+//! per-method costs of the quota table), a cap on requests in flight, and a
+//! shared pause with exponential backoff and jitter when Google answers with
+//! a rate-limit error. Waiting is always a timed sleep, never a spin.
+
+use std::hash::{BuildHasher, Hasher};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::sync::{Semaphore, SemaphorePermit};
+use tokio::time::Instant;
+
+/// Quota units of the API methods this backend calls (cloud-api-facts §3.7).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Method {
+    /// `users.getProfile`: 1 unit.
+    GetProfile,
+    /// `users.labels.list`: 1 unit.
+    LabelsList,
+    /// `users.history.list`: 2 units.
+    HistoryList,
+    /// `users.messages.list`: 5 units.
+    MessagesList,
+    /// `users.messages.get`: 5 units.
+    MessagesGet,
+    /// `users.messages.modify`: 5 units.
+    MessagesModify,
+    /// `users.messages.batchModify`: 50 units.
+    BatchModify,
+}
+
+impl Method {
+    /// The method's cost in quota units.
+    pub fn units(self) -> u32 {
+        match self {
+            Method::GetProfile | Method::LabelsList => 1,
+            Method::HistoryList => 2,
+            Method::MessagesList | Method::MessagesGet | Method::MessagesModify => 5,
+            Method::BatchModify => 50,
+        }
+    }
+}
+
+/// Pacing knobs. The defaults keep a user well under Google's documented
+/// 15,000 units per minute (at most 12,500 units in any minute) and the
+/// per-user concurrency limit.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Sustained quota units per minute; 0 turns unit pacing off (tests
+    /// against an emulator without quotas).
+    pub units_per_minute: u32,
+    /// Units that may be spent at once after an idle period.
+    pub burst_units: u32,
+    /// HTTP requests in flight at once (a batch counts as one).
+    pub max_concurrency: usize,
+    /// First backoff after a rate-limit or transient error.
+    pub backoff_base: Duration,
+    /// Longest backoff.
+    pub backoff_max: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            units_per_minute: 10_000,
+            burst_units: 2_500,
+            max_concurrency: 4,
+            backoff_base: Duration::from_secs(1),
+            backoff_max: Duration::from_secs(64),
+        }
+    }
+}
+
+/// What the throttle has let through so far (for logs and tests).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Usage {
+    /// HTTP requests sent (a batch is one).
+    pub requests: u64,
+    /// Quota units charged (a batch charges each of its calls).
+    pub units: u64,
+    /// Rate-limit answers received (429, 403 `*RateLimitExceeded`).
+    pub rate_limited: u64,
+    /// Attempts repeated after a transient failure.
+    pub retries: u64,
+}
+
+struct Bucket {
+    /// Units available now; negative while callers wait for reserved units.
+    level: f64,
+    updated: Instant,
+    paused_until: Option<Instant>,
+    /// Consecutive rate-limit answers, for the backoff's growth.
+    strikes: u32,
+}
+
+/// The pacing state of one Gmail user, shared by all its mailboxes.
+pub struct Throttle {
+    limits: Limits,
+    slots: Semaphore,
+    bucket: Mutex<Bucket>,
+    requests: AtomicU64,
+    units: AtomicU64,
+    rate_limited: AtomicU64,
+    retries: AtomicU64,
+}
+
+/// A request slot; the request may be sent while it is held.
+pub struct Permit<'a> {
+    _slot: Option<SemaphorePermit<'a>>,
+}
+
+impl Throttle {
+    /// A throttle with the given limits.
+    pub fn new(limits: Limits) -> Throttle {
+        Throttle {
+            slots: Semaphore::new(limits.max_concurrency.max(1)),
+            bucket: Mutex::new(Bucket {
+                level: f64::from(limits.burst_units),
+                updated: Instant::now(),
+                paused_until: None,
+                strikes: 0,
+            }),
+            limits,
+            requests: AtomicU64::new(0),
+            units: AtomicU64::new(0),
+            rate_limited: AtomicU64::new(0),
+            retries: AtomicU64::new(0),
+        }
+    }
+
+    /// The limits in force.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Bucket> {
+        match self.bucket.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        }
+    }
+
+    /// Reserve `units` at `now`; returns how long the caller must wait
+    /// before spending them (reserve now, pay by waiting: callers are served
+    /// in turn and the sustained rate never exceeds the budget).
+    fn reserve(&self, units: u32, now: Instant) -> Duration {
+        if self.limits.units_per_minute == 0 {
+            return Duration::ZERO;
+        }
+        let mut b = self.lock();
+        let rate = f64::from(self.limits.units_per_minute) / 60.0;
+        let elapsed = now.saturating_duration_since(b.updated).as_secs_f64();
+        b.level = (b.level + elapsed * rate).min(f64::from(self.limits.burst_units));
+        if now > b.updated {
+            b.updated = now;
+        }
+        b.level -= f64::from(units);
+        if b.level < 0.0 {
+            Duration::from_secs_f64(-b.level / rate)
+        } else {
+            Duration::ZERO
+        }
+    }
+
+    /// Wait until `units` may be spent and a request slot is free.
+    pub async fn acquire(&self, units: u32) -> Permit<'_> {
+        let wait = self.reserve(units, Instant::now());
+        if !wait.is_zero() {
+            tokio::time::sleep(wait).await;
+        }
+        // A rate-limit pause may have begun (or grown) while we waited.
+        loop {
+            let until = self.lock().paused_until;
+            match until {
+                Some(t) if t > Instant::now() => tokio::time::sleep_until(t).await,
+                _ => break,
+            }
+        }
+        // `None` only if the semaphore were closed, which never happens.
+        let slot = self.slots.acquire().await.ok();
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        self.units.fetch_add(u64::from(units), Ordering::Relaxed);
+        Permit { _slot: slot }
+    }
+
+    /// Google said "too many requests": pause every caller of this user for
+    /// `retry_after` (or an exponential backoff with jitter, capped at
+    /// `backoff_max`) and empty the bucket. Returns how long the caller
+    /// should wait before retrying.
+    pub fn rate_limited(&self, retry_after: Option<Duration>) -> Duration {
+        self.rate_limited.fetch_add(1, Ordering::Relaxed);
+        let mut b = self.lock();
+        b.strikes = b.strikes.saturating_add(1);
+        let backoff = self.backoff(b.strikes);
+        // The server's Retry-After wins (plus a little jitter so callers
+        // do not return in lockstep); without one, exponential backoff.
+        let pause = match retry_after {
+            Some(r) => r + backoff.mul_f64(0.25 * jitter()),
+            None => backoff,
+        };
+        let until = Instant::now() + pause;
+        if b.paused_until.is_none_or(|t| t < until) {
+            b.paused_until = Some(until);
+        }
+        b.level = b.level.min(0.0);
+        b.updated = Instant::now();
+        pause
+    }
+
+    /// A request went through: rate-limit backoff starts small again.
+    pub fn succeeded(&self) {
+        let mut b = self.lock();
+        if b.strikes > 0 {
+            b.strikes = 0;
+        }
+    }
+
+    /// The wait before attempt `attempt` (1 = first retry) of a request that
+    /// failed transiently (network, 5xx): exponential with full jitter.
+    pub fn retry_delay(&self, attempt: u32) -> Duration {
+        self.retries.fetch_add(1, Ordering::Relaxed);
+        self.backoff(attempt)
+    }
+
+    fn backoff(&self, n: u32) -> Duration {
+        let exp = self
+            .limits
+            .backoff_base
+            .saturating_mul(1u32 << n.saturating_sub(1).min(16))
+            .min(self.limits.backoff_max);
+        // Half fixed, half random: spreads clients apart, never zero.
+        exp.mul_f64(0.5 + 0.5 * jitter())
+    }
+
+    /// Counters so far.
+    pub fn usage(&self) -> Usage {
+        Usage {
+            requests: self.requests.load(Ordering::Relaxed),
+            units: self.units.load(Ordering::Relaxed),
+            rate_limited: self.rate_limited.load(Ordering::Relaxed),
+            retries: self.retries.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// A random fraction in [0, 1) from the standard library's per-process
+/// random hash keys (no RNG dependency needed for jitter).
+fn jitter() -> f64 {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
+    (h.finish() >> 11) as f64 / (1u64 << 53) as f64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn units_follow_the_quota_table() {
+        assert_eq!(Method::GetProfile.units(), 1);
+        assert_eq!(Method::HistoryList.units(), 2);
+        assert_eq!(Method::MessagesGet.units(), 5);
+        assert_eq!(Method::BatchModify.units(), 50);
+    }
+
+    #[test]
+    fn defaults_stay_well_under_the_per_user_limit() {
+        let l = Limits::default();
+        // Worst case in any minute: a full bucket plus a minute of refill.
+        assert!(l.units_per_minute + l.burst_units <= 12_500);
+        assert!(l.max_concurrency < 10);
+    }
+
+    #[test]
+    fn jitter_is_a_fraction() {
+        for _ in 0..100 {
+            let j = jitter();
+            assert!((0.0..1.0).contains(&j));
+        }
+    }
+
+    #[test]
+    fn bucket_paces_to_the_budget() {
+        let t = Throttle::new(Limits {
+            units_per_minute: 600,
+            burst_units: 50,
+            ..Limits::default()
+        });
+        let now = Instant::now();
+        // The burst is free, then 10 units per second.
+        let waits: Vec<Duration> = (0..30).map(|_| t.reserve(5, now)).collect();
+        assert!(waits[..10].iter().all(|w| w.is_zero()));
+        assert_eq!(waits[10], Duration::from_millis(500));
+        assert_eq!(waits[29], Duration::from_secs(10));
+        // A minute later the debt is paid and the bucket is full again.
+        let later = now + Duration::from_secs(70);
+        assert!(t.reserve(50, later).is_zero());
+        assert!(!t.reserve(5, later).is_zero());
+    }
+
+    #[test]
+    fn rate_limit_backoff_grows_and_honours_retry_after() {
+        let t = Throttle::new(Limits::default());
+        let first = t.rate_limited(None);
+        let second = t.rate_limited(None);
+        assert!(first >= Duration::from_millis(500) && first <= Duration::from_secs(1));
+        assert!(second >= Duration::from_secs(1) && second <= Duration::from_secs(2));
+        t.succeeded();
+        let again = t.rate_limited(Some(Duration::from_secs(3)));
+        assert!(again >= Duration::from_secs(3), "{again:?}");
+        assert!(t.rate_limited(Some(Duration::from_secs(3600))) >= Duration::from_secs(3600));
+        for _ in 0..20 {
+            assert!(t.rate_limited(None) <= Duration::from_secs(64));
+        }
+        assert_eq!(t.usage().rate_limited, 24);
+    }
+}
