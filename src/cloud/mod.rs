@@ -2,6 +2,7 @@
 //! Gmail, the in-memory test cloud) implements, the [`Endpoints`] they talk
 //! to, and the errors that tell the daemon to retry, log in again or stop.
 
+pub mod graph;
 pub mod memory;
 
 use std::future::Future;
