@@ -2,6 +2,7 @@
 //! `util`.
 
 mod config;
+mod graph;
 mod headers;
 mod router;
 mod sync;

@@ -127,6 +127,10 @@ struct Pending {
     changes: Vec<Change>,
 }
 
+/// One listed message in a cursor, as a compact array:
+/// `[id, Message-ID, flags, received, status_answered]`.
+type CursorEntry = (String, Option<String>, u8, Option<i64>, bool);
+
 /// What `save_cursor` returns (entries as compact arrays).
 #[derive(Serialize, Deserialize)]
 struct Cursor {
@@ -137,8 +141,7 @@ struct Cursor {
     path: String,
     folder_id: String,
     delta_link: String,
-    /// `[id, Message-ID, flags, received, status_answered]`.
-    entries: Vec<(String, Option<String>, u8, Option<i64>, bool)>,
+    entries: Vec<CursorEntry>,
 }
 
 /// One Office365 folder, listed through delta.
