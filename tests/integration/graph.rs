@@ -416,6 +416,29 @@ async fn restart_from_a_cursor_is_one_request() {
     let fresh = c.mailbox(&acct, "Inbox/Sub");
     fresh.load_cursor(json!({"v": 99}));
     assert_eq!(fresh.list().await.expect("list").len(), 30);
+
+    // Idle polls hand out the same cursor (no state-file rewrite); a
+    // change renews it; a restart from a reused cursor is still one request.
+    let before = mb.save_cursor().expect("cursor");
+    mb.list().await.expect("idle");
+    mb.list().await.expect("idle");
+    assert_eq!(mb.save_cursor().as_ref(), Some(&before));
+    let again = c.mailbox(&acct, "Inbox/Sub");
+    again.load_cursor(before.clone());
+    c.reset_stats().await;
+    assert_eq!(
+        as_map(&again.list().await.expect("list")),
+        c.expected("Inbox/Sub").await
+    );
+    assert_eq!(c.requests().await, 1);
+    c.graph(
+        reqwest::Method::PATCH,
+        &format!("/me/messages/{}", ids[1]),
+        Some(json!({"isRead": true})),
+    )
+    .await;
+    mb.list().await.expect("list");
+    assert_ne!(mb.save_cursor().as_ref(), Some(&before));
 }
 
 #[tokio::test]
@@ -875,8 +898,11 @@ fn engine_world() -> (Home, config::Loaded) {
 }
 
 async fn engine(c: &Cloud, loaded: &config::Loaded) -> Engine {
+    engine_with(c, loaded, c.account()).await
+}
+
+async fn engine_with(c: &Cloud, loaded: &config::Loaded, acct: GraphAccount) -> Engine {
     let (store, maildirs) = daemon::prepare(loaded).await.expect("prepare");
-    let acct = c.account();
     let folder = Folder {
         cloud: Arc::new(c.mailbox(&acct, "Inbox")),
         key: format!("office365:{USER}/Inbox"),
@@ -956,6 +982,76 @@ async fn engine_syncs_an_inbox_over_graph() {
     assert_eq!((r.downloads, r.actions), (0, 0), "{r:?}");
     assert_eq!(c.requests().await, 1);
     assert_eq!(c.stats().await["throttled"], 0);
+}
+
+/// Not a test: measures an initial sync of an inbox through the engine, then
+/// an idle cycle. Run with
+/// `cargo test --test integration graph::bench -- --ignored --nocapture`;
+/// `CMS_BENCH_N` (10000), `CMS_BENCH_LATENCY_MS` (20) and `CMS_BENCH_QUOTA`
+/// (`real`, or `off` to take the 10,000-per-10-minutes window out of the
+/// picture on both sides) change the set-up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn bench_initial_sync() {
+    let env = |k: &str, d: u64| {
+        std::env::var(k)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(d)
+    };
+    let n = env("CMS_BENCH_N", 10_000) as usize;
+    let latency = env("CMS_BENCH_LATENCY_MS", 20);
+    let off = std::env::var("CMS_BENCH_QUOTA").is_ok_and(|q| q == "off");
+    let c = Cloud::with(Options {
+        latency: Duration::from_millis(latency),
+        quota: if off {
+            fake_cloud::QuotaMode::Off
+        } else {
+            fake_cloud::QuotaMode::Real
+        },
+        ..Options::default()
+    })
+    .await;
+    c.populate("Inbox", n).await;
+    let (home, loaded) = engine_world();
+    let acct = c.account_with(ThrottleConfig {
+        window_budget: if off { u32::MAX } else { 10_000 },
+        ..ThrottleConfig::default()
+    });
+    let mut e = engine_with(&c, &loaded, acct.clone()).await;
+    c.reset_stats().await;
+    let t = std::time::Instant::now();
+    let r = e.cycle().await.expect("cycle");
+    let took = t.elapsed();
+    let s = c.stats().await;
+    assert!(r.is_clean(), "{r:?}");
+    assert_eq!(maildir_files(&home).len(), n);
+    let mbx = &s["mailboxes"][format!("graph {USER}")];
+    println!(
+        "initial sync: {n} messages, latency {latency} ms, quota {}: {:.1} s, {} requests \
+         ({:.0} req/s; ceiling {:.0} req/s), 429s served {}, peak concurrency {}, downloads {}",
+        if off { "off" } else { "real" },
+        took.as_secs_f64(),
+        s["requests"],
+        s["requests"].as_f64().unwrap_or(0.0) / took.as_secs_f64(),
+        4000.0 / latency.max(1) as f64,
+        s["throttled"],
+        mbx["peak_concurrency"],
+        r.downloads
+    );
+    c.reset_stats().await;
+    let t = std::time::Instant::now();
+    let r = e.cycle().await.expect("cycle");
+    println!(
+        "idle cycle: {:.3} s, {} requests, downloads {}",
+        t.elapsed().as_secs_f64(),
+        c.requests().await,
+        r.downloads
+    );
+    let mb = c.mailbox(&acct, "Inbox");
+    mb.list().await.expect("list");
+    let cursor = serde_json::to_vec(&mb.save_cursor()).unwrap_or_default();
+    println!("cursor: {} bytes for {n} messages", cursor.len());
 }
 
 /// Collects everything a tracing subscriber writes.

@@ -26,6 +26,14 @@ use crate::types::{Flags, StorageKind};
 const PAGE_SIZE: u32 = 1000;
 /// Cursor format version.
 const CURSOR_VERSION: u32 = 1;
+/// How long an idle folder's cursor is reused. Every delta round returns a
+/// new deltaLink, but a cursor that changes on every poll makes the engine
+/// rewrite the state file (the listing included) every poll; while nothing
+/// changed, the previous cursor (an older link with the same listing) resumes
+/// just as well. Past this age it is refreshed, so a restart does not start
+/// from a link the service may have forgotten (which would only cost a full
+/// listing).
+const CURSOR_REUSE: std::time::Duration = std::time::Duration::from_secs(3600);
 /// Full rounds restarted in one `list` call because the service dropped
 /// our sync state, before giving up until the next call.
 const MAX_RESYNCS: u32 = 2;
@@ -115,6 +123,14 @@ impl Change {
 struct Committed {
     entries: BTreeMap<String, Entry>,
     delta_link: Option<String>,
+    /// A round changed the listing since the last cursor was made.
+    dirty: bool,
+}
+
+/// The last cursor handed out, reused while nothing changed.
+struct Saved {
+    at: std::time::Instant,
+    value: Value,
 }
 
 /// A delta round interrupted by an error, resumed by the next `list`.
@@ -151,6 +167,7 @@ pub struct GraphMailbox {
     name: String,
     folder_id: Mutex<Option<String>>,
     committed: Mutex<Committed>,
+    saved: Mutex<Option<Saved>>,
     /// Serialises `list`; holds an interrupted round.
     listing: tokio::sync::Mutex<Option<Pending>>,
 }
@@ -218,6 +235,7 @@ impl GraphMailbox {
             name: name.to_string(),
             folder_id: Mutex::new(None),
             committed: Mutex::new(Committed::default()),
+            saved: Mutex::new(None),
             listing: tokio::sync::Mutex::new(None),
         }
     }
@@ -385,6 +403,7 @@ impl GraphMailbox {
                         ch.apply(&mut c.entries);
                     }
                     c.delta_link = Some(delta);
+                    c.dirty |= full || n > 0;
                     tracing::debug!(
                         mailbox = %self.name,
                         full,
@@ -590,8 +609,15 @@ impl GraphMailbox {
 
     fn cursor(&self) -> Option<Value> {
         let folder_id = lock(&self.folder_id).clone()?;
-        let c = lock(&self.committed);
+        let mut c = lock(&self.committed);
         let delta_link = c.delta_link.clone()?;
+        let mut saved = lock(&self.saved);
+        if !c.dirty
+            && let Some(s) = saved.as_ref()
+            && s.at.elapsed() < CURSOR_REUSE
+        {
+            return Some(s.value.clone());
+        }
         let cur = Cursor {
             v: CURSOR_VERSION,
             base: self.account.root(),
@@ -612,12 +638,18 @@ impl GraphMailbox {
                 })
                 .collect(),
         };
+        c.dirty = false;
         drop(c);
-        serde_json::to_value(cur).ok()
+        let value = serde_json::to_value(cur).ok()?;
+        *saved = Some(Saved {
+            at: std::time::Instant::now(),
+            value: value.clone(),
+        });
+        Some(value)
     }
 
     fn restore(&self, v: Value) {
-        let cur: Cursor = match serde_json::from_value(v) {
+        let cur: Cursor = match serde_json::from_value(v.clone()) {
             Ok(c) => c,
             Err(e) => {
                 tracing::info!(mailbox = %self.name, "ignoring an unreadable cursor: {e}");
@@ -647,7 +679,12 @@ impl GraphMailbox {
         *lock(&self.committed) = Committed {
             entries,
             delta_link: Some(cur.delta_link),
+            dirty: false,
         };
+        *lock(&self.saved) = Some(Saved {
+            at: std::time::Instant::now(),
+            value: v,
+        });
     }
 }
 
