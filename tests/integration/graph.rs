@@ -713,6 +713,45 @@ async fn throttling_and_server_errors_converge() {
 }
 
 #[tokio::test]
+async fn a_long_retry_after_fails_fast_and_holds_the_mailbox() {
+    let c = Cloud::start().await;
+    let ids = c.populate("Inbox", 5).await;
+    let acct = c.account();
+    let mb = c.mailbox(&acct, "Inbox");
+    mb.list().await.expect("list");
+    // A part answered 429 with five minutes to wait: the call does not
+    // wait, it reports Retry with the delay.
+    c.fault(
+        json!({"route": "/graph.microsoft.com/v1.0/me/messages/*", "method": "PATCH",
+        "kind": "status", "status": 429, "retry_after": "300", "count": 1}),
+    )
+    .await;
+    let r = mb
+        .set_flags(vec![change(&ids[0], Flags::FLAGGED, Flags::NONE)])
+        .await;
+    let e = r[0].as_ref().expect_err("throttled");
+    assert_eq!(e.kind, ErrorKind::Retry);
+    assert!(
+        e.retry_after.expect("delay") >= Duration::from_secs(250),
+        "{e:?}"
+    );
+    // The pause holds for every folder of the mailbox: nothing is sent.
+    c.reset_stats().await;
+    let other = c.mailbox(&acct, "Archive");
+    for e in [
+        mb.list().await.expect_err("paused"),
+        other.list().await.expect_err("paused"),
+        mb.fetch(&ids[1], &mut Vec::new())
+            .await
+            .expect_err("paused"),
+    ] {
+        assert_eq!(e.kind, ErrorKind::Retry);
+        assert!(e.retry_after.is_some());
+    }
+    assert_eq!(c.requests().await, 0);
+}
+
+#[tokio::test]
 async fn expired_delta_state_relists_without_losing_anything() {
     for mode in ["410", "400"] {
         let c = Cloud::start().await;

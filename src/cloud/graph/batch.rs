@@ -129,6 +129,9 @@ pub(crate) async fn run(
                         let ra = part.header("retry-after").and_then(parse_retry_after);
                         longest = longest.max(ra);
                         throttled.push(i);
+                        // Pause now, so the next batch of this round waits too.
+                        let t = account.throttle();
+                        t.pause(ra.unwrap_or(t.config().default_retry_after));
                     }
                     404 => {
                         let (code, message) = part
@@ -160,25 +163,24 @@ pub(crate) async fn run(
             break;
         }
         let ra = longest.unwrap_or(account.throttle().config().default_retry_after);
-        if round >= max_rounds {
+        tracing::warn!(
+            mailbox = ctx,
+            "{} batch parts throttled: mailbox paused {:.3}s",
+            throttled.len(),
+            ra.as_secs_f64()
+        );
+        if round >= max_rounds || ra > account.throttle().config().max_wait {
             for i in throttled {
                 let mut e = CloudError::new(
                     ctx,
                     ErrorKind::Retry,
-                    format!("{}: still throttled after {round} batches", ops[i].path),
+                    format!("{}: throttled ({round} batches sent)", ops[i].path),
                 );
                 e.retry_after = Some(ra);
                 results[i] = Some(Err(e));
             }
             break;
         }
-        tracing::warn!(
-            mailbox = ctx,
-            "{} batch parts throttled: pausing the mailbox {:.3}s",
-            throttled.len(),
-            ra.as_secs_f64()
-        );
-        account.throttle().pause(ra);
         todo = throttled;
     }
     // Parts that failed otherwise go alone, with the full retry policy; the

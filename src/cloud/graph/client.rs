@@ -188,7 +188,7 @@ impl<'a> Retrier<'a> {
             "throttled by Graph ({reason}): pausing the mailbox {:.3}s",
             ra.as_secs_f64()
         );
-        if self.throttled >= t.config().max_throttled {
+        if self.throttled >= t.config().max_throttled || ra > t.config().max_wait {
             let mut e = CloudError::new(
                 self.ctx,
                 ErrorKind::Retry,
@@ -363,7 +363,21 @@ impl GraphAccount {
         };
         loop {
             let token = self.token(ctx).await?;
-            let permit = self.inner.throttle.acquire(call.slots, call.requests).await;
+            let permit = match self.inner.throttle.acquire(call.slots, call.requests).await {
+                Ok(p) => p,
+                Err(left) => {
+                    let mut e = CloudError::new(
+                        ctx,
+                        ErrorKind::Retry,
+                        format!(
+                            "mailbox paused by Graph for another {:.0}s",
+                            left.as_secs_f64()
+                        ),
+                    );
+                    e.retry_after = Some(left);
+                    return Err(Failure::Cloud(e));
+                }
+            };
             let mut req = self
                 .inner
                 .http

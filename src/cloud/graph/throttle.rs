@@ -34,6 +34,12 @@ pub struct ThrottleConfig {
     pub backoff_max: Duration,
     /// Pause used when a 429 carries no usable `Retry-After`.
     pub default_retry_after: Duration,
+    /// Longest server-ordered pause a call waits out. A longer one fails
+    /// the call at once with `ErrorKind::Retry` and `retry_after` (the pause
+    /// stays in force for the mailbox), so one throttled account does not
+    /// hold up a whole sync cycle. Waits for room in our own request window
+    /// are not limited: they end at a known time and never draw a 429.
+    pub max_wait: Duration,
 }
 
 impl Default for ThrottleConfig {
@@ -47,6 +53,7 @@ impl Default for ThrottleConfig {
             backoff_base: Duration::from_millis(500),
             backoff_max: Duration::from_secs(30),
             default_retry_after: Duration::from_secs(10),
+            max_wait: Duration::from_secs(60),
         }
     }
 }
@@ -139,12 +146,13 @@ impl Throttle {
     }
 
     /// Wait for `slots` concurrency slots (capped at the limit) and window
-    /// room for `requests` requests, honouring any pause in force.
-    pub async fn acquire(&self, slots: u32, requests: u32) -> Permit {
+    /// room for `requests` requests, honouring any pause in force; a pause
+    /// with more than `max_wait` left gives `Err(time left)` at once.
+    pub async fn acquire(&self, slots: u32, requests: u32) -> Result<Permit, Duration> {
         let slots = slots.clamp(1, self.config.max_in_flight.max(1));
         let requests = requests.max(1);
         loop {
-            self.wait_pause().await;
+            self.wait_pause().await?;
             let Ok(permit) = self.slots.clone().acquire_many_owned(slots).await else {
                 // The semaphore is never closed; should it be, wait instead
                 // of spinning.
@@ -191,12 +199,12 @@ impl Throttle {
             };
             match wait {
                 None => {
-                    return Permit {
+                    return Ok(Permit {
                         _slots: permit,
                         state: self.state.clone(),
                         slots,
                         requests,
-                    };
+                    });
                 }
                 Some(d) => {
                     drop(permit);
@@ -223,12 +231,22 @@ impl Throttle {
         }
     }
 
-    async fn wait_pause(&self) {
+    /// The pause in force has more than `max_wait` left: how much.
+    pub fn paused_too_long(&self) -> Option<Duration> {
+        let until = lock(&self.state).paused_until?;
+        let left = until.saturating_duration_since(Instant::now());
+        (left > self.config.max_wait).then_some(left)
+    }
+
+    async fn wait_pause(&self) -> Result<(), Duration> {
         loop {
+            if let Some(left) = self.paused_too_long() {
+                return Err(left);
+            }
             let until = lock(&self.state).paused_until;
             match until {
                 Some(u) if u > Instant::now() => tokio::time::sleep_until(u).await,
-                _ => return,
+                _ => return Ok(()),
             }
         }
     }
@@ -302,7 +320,7 @@ mod tests {
         for i in 0..20u32 {
             let t = t.clone();
             set.spawn(async move {
-                let _p = t.acquire(1 + i % 3, 1 + i % 3).await;
+                let _p = t.acquire(1 + i % 3, 1 + i % 3).await.expect("not paused");
                 tokio::time::sleep(Duration::from_millis(10)).await;
             });
         }
@@ -317,10 +335,14 @@ mod tests {
         let t = Throttle::new(ThrottleConfig::default());
         t.pause(Duration::from_millis(300));
         let start = Instant::now();
-        drop(t.acquire(1, 1).await);
+        drop(t.acquire(1, 1).await.expect("short pause"));
         // Ordering, not speed: the request cannot start before the pause ends.
         assert!(Instant::now() - start >= Duration::from_millis(300));
         assert_eq!(t.stats().pauses, 1);
+        // A pause longer than `max_wait` is not waited out.
+        t.pause(Duration::from_secs(3600));
+        let left = t.acquire(1, 1).await.expect_err("long pause");
+        assert!(left > Duration::from_secs(3000));
     }
 
     #[tokio::test]
@@ -332,9 +354,9 @@ mod tests {
         });
         let first = Instant::now();
         for _ in 0..3 {
-            drop(t.acquire(1, 1).await);
+            drop(t.acquire(1, 1).await.expect("not paused"));
         }
-        drop(t.acquire(1, 1).await);
+        drop(t.acquire(1, 1).await.expect("not paused"));
         // The fourth request waits until the first one has left the window.
         assert!(Instant::now() - first >= Duration::from_millis(400));
     }
