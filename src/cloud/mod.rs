@@ -3,6 +3,7 @@
 //! to, and the errors that tell the daemon to retry, log in again or stop.
 
 pub mod gmail;
+pub mod graph;
 pub mod memory;
 
 use std::future::Future;

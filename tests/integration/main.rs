@@ -4,6 +4,7 @@
 mod config;
 mod credsrv;
 mod gmail;
+mod graph;
 mod headers;
 mod router;
 mod sync;

@@ -1,0 +1,230 @@
+//! Sending many small writes (PATCH flags, POST move) through `POST /$batch`
+//! (graph/json-batching): at most 20 parts per batch, each part carrying its
+//! own `Prefer` and `Content-Type`; parts answered 429 are paused for and
+//! resent together; any other failed part is retried alone through the
+//! ordinary request path; 404 is reported as `NotFound`.
+//!
+//! Concurrency: Graph passes up to four parts of a batch to Outlook at a
+//! time, and Outlook allows four requests in flight per mailbox. A batch of
+//! `n` parts therefore takes `min(n, 4)` slots of the mailbox throttle and
+//! counts as `n` requests in its window, so batches, listings and downloads of
+//! all folders together never exceed four in flight. Within one call the
+//! batches go out one after another: a second batch could only wait for the
+//! same four slots. Twenty parts per batch (the documented maximum) keeps the
+//! round trips few; the Python client's three-part batches were a workaround
+//! for running several batches at once without a per-mailbox limit.
+
+use std::collections::{BTreeMap, HashSet};
+use std::time::Duration;
+
+use reqwest::Method;
+use serde_json::Value;
+
+use super::client::{Call, GraphAccount, PREFER_IMMUTABLE, Retrier, error_in};
+use super::throttle::parse_retry_after;
+use super::wire::{BatchPart, BatchRequest, BatchResponse};
+use crate::cloud::{CloudError, ErrorKind};
+
+/// Most parts per batch (the documented limit).
+pub const BATCH_SIZE: usize = 20;
+/// Parts Graph runs at once per batch, and Outlook's per-mailbox limit.
+const PARTS_IN_FLIGHT: usize = 4;
+
+/// One write to send.
+pub(crate) struct Op {
+    /// `PATCH` or `POST`.
+    pub method: &'static str,
+    /// Path relative to the version root, e.g. `/me/messages/{id}`.
+    pub path: String,
+    /// JSON body.
+    pub body: Option<Value>,
+}
+
+fn part_headers(with_body: bool) -> BTreeMap<String, String> {
+    let mut h = BTreeMap::new();
+    // The outer request's Prefer does not apply to the parts.
+    h.insert("Prefer".to_string(), PREFER_IMMUTABLE.to_string());
+    if with_body {
+        h.insert("Content-Type".to_string(), "application/json".to_string());
+    }
+    h
+}
+
+/// Run `ops`; one result per op, in order.
+pub(crate) async fn run(
+    account: &GraphAccount,
+    ctx: &str,
+    ops: &[Op],
+) -> Vec<Result<(), CloudError>> {
+    let mut results: Vec<Option<Result<(), CloudError>>> = ops.iter().map(|_| None).collect();
+    let mut todo: Vec<usize> = (0..ops.len()).collect();
+    let mut alone = Vec::new();
+    let url = account.url("/$batch");
+    let max_rounds = account.throttle().config().max_throttled;
+    let mut round = 0;
+    while !todo.is_empty() {
+        round += 1;
+        let mut throttled = Vec::new();
+        let mut longest: Option<Duration> = None;
+        for chunk in todo.chunks(BATCH_SIZE) {
+            let req = BatchRequest {
+                requests: chunk
+                    .iter()
+                    .map(|&i| BatchPart {
+                        id: i.to_string(),
+                        method: ops[i].method,
+                        url: ops[i].path.clone(),
+                        headers: part_headers(ops[i].body.is_some()),
+                        body: ops[i].body.clone(),
+                    })
+                    .collect(),
+            };
+            let body = match serde_json::to_value(&req) {
+                Ok(b) => b,
+                Err(e) => {
+                    let e = CloudError::new(ctx, ErrorKind::Fatal, format!("batch encoding: {e}"));
+                    for &i in chunk {
+                        results[i] = Some(Err(e.clone()));
+                    }
+                    continue;
+                }
+            };
+            let call = Call {
+                method: Method::POST,
+                url: &url,
+                body: Some(&body),
+                prefer: None,
+                slots: chunk.len().min(PARTS_IN_FLIGHT) as u32,
+                requests: chunk.len() as u32,
+            };
+            let mut r = Retrier::new(account, ctx);
+            let resp = match account.json::<BatchResponse>(&call, &mut r).await {
+                Ok(resp) => resp,
+                Err(f) => {
+                    let e = f.into_cloud(ctx);
+                    for &i in chunk {
+                        results[i] = Some(Err(e.clone()));
+                    }
+                    continue;
+                }
+            };
+            let mut seen = HashSet::new();
+            for part in resp.responses {
+                // Answers come in any order: match them by id.
+                let Ok(i) = part.id.parse::<usize>() else {
+                    continue;
+                };
+                if !chunk.contains(&i) || !seen.insert(i) {
+                    continue;
+                }
+                match part.status {
+                    200..=299 => {
+                        if part.body.as_ref().and_then(error_in).is_some() {
+                            alone.push(i);
+                        } else {
+                            results[i] = Some(Ok(()));
+                        }
+                    }
+                    429 => {
+                        let ra = part.header("retry-after").and_then(parse_retry_after);
+                        longest = longest.max(ra);
+                        throttled.push(i);
+                        // Pause now, so the next batch of this round waits too.
+                        let t = account.throttle();
+                        t.pause(ra.unwrap_or(t.config().default_retry_after));
+                    }
+                    404 => {
+                        let (code, message) = part
+                            .error()
+                            .map(|e| (e.code, e.message))
+                            .unwrap_or_default();
+                        results[i] = Some(Err(CloudError::new(
+                            ctx,
+                            ErrorKind::NotFound,
+                            format!("{}: HTTP 404 {code}: {message}", ops[i].path),
+                        )));
+                    }
+                    status => {
+                        tracing::debug!(
+                            mailbox = ctx,
+                            "batch part answered {status}; retrying it alone"
+                        );
+                        alone.push(i);
+                    }
+                }
+            }
+            for &i in chunk {
+                if !seen.contains(&i) {
+                    alone.push(i);
+                }
+            }
+        }
+        if throttled.is_empty() {
+            break;
+        }
+        let ra = longest.unwrap_or(account.throttle().config().default_retry_after);
+        tracing::warn!(
+            mailbox = ctx,
+            "{} batch parts throttled: mailbox paused {:.3}s",
+            throttled.len(),
+            ra.as_secs_f64()
+        );
+        if round >= max_rounds || ra > account.throttle().config().max_wait {
+            for i in throttled {
+                let mut e = CloudError::new(
+                    ctx,
+                    ErrorKind::Retry,
+                    format!("{}: throttled ({round} batches sent)", ops[i].path),
+                );
+                e.retry_after = Some(ra);
+                results[i] = Some(Err(e));
+            }
+            break;
+        }
+        todo = throttled;
+    }
+    // Parts that failed otherwise go alone, with the full retry policy; the
+    // throttle keeps them within the mailbox limit.
+    let singles =
+        futures_util::future::join_all(alone.iter().map(|&i| single(account, ctx, &ops[i]))).await;
+    for (i, r) in alone.into_iter().zip(singles) {
+        results[i] = Some(r);
+    }
+    results
+        .into_iter()
+        .map(|r| {
+            r.unwrap_or_else(|| {
+                Err(CloudError::new(
+                    ctx,
+                    ErrorKind::Retry,
+                    "no answer for a batch part",
+                ))
+            })
+        })
+        .collect()
+}
+
+/// Send one op on its own.
+async fn single(account: &GraphAccount, ctx: &str, op: &Op) -> Result<(), CloudError> {
+    let url = account.url(&op.path);
+    let method = Method::from_bytes(op.method.as_bytes())
+        .map_err(|e| CloudError::new(ctx, ErrorKind::Fatal, e.to_string()))?;
+    let call = Call {
+        method,
+        url: &url,
+        body: op.body.as_ref(),
+        prefer: None,
+        slots: 1,
+        requests: 1,
+    };
+    let mut r = Retrier::new(account, ctx);
+    account
+        .json::<Value>(&call, &mut r)
+        .await
+        .map(|_| ())
+        .map_err(|f| {
+            let mut e = f.into_cloud(ctx);
+            e.message = format!("{}: {}", op.path, e.message);
+            e
+        })
+}

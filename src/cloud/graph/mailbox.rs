@@ -1,0 +1,784 @@
+//! [`GraphMailbox`]: one Office365 folder as a [`CloudMailbox`]. The folder
+//! is found by display name on first use; listings come from the folder's
+//! delta feed applied to the listing kept in memory (and in the cursor, so a
+//! restart resumes with one request); downloads stream `$value` with CRLF
+//! turned into LF and are checked for completeness; flag changes and
+//! deletions go through `$batch`.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::sync::Mutex;
+
+use futures_util::StreamExt;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::batch::{self, Op};
+use super::client::{Call, Failure, GraphAccount, Opened, Retrier, error_in, is_json, qv, seg};
+use super::flags::{self, EXPAND, RepliedState, SELECT};
+use super::wire::{DeltaMessage, MailFolder, MoveRequest, Page, parse_utc};
+use crate::cloud::{BoxFut, CloudEntry, CloudError, CloudMailbox, ErrorKind, FlagChange, Sink};
+use crate::config::DeleteAction;
+use crate::types::{Flags, StorageKind};
+
+/// Delta page size asked for with `Prefer: odata.maxpagesize` (the items
+/// are small with our `$select`; 1000 is the largest `$top` Graph takes).
+const PAGE_SIZE: u32 = 1000;
+/// Cursor format version.
+const CURSOR_VERSION: u32 = 1;
+/// How long an idle folder's cursor is reused. Every delta round returns a
+/// new deltaLink, but a cursor that changes on every poll makes the engine
+/// rewrite the state file (the listing included) every poll; while nothing
+/// changed, the previous cursor (an older link with the same listing) resumes
+/// just as well. Past this age it is refreshed, so a restart does not start
+/// from a link the service may have forgotten (which would only cost a full
+/// listing).
+const CURSOR_REUSE: std::time::Duration = std::time::Duration::from_secs(3600);
+/// Full rounds restarted in one `list` call because the service dropped
+/// our sync state, before giving up until the next call.
+const MAX_RESYNCS: u32 = 2;
+
+/// What we keep per listed message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Entry {
+    email_id: Option<String>,
+    flags: Flags,
+    received: Option<i64>,
+    /// The replied state comes (also) from PidTagMessageStatus, which Graph
+    /// cannot clear.
+    status_answered: bool,
+}
+
+/// One delta item, reduced to what we keep.
+enum Change {
+    /// Present in the folder, with what the answer said (missing fields keep
+    /// their old values when the message is already listed).
+    Upsert {
+        id: String,
+        email_id: Option<String>,
+        is_read: Option<bool>,
+        flagged: Option<bool>,
+        replied: RepliedState,
+        received: Option<i64>,
+    },
+    /// Left the folder.
+    Remove(String),
+}
+
+impl Change {
+    fn from_wire(m: DeltaMessage) -> Change {
+        if m.removed.is_some() {
+            return Change::Remove(m.id);
+        }
+        let replied =
+            flags::replied_state(m.single_value_extended_properties.as_deref().unwrap_or(&[]));
+        Change::Upsert {
+            email_id: m.internet_message_id.filter(|s| !s.trim().is_empty()),
+            is_read: m.is_read,
+            flagged: m.flag.as_ref().map(|f| flags::is_flagged(Some(f))),
+            replied,
+            received: m.received_date_time.as_deref().and_then(parse_utc),
+            id: m.id,
+        }
+    }
+
+    fn apply(self, entries: &mut BTreeMap<String, Entry>) {
+        match self {
+            Change::Remove(id) => {
+                entries.remove(&id);
+            }
+            Change::Upsert {
+                id,
+                email_id,
+                is_read,
+                flagged,
+                replied,
+                received,
+            } => {
+                let old = entries.get(&id);
+                let was = |bit: Flags| old.is_some_and(|e| e.flags.contains(bit));
+                let mut f = Flags::NONE;
+                f = f.with(Flags::READ, is_read.unwrap_or_else(|| was(Flags::READ)));
+                f = f.with(
+                    Flags::FLAGGED,
+                    flagged.unwrap_or_else(|| was(Flags::FLAGGED)),
+                );
+                // Graph leaves out the properties a message does not have, so
+                // an absent list means "not replied".
+                f = f.with(Flags::REPLIED, replied.replied);
+                let e = Entry {
+                    email_id: email_id.or_else(|| old.and_then(|e| e.email_id.clone())),
+                    flags: f,
+                    received: received.or_else(|| old.and_then(|e| e.received)),
+                    status_answered: replied.status_answered,
+                };
+                entries.insert(id, e);
+            }
+        }
+    }
+}
+
+/// The listing as of `delta_link`.
+#[derive(Default)]
+struct Committed {
+    entries: BTreeMap<String, Entry>,
+    delta_link: Option<String>,
+    /// A round changed the listing since the last cursor was made.
+    dirty: bool,
+}
+
+/// The last cursor handed out, reused while nothing changed.
+struct Saved {
+    at: std::time::Instant,
+    value: Value,
+}
+
+/// A delta round interrupted by an error, resumed by the next `list`.
+struct Pending {
+    /// The page to fetch next.
+    next: String,
+    /// The round lists the whole folder (its result replaces the listing).
+    full: bool,
+    /// Items of the pages fetched so far.
+    changes: Vec<Change>,
+}
+
+/// One listed message in a cursor, as a compact array:
+/// `[id, Message-ID, flags, received, status_answered]`.
+type CursorEntry = (String, Option<String>, u8, Option<i64>, bool);
+
+/// What `save_cursor` returns (entries as compact arrays).
+#[derive(Serialize, Deserialize)]
+struct Cursor {
+    v: u32,
+    /// The version root the links belong to.
+    base: String,
+    /// The folder path it was made for.
+    path: String,
+    folder_id: String,
+    delta_link: String,
+    entries: Vec<CursorEntry>,
+}
+
+/// One Office365 folder, listed through delta.
+pub struct GraphMailbox {
+    account: GraphAccount,
+    path: String,
+    name: String,
+    folder_id: Mutex<Option<String>>,
+    committed: Mutex<Committed>,
+    saved: Mutex<Option<Saved>>,
+    /// Serialises `list`; holds an interrupted round.
+    listing: tokio::sync::Mutex<Option<Pending>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Nothing panics while these locks are held.
+    match m.lock() {
+        Ok(g) => g,
+        Err(p) => p.into_inner(),
+    }
+}
+
+/// True when Graph says our delta state is gone and a full round is needed.
+fn needs_resync(status: u16, code: &str) -> bool {
+    status == 410
+        || ["syncStateNotFound", "resyncRequired", "syncStateInvalid"]
+            .iter()
+            .any(|c| c.eq_ignore_ascii_case(code))
+}
+
+/// Streaming CRLF → LF: a CR at the end of one chunk waits for the next.
+#[derive(Default)]
+pub struct Dos2Unix {
+    cr: bool,
+    buf: Vec<u8>,
+}
+
+impl Dos2Unix {
+    /// Convert `chunk` and write it to `out`.
+    pub fn write(&mut self, chunk: &[u8], out: &mut dyn Write) -> std::io::Result<()> {
+        self.buf.clear();
+        for &b in chunk {
+            if self.cr {
+                self.cr = false;
+                if b != b'\n' {
+                    self.buf.push(b'\r');
+                }
+            }
+            if b == b'\r' {
+                self.cr = true;
+            } else {
+                self.buf.push(b);
+            }
+        }
+        out.write_all(&self.buf)
+    }
+
+    /// Write a CR still held back (a message ending in a lone CR).
+    pub fn finish(&mut self, out: &mut dyn Write) -> std::io::Result<()> {
+        if std::mem::take(&mut self.cr) {
+            out.write_all(b"\r")?;
+        }
+        Ok(())
+    }
+}
+
+impl GraphMailbox {
+    /// The folder at `folder_path` (display names, nested as `"A/B/C"`) of
+    /// `account`; `name` is used in logs and errors. Nothing is sent until
+    /// the first `list`.
+    pub fn new(account: GraphAccount, folder_path: &str, name: &str) -> GraphMailbox {
+        GraphMailbox {
+            account,
+            path: folder_path.to_string(),
+            name: name.to_string(),
+            folder_id: Mutex::new(None),
+            committed: Mutex::new(Committed::default()),
+            saved: Mutex::new(None),
+            listing: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    /// The folder path this mailbox mirrors.
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+
+    fn err(&self, kind: ErrorKind, msg: impl Into<String>) -> CloudError {
+        CloudError::new(&self.name, kind, msg)
+    }
+
+    /// The folder id, looked up on first use and cached.
+    async fn folder_id(&self) -> Result<String, CloudError> {
+        if let Some(id) = lock(&self.folder_id).clone() {
+            return Ok(id);
+        }
+        let parts: Vec<&str> = self.path.split('/').filter(|p| !p.is_empty()).collect();
+        if parts.is_empty() {
+            return Err(self.err(ErrorKind::Fatal, "empty Office365 folder name"));
+        }
+        let mut parent: Option<String> = None;
+        for (depth, part) in parts.iter().enumerate() {
+            let so_far = parts[..=depth].join("/");
+            let base = match &parent {
+                None => self.account.url("/me/mailFolders"),
+                Some(p) => self
+                    .account
+                    .url(&format!("/me/mailFolders/{}/childFolders", seg(p))),
+            };
+            let filter = format!("displayName eq '{}'", part.replace('\'', "''"));
+            let mut url = format!("{base}?$filter={}", qv(&filter));
+            let mut found: Vec<MailFolder> = Vec::new();
+            loop {
+                let mut r = Retrier::new(&self.account, &self.name);
+                let page: Page<MailFolder> = self
+                    .account
+                    .json(&Call::get(&url), &mut r)
+                    .await
+                    .map_err(|f| {
+                        let mut e = f.into_cloud(&self.name);
+                        e.message = format!("looking up folder {so_far:?}: {}", e.message);
+                        if e.kind == ErrorKind::NotFound {
+                            e.kind = ErrorKind::Fatal;
+                        }
+                        e
+                    })?;
+                found.extend(page.value);
+                match page.next_link {
+                    Some(n) => url = n,
+                    None => break,
+                }
+            }
+            // The service may compare names case-insensitively; an exact
+            // match wins over those.
+            let exact: Vec<&MailFolder> =
+                found.iter().filter(|f| f.display_name == *part).collect();
+            let pick: Vec<&MailFolder> = if exact.is_empty() {
+                found.iter().collect()
+            } else {
+                exact
+            };
+            match pick.as_slice() {
+                [one] => parent = Some(one.id.clone()),
+                [] => {
+                    return Err(self.err(
+                        ErrorKind::Fatal,
+                        format!(
+                            "Office365 folder {so_far:?} not found (looking for {:?})",
+                            self.path
+                        ),
+                    ));
+                }
+                many => {
+                    return Err(self.err(
+                        ErrorKind::Fatal,
+                        format!(
+                            "Office365 folder name {so_far:?} is ambiguous: {} folders match (looking for {:?})",
+                            many.len(),
+                            self.path
+                        ),
+                    ));
+                }
+            }
+        }
+        let id = parent.unwrap_or_default();
+        tracing::debug!(mailbox = %self.name, "folder {:?} resolved", self.path);
+        *lock(&self.folder_id) = Some(id.clone());
+        Ok(id)
+    }
+
+    fn initial_delta_url(&self, folder_id: &str) -> String {
+        format!(
+            "{}?$select={}&$expand={}",
+            self.account.url(&format!(
+                "/me/mailFolders/{}/messages/delta",
+                seg(folder_id)
+            )),
+            qv(SELECT),
+            qv(EXPAND)
+        )
+    }
+
+    fn snapshot(&self) -> Vec<CloudEntry> {
+        let c = lock(&self.committed);
+        c.entries
+            .iter()
+            .map(|(id, e)| CloudEntry {
+                id: id.clone(),
+                email_id: e.email_id.clone(),
+                flags: e.flags,
+                received_time: e.received,
+                size: None,
+            })
+            .collect()
+    }
+
+    async fn list_impl(&self) -> Result<Vec<CloudEntry>, CloudError> {
+        let mut pending = self.listing.lock().await;
+        let folder = self.folder_id().await?;
+        let mut resyncs = 0;
+        loop {
+            let (mut url, full, mut changes) = match pending.take() {
+                Some(p) => (p.next, p.full, p.changes),
+                None => match lock(&self.committed).delta_link.clone() {
+                    Some(link) => (link, false, Vec::new()),
+                    None => (self.initial_delta_url(&folder), true, Vec::new()),
+                },
+            };
+            let prefer = format!("odata.maxpagesize={PAGE_SIZE}");
+            let mut pages = 0u32;
+            let outcome = loop {
+                let call = Call {
+                    prefer: Some(&prefer),
+                    ..Call::get(&url)
+                };
+                let mut r = Retrier::new(&self.account, &self.name);
+                match self.account.json::<Page<DeltaMessage>>(&call, &mut r).await {
+                    Ok(page) => {
+                        pages += 1;
+                        changes.extend(page.value.into_iter().map(Change::from_wire));
+                        match (page.next_link, page.delta_link) {
+                            (Some(next), _) => url = next,
+                            (None, Some(delta)) => break Ok(delta),
+                            (None, None) => {
+                                break Err(Failure::Cloud(self.err(
+                                    ErrorKind::Retry,
+                                    "delta page without nextLink or deltaLink",
+                                )));
+                            }
+                        }
+                    }
+                    Err(f) => break Err(f),
+                }
+            };
+            match outcome {
+                Ok(delta) => {
+                    let n = changes.len();
+                    let mut c = lock(&self.committed);
+                    if full {
+                        c.entries.clear();
+                    }
+                    for ch in changes {
+                        ch.apply(&mut c.entries);
+                    }
+                    c.delta_link = Some(delta);
+                    c.dirty |= full || n > 0;
+                    tracing::debug!(
+                        mailbox = %self.name,
+                        full,
+                        pages,
+                        changes = n,
+                        listed = c.entries.len(),
+                        "delta round done"
+                    );
+                    drop(c);
+                    return Ok(self.snapshot());
+                }
+                Err(Failure::Api { status, code, .. }) if needs_resync(status, &code) => {
+                    resyncs += 1;
+                    tracing::warn!(
+                        mailbox = %self.name,
+                        "delta state dropped by the service (HTTP {status} {code}): listing the folder again"
+                    );
+                    lock(&self.committed).delta_link = None;
+                    if resyncs > MAX_RESYNCS {
+                        return Err(self.err(
+                            ErrorKind::Retry,
+                            format!("delta state keeps expiring (HTTP {status} {code})"),
+                        ));
+                    }
+                }
+                Err(Failure::Api {
+                    status: 404,
+                    code,
+                    message,
+                }) => {
+                    // The folder itself went away: look it up again next time.
+                    *lock(&self.folder_id) = None;
+                    lock(&self.committed).delta_link = None;
+                    return Err(self.err(
+                        ErrorKind::Retry,
+                        format!("folder {:?} gone? HTTP 404 {code}: {message}", self.path),
+                    ));
+                }
+                Err(f) => {
+                    // Keep what this round fetched; the next call resumes at
+                    // the page that failed.
+                    *pending = Some(Pending {
+                        next: url,
+                        full,
+                        changes,
+                    });
+                    return Err(f.into_cloud(&self.name));
+                }
+            }
+        }
+    }
+
+    async fn fetch_impl(&self, id: &str, out: &mut Sink) -> Result<(), CloudError> {
+        let url = self
+            .account
+            .url(&format!("/me/messages/{}/$value", seg(id)));
+        let call = Call::get(&url);
+        let mut r = Retrier::new(&self.account, &self.name);
+        loop {
+            let Opened { resp, permit } = self
+                .account
+                .open(&call, &mut r)
+                .await
+                .map_err(|f| f.into_cloud(&self.name))?;
+            if is_json(resp.headers()) {
+                // Not MIME: Graph's occasional HTTP 200 with an error body.
+                let body = resp.bytes().await.unwrap_or_default();
+                drop(permit);
+                let code = serde_json::from_slice::<Value>(&body)
+                    .ok()
+                    .as_ref()
+                    .and_then(error_in)
+                    .map(|(c, _)| c)
+                    .unwrap_or_else(|| "no error code".into());
+                r.transient(format!("$value answered JSON ({code})"), None)
+                    .await?;
+                continue;
+            }
+            let expected = resp
+                .headers()
+                .get(reqwest::header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok());
+            let mut conv = Dos2Unix::default();
+            let mut got: u64 = 0;
+            let mut stream = resp.bytes_stream();
+            while let Some(chunk) = stream.next().await {
+                let chunk = chunk.map_err(|e| {
+                    self.err(
+                        ErrorKind::Retry,
+                        format!("download of {id} broke off after {got} bytes: {e}"),
+                    )
+                })?;
+                got += chunk.len() as u64;
+                conv.write(&chunk, out)
+                    .map_err(|e| self.err(ErrorKind::Retry, format!("writing {id}: {e}")))?;
+            }
+            drop(permit);
+            conv.finish(out)
+                .map_err(|e| self.err(ErrorKind::Retry, format!("writing {id}: {e}")))?;
+            if let Some(n) = expected
+                && n != got
+            {
+                return Err(self.err(
+                    ErrorKind::Retry,
+                    format!("download of {id} incomplete: {got} of {n} bytes"),
+                ));
+            }
+            if got == 0 {
+                return Err(self.err(ErrorKind::Retry, format!("download of {id} was empty")));
+            }
+            out.flush()
+                .map_err(|e| self.err(ErrorKind::Retry, format!("writing {id}: {e}")))?;
+            return Ok(());
+        }
+    }
+
+    async fn set_flags_impl(&self, changes: Vec<FlagChange>) -> Vec<Result<(), CloudError>> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0);
+        let mut ops = Vec::new();
+        let mut slot = Vec::with_capacity(changes.len());
+        {
+            let c = lock(&self.committed);
+            for ch in &changes {
+                let known = c.entries.get(&ch.id);
+                let read_now = known.is_some_and(|e| e.flags.contains(Flags::READ));
+                if ch.clear.contains(Flags::REPLIED) && known.is_some_and(|e| e.status_answered) {
+                    tracing::warn!(
+                        mailbox = %self.name,
+                        id = %ch.id,
+                        "replied state also comes from PidTagMessageStatus, which Graph cannot clear; \
+                         the message will still read as replied"
+                    );
+                }
+                let patch = flags::patch_for(ch.set, ch.clear, read_now, now);
+                if patch.is_empty() {
+                    slot.push(None);
+                    continue;
+                }
+                match serde_json::to_value(&patch) {
+                    Ok(body) => {
+                        slot.push(Some(ops.len()));
+                        ops.push(Op {
+                            method: "PATCH",
+                            path: format!("/me/messages/{}", seg(&ch.id)),
+                            body: Some(body),
+                        });
+                    }
+                    Err(e) => {
+                        tracing::error!("encoding a flag change: {e}");
+                        slot.push(None);
+                    }
+                }
+            }
+        }
+        let mut results = batch::run(&self.account, &self.name, &ops)
+            .await
+            .into_iter();
+        let mut by_op: Vec<Option<Result<(), CloudError>>> = Vec::new();
+        by_op.extend(results.by_ref().map(Some));
+        slot.into_iter()
+            .map(|s| match s {
+                None => Ok(()),
+                Some(i) => by_op
+                    .get_mut(i)
+                    .and_then(Option::take)
+                    .unwrap_or_else(|| Err(self.err(ErrorKind::Retry, "no result"))),
+            })
+            .collect()
+    }
+
+    async fn delete_impl(
+        &self,
+        ids: Vec<String>,
+        action: DeleteAction,
+    ) -> Vec<Result<(), CloudError>> {
+        let dest = match action {
+            DeleteAction::Archive => "archive",
+            DeleteAction::Delete => "deleteditems",
+        };
+        let body = match serde_json::to_value(MoveRequest {
+            destination_id: dest,
+        }) {
+            Ok(b) => b,
+            Err(e) => {
+                let e = self.err(ErrorKind::Fatal, format!("encoding a move: {e}"));
+                return ids.iter().map(|_| Err(e.clone())).collect();
+            }
+        };
+        let ops: Vec<Op> = ids
+            .iter()
+            .map(|id| Op {
+                method: "POST",
+                path: format!("/me/messages/{}/move", seg(id)),
+                body: Some(body.clone()),
+            })
+            .collect();
+        batch::run(&self.account, &self.name, &ops).await
+    }
+
+    fn cursor(&self) -> Option<Value> {
+        let folder_id = lock(&self.folder_id).clone()?;
+        let mut c = lock(&self.committed);
+        let delta_link = c.delta_link.clone()?;
+        let mut saved = lock(&self.saved);
+        if !c.dirty
+            && let Some(s) = saved.as_ref()
+            && s.at.elapsed() < CURSOR_REUSE
+        {
+            return Some(s.value.clone());
+        }
+        let cur = Cursor {
+            v: CURSOR_VERSION,
+            base: self.account.root(),
+            path: self.path.clone(),
+            folder_id,
+            delta_link,
+            entries: c
+                .entries
+                .iter()
+                .map(|(id, e)| {
+                    (
+                        id.clone(),
+                        e.email_id.clone(),
+                        e.flags.0,
+                        e.received,
+                        e.status_answered,
+                    )
+                })
+                .collect(),
+        };
+        c.dirty = false;
+        drop(c);
+        let value = serde_json::to_value(cur).ok()?;
+        *saved = Some(Saved {
+            at: std::time::Instant::now(),
+            value: value.clone(),
+        });
+        Some(value)
+    }
+
+    fn restore(&self, v: Value) {
+        let cur: Cursor = match serde_json::from_value(v.clone()) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::info!(mailbox = %self.name, "ignoring an unreadable cursor: {e}");
+                return;
+            }
+        };
+        if cur.v != CURSOR_VERSION || cur.base != self.account.root() || cur.path != self.path {
+            tracing::info!(mailbox = %self.name, "ignoring a cursor made for another folder or endpoint");
+            return;
+        }
+        let entries = cur
+            .entries
+            .into_iter()
+            .map(|(id, email_id, f, received, status_answered)| {
+                (
+                    id,
+                    Entry {
+                        email_id,
+                        flags: Flags(f) & (Flags::READ | Flags::FLAGGED | Flags::REPLIED),
+                        received,
+                        status_answered,
+                    },
+                )
+            })
+            .collect();
+        *lock(&self.folder_id) = Some(cur.folder_id);
+        *lock(&self.committed) = Committed {
+            entries,
+            delta_link: Some(cur.delta_link),
+            dirty: false,
+        };
+        *lock(&self.saved) = Some(Saved {
+            at: std::time::Instant::now(),
+            value: v,
+        });
+    }
+}
+
+impl CloudMailbox for GraphMailbox {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn storage_kind(&self) -> StorageKind {
+        StorageKind::Office365
+    }
+
+    fn supported_flags(&self) -> Flags {
+        Flags::REPLIED | Flags::READ | Flags::FLAGGED
+    }
+
+    fn list(&self) -> BoxFut<'_, Result<Vec<CloudEntry>, CloudError>> {
+        Box::pin(self.list_impl())
+    }
+
+    fn fetch<'a>(&'a self, id: &'a str, out: &'a mut Sink) -> BoxFut<'a, Result<(), CloudError>> {
+        Box::pin(self.fetch_impl(id, out))
+    }
+
+    fn set_flags(&self, changes: Vec<FlagChange>) -> BoxFut<'_, Vec<Result<(), CloudError>>> {
+        Box::pin(self.set_flags_impl(changes))
+    }
+
+    fn save_cursor(&self) -> Option<Value> {
+        self.cursor()
+    }
+
+    fn load_cursor(&self, cursor: Value) {
+        self.restore(cursor)
+    }
+
+    fn delete(
+        &self,
+        ids: Vec<String>,
+        action: DeleteAction,
+    ) -> BoxFut<'_, Vec<Result<(), CloudError>>> {
+        Box::pin(self.delete_impl(ids, action))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn convert(chunks: &[&[u8]]) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut c = Dos2Unix::default();
+        for ch in chunks {
+            c.write(ch, &mut out).unwrap();
+        }
+        c.finish(&mut out).unwrap();
+        out
+    }
+
+    #[test]
+    fn crlf_to_lf_across_every_chunk_boundary() {
+        let input = b"a\r\nb\r\r\nc\rd\r\n\r\n\r";
+        let want = b"a\nb\r\nc\rd\n\n\r".to_vec();
+        assert_eq!(convert(&[input]), want);
+        for cut in 0..=input.len() {
+            let (x, y) = input.split_at(cut);
+            assert_eq!(convert(&[x, y]), want, "cut at {cut}");
+        }
+        // One byte at a time.
+        let bytes: Vec<&[u8]> = input.chunks(1).collect();
+        assert_eq!(convert(&bytes), want);
+    }
+
+    #[test]
+    fn resync_codes() {
+        assert!(needs_resync(410, "SyncStateNotFound"));
+        assert!(needs_resync(400, "syncStateNotFound"));
+        assert!(needs_resync(400, "RESYNCREQUIRED"));
+        assert!(!needs_resync(400, "BadRequest"));
+    }
+
+    #[test]
+    fn partial_updates_keep_what_they_do_not_mention() {
+        let mut m = BTreeMap::new();
+        let up = |json: &str| Change::from_wire(serde_json::from_str(json).unwrap());
+        up(r#"{"id":"a","isRead":true,"flag":{"flagStatus":"flagged"},
+               "internetMessageId":"<x@y>","receivedDateTime":"2024-05-01T10:20:30Z"}"#)
+        .apply(&mut m);
+        up(r#"{"id":"a","isRead":false}"#).apply(&mut m);
+        let e = &m["a"];
+        assert_eq!(e.flags, Flags::FLAGGED);
+        assert_eq!(e.email_id.as_deref(), Some("<x@y>"));
+        assert_eq!(e.received, Some(1_714_558_830));
+        up(r#"{"id":"a","@removed":{"reason":"deleted"}}"#).apply(&mut m);
+        assert!(m.is_empty());
+    }
+}

@@ -1,0 +1,336 @@
+//! Microsoft Graph v1.0 JSON as it crosses the wire: collection pages, mail
+//! folders, delta items, extended properties, errors and `$batch` envelopes,
+//! plus the UTC timestamp form Graph uses. Field names follow the Graph
+//! reference (learn.microsoft.com/graph/api/resources/...), cited per type.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// A page of a collection: `{"value":[...], "@odata.nextLink"|"@odata.deltaLink"}`
+/// (graph/paging; graph/delta-query-overview: a page carries exactly one of
+/// the two links).
+#[derive(Debug, Deserialize)]
+pub struct Page<T> {
+    /// The items of this page.
+    #[serde(default = "Vec::new")]
+    pub value: Vec<T>,
+    /// Absolute URL of the next page, followed as given.
+    #[serde(rename = "@odata.nextLink")]
+    pub next_link: Option<String>,
+    /// Absolute URL that starts the next delta round (last page only).
+    #[serde(rename = "@odata.deltaLink")]
+    pub delta_link: Option<String>,
+}
+
+/// A `mailFolder` (resources/mailfolder), only the fields we use.
+#[derive(Debug, Deserialize)]
+pub struct MailFolder {
+    /// Folder id (folder ids never change, immutable or not).
+    pub id: String,
+    /// The name users see and configs name.
+    #[serde(rename = "displayName", default)]
+    pub display_name: String,
+}
+
+/// A message as `messages/delta` returns it with our `$select` (resources/message;
+/// api/message-delta). Everything but `id` may be absent: removed entries
+/// carry only `id` and `@removed`, and updates carry "at least" the changed
+/// properties.
+#[derive(Debug, Deserialize)]
+pub struct DeltaMessage {
+    /// Immutable id (we send `Prefer: IdType="ImmutableId"`).
+    pub id: String,
+    /// Present when the message left the folder (moved or deleted).
+    #[serde(rename = "@removed")]
+    pub removed: Option<Removed>,
+    /// The Message-ID header.
+    #[serde(rename = "internetMessageId")]
+    pub internet_message_id: Option<String>,
+    /// Read state.
+    #[serde(rename = "isRead")]
+    pub is_read: Option<bool>,
+    /// Follow-up flag.
+    pub flag: Option<FollowupFlag>,
+    /// Receive time, UTC (`2024-05-01T10:20:30Z`).
+    #[serde(rename = "receivedDateTime")]
+    pub received_date_time: Option<String>,
+    /// The expanded MAPI properties that exist on the message; absent when
+    /// none of the requested ones do.
+    #[serde(rename = "singleValueExtendedProperties")]
+    pub single_value_extended_properties: Option<Vec<ExtendedProperty>>,
+}
+
+/// The `@removed` annotation of a delta item (`{"reason":"deleted"}`).
+#[derive(Debug, Deserialize)]
+pub struct Removed {
+    /// `deleted` or `changed`.
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+/// A `followupFlag` (resources/followupflag).
+#[derive(Debug, Default, Deserialize, Serialize)]
+pub struct FollowupFlag {
+    /// `notFlagged`, `flagged` or `complete`.
+    #[serde(rename = "flagStatus", skip_serializing_if = "Option::is_none")]
+    pub flag_status: Option<String>,
+}
+
+/// A `singleValueLegacyExtendedProperty`: `id` is `"<Type> <tag>"`, e.g.
+/// `"Integer 0x1080"`, and `value` is always a string
+/// (resources/singlevaluelegacyextendedproperty).
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+pub struct ExtendedProperty {
+    /// Property id, e.g. `Integer 0x1080`.
+    pub id: String,
+    /// The value as text.
+    #[serde(default)]
+    pub value: Option<String>,
+}
+
+/// The body of a message PATCH (api/message-update): only what we change.
+#[derive(Debug, Default, Serialize)]
+pub struct MessagePatch {
+    /// New read state.
+    #[serde(rename = "isRead", skip_serializing_if = "Option::is_none")]
+    pub is_read: Option<bool>,
+    /// New follow-up flag.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub flag: Option<FollowupFlag>,
+    /// MAPI properties to write.
+    #[serde(
+        rename = "singleValueExtendedProperties",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub single_value_extended_properties: Vec<ExtendedProperty>,
+}
+
+impl MessagePatch {
+    /// True when the PATCH would change nothing.
+    pub fn is_empty(&self) -> bool {
+        self.is_read.is_none()
+            && self.flag.is_none()
+            && self.single_value_extended_properties.is_empty()
+    }
+}
+
+/// The body of `POST /me/messages/{id}/move` (api/message-move).
+#[derive(Debug, Serialize)]
+pub struct MoveRequest<'a> {
+    /// A folder id or a well-known name (`archive`, `deleteditems`).
+    #[serde(rename = "destinationId")]
+    pub destination_id: &'a str,
+}
+
+/// A Graph error body: `{"error":{"code","message",...}}` (graph/errors).
+#[derive(Debug, Deserialize)]
+pub struct ErrorBody {
+    /// The error.
+    pub error: ErrorDetail,
+}
+
+/// The inner error object.
+#[derive(Debug, Default, Deserialize)]
+pub struct ErrorDetail {
+    /// Machine-readable code, e.g. `ErrorItemNotFound`, `SyncStateNotFound`.
+    #[serde(default)]
+    pub code: String,
+    /// Human-readable message.
+    #[serde(default)]
+    pub message: String,
+}
+
+/// `POST /$batch` body (graph/json-batching): at most 20 requests.
+#[derive(Debug, Serialize)]
+pub struct BatchRequest {
+    /// The parts.
+    pub requests: Vec<BatchPart>,
+}
+
+/// One request inside a batch; `url` is relative to the version root.
+#[derive(Debug, Serialize)]
+pub struct BatchPart {
+    /// Unique within the batch; responses are matched by it.
+    pub id: String,
+    /// HTTP method.
+    pub method: &'static str,
+    /// E.g. `/me/messages/{id}`.
+    pub url: String,
+    /// Part headers; outer headers such as `Prefer` do not apply to parts.
+    pub headers: BTreeMap<String, String>,
+    /// JSON body (needs a `Content-Type` header).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub body: Option<Value>,
+}
+
+/// `POST /$batch` answer: responses in any order.
+#[derive(Debug, Deserialize)]
+pub struct BatchResponse {
+    /// One per request.
+    #[serde(default)]
+    pub responses: Vec<BatchPartResponse>,
+}
+
+/// One part's answer.
+#[derive(Debug, Deserialize)]
+pub struct BatchPartResponse {
+    /// The request id it answers.
+    pub id: String,
+    /// Its HTTP status (429 carries its own `Retry-After` header).
+    pub status: u16,
+    /// Its headers (values are strings in practice; anything else is ignored).
+    #[serde(default)]
+    pub headers: BTreeMap<String, Value>,
+    /// Its body, when it has one.
+    #[serde(default)]
+    pub body: Option<Value>,
+}
+
+impl BatchPartResponse {
+    /// A header of the part, name compared case-insensitively.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .and_then(|(_, v)| v.as_str())
+    }
+
+    /// The Graph error of the part, if its body is one.
+    pub fn error(&self) -> Option<ErrorDetail> {
+        let body = self.body.as_ref()?;
+        serde_json::from_value::<ErrorBody>(body.clone())
+            .ok()
+            .map(|e| e.error)
+    }
+}
+
+/// Seconds since the epoch of a Graph UTC timestamp
+/// (`YYYY-MM-DDTHH:MM:SS[.fff](Z|+00:00)`); `None` when it is not one.
+pub fn parse_utc(s: &str) -> Option<i64> {
+    let s = s.trim();
+    let b = s.as_bytes();
+    if b.len() < 19 || b[4] != b'-' || b[7] != b'-' || b[10] != b'T' {
+        return None;
+    }
+    if b[13] != b':' || b[16] != b':' {
+        return None;
+    }
+    let num = |r: std::ops::Range<usize>| -> Option<i64> {
+        let t = s.get(r)?;
+        t.bytes()
+            .all(|c| c.is_ascii_digit())
+            .then(|| t.parse().ok())?
+    };
+    let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (h, mi, se) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || se > 60 {
+        return None;
+    }
+    let mut rest = &s[19..];
+    if let Some(frac) = rest.strip_prefix('.') {
+        let digits = frac.bytes().take_while(u8::is_ascii_digit).count();
+        rest = &frac[digits..];
+    }
+    let offset = match rest {
+        "" | "Z" | "z" => 0,
+        _ => {
+            let (sign, hm) = match rest.as_bytes().first() {
+                Some(b'+') => (1, &rest[1..]),
+                Some(b'-') => (-1, &rest[1..]),
+                _ => return None,
+            };
+            let (oh, om) = hm.split_once(':')?;
+            let (oh, om): (i64, i64) = (oh.parse().ok()?, om.parse().ok()?);
+            sign * (oh * 3600 + om * 60)
+        }
+    };
+    Some(days_from_civil(y, mo, d) * 86_400 + h * 3600 + mi * 60 + se - offset)
+}
+
+/// `YYYY-MM-DDTHH:MM:SSZ` for seconds since the epoch (the form of
+/// `SystemTime` extended property values we write).
+pub fn format_utc(secs: i64) -> String {
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    let (y, m, d) = civil_from_days(days);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's algorithm).
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// The date of a day count since 1970-01-01 (inverse of [`days_from_civil`]).
+fn civil_from_days(z: i64) -> (i64, i64, i64) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    (yoe + era * 400 + i64::from(m <= 2), m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn utc_round_trip() {
+        assert_eq!(parse_utc("1970-01-01T00:00:00Z"), Some(0));
+        assert_eq!(parse_utc("2024-05-01T10:20:30Z"), Some(1_714_558_830));
+        assert_eq!(parse_utc("2024-05-01T10:20:30.123Z"), Some(1_714_558_830));
+        assert_eq!(parse_utc("2024-05-01T12:20:30+02:00"), Some(1_714_558_830));
+        assert_eq!(parse_utc("2024-02-29T00:00:00"), Some(1_709_164_800));
+        assert_eq!(parse_utc("garbage"), None);
+        assert_eq!(parse_utc("2024-13-01T00:00:00Z"), None);
+        for t in [0, 1_714_558_830, 951_782_400, -86_400, 4_102_444_800] {
+            assert_eq!(parse_utc(&format_utc(t)), Some(t), "{t}");
+        }
+        assert_eq!(format_utc(1_714_558_830), "2024-05-01T10:20:30Z");
+    }
+
+    #[test]
+    fn delta_items_parse_with_missing_fields() {
+        let page: Page<DeltaMessage> = serde_json::from_str(
+            r##"{"value":[
+                {"@odata.type":"#microsoft.graph.message","id":"A","isRead":true,
+                 "flag":{"flagStatus":"flagged"},"receivedDateTime":"2024-05-01T10:20:30Z",
+                 "internetMessageId":"<a@b>",
+                 "singleValueExtendedProperties":[{"id":"Integer 0x1080","value":"261"}]},
+                {"id":"B","@removed":{"reason":"deleted"}}],
+              "@odata.deltaLink":"https://x/delta?$deltatoken=1"}"##,
+        )
+        .unwrap();
+        assert_eq!(page.value.len(), 2);
+        assert!(page.next_link.is_none());
+        assert!(page.value[1].removed.is_some());
+        assert_eq!(page.value[0].is_read, Some(true));
+    }
+
+    #[test]
+    fn patch_serialises_only_what_changes() {
+        let p = MessagePatch {
+            is_read: Some(true),
+            ..MessagePatch::default()
+        };
+        assert_eq!(serde_json::to_string(&p).unwrap(), r#"{"isRead":true}"#);
+        assert!(MessagePatch::default().is_empty());
+    }
+}
