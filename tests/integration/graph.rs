@@ -257,6 +257,11 @@ async fn nested_folders_are_found_and_bad_paths_named() {
     let bob = c.mailbox(&acct, "Inbox/Bob's");
     assert_eq!(bob.list().await.expect("quote escaped").len(), 2);
 
+    // The Python program's configs say "inbox": the well-known name finds
+    // the Inbox in any language, and other levels match ignoring case.
+    let lower = c.mailbox(&acct, "inbox/lists/rust");
+    assert_eq!(lower.list().await.expect("case-insensitive path").len(), 3);
+
     let missing = c.mailbox(&acct, "Inbox/Nope/Rust");
     let e = missing.list().await.expect_err("missing");
     assert_eq!(e.kind, ErrorKind::Fatal);

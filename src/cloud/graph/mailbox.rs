@@ -160,6 +160,28 @@ struct Cursor {
     entries: Vec<CursorEntry>,
 }
 
+/// Well-known folder names Graph accepts in place of a folder id, in any
+/// mailbox language.
+const WELL_KNOWN: &[&str] = &[
+    "archive",
+    "clutter",
+    "conflicts",
+    "conversationhistory",
+    "deleteditems",
+    "drafts",
+    "inbox",
+    "junkemail",
+    "localfailures",
+    "msgfolderroot",
+    "outbox",
+    "recoverableitemsdeletions",
+    "scheduled",
+    "searchfolders",
+    "sentitems",
+    "serverfailures",
+    "syncissues",
+];
+
 /// One Office365 folder, listed through delta.
 pub struct GraphMailbox {
     account: GraphAccount,
@@ -259,7 +281,32 @@ impl GraphMailbox {
             return Err(self.err(ErrorKind::Fatal, "empty Office365 folder name"));
         }
         let mut parent: Option<String> = None;
-        for (depth, part) in parts.iter().enumerate() {
+        let mut first = 0;
+        // A well-known name ("inbox", "archive", ...) works whatever the
+        // mailbox's language calls the folder, so it is tried first for the
+        // top level; the Python program's configs say `Office365("inbox", ..)`.
+        let top = parts[0].to_ascii_lowercase();
+        if WELL_KNOWN.contains(&top.as_str()) {
+            let url = self.account.url(&format!("/me/mailFolders/{top}"));
+            let mut r = Retrier::new(&self.account, &self.name);
+            match self
+                .account
+                .json::<MailFolder>(&Call::get(&url), &mut r)
+                .await
+            {
+                Ok(f) => {
+                    parent = Some(f.id);
+                    first = 1;
+                }
+                Err(f) => {
+                    let e = f.into_cloud(&self.name);
+                    if e.kind != ErrorKind::NotFound {
+                        return Err(e);
+                    }
+                }
+            }
+        }
+        for (depth, part) in parts.iter().enumerate().skip(first) {
             let so_far = parts[..=depth].join("/");
             let base = match &parent {
                 None => self.account.url("/me/mailFolders"),
@@ -288,6 +335,28 @@ impl GraphMailbox {
                 match page.next_link {
                     Some(n) => url = n,
                     None => break,
+                }
+            }
+            if found.is_empty() {
+                // The filter may compare exactly where the user's config
+                // differs in case: list the children and compare ignoring case.
+                let mut url = base.clone();
+                loop {
+                    let mut r = Retrier::new(&self.account, &self.name);
+                    let page: Page<MailFolder> = self
+                        .account
+                        .json(&Call::get(&url), &mut r)
+                        .await
+                        .map_err(|f| f.into_cloud(&self.name))?;
+                    found.extend(
+                        page.value
+                            .into_iter()
+                            .filter(|f| f.display_name.eq_ignore_ascii_case(part)),
+                    );
+                    match page.next_link {
+                        Some(n) => url = n,
+                        None => break,
+                    }
                 }
             }
             // The service may compare names case-insensitively; an exact
