@@ -87,8 +87,8 @@ mod tests {
 
     #[test]
     fn rfc7636_appendix_b() {
-        let p = Pkce::from_verifier(Secret::new("dBjftJeZ4CVP-mJ0zRTmAWaWg3E-u3d5EOx5u2GDNiM"));
-        assert_eq!(p.challenge, "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGgSDhJ1rM");
+        let p = Pkce::from_verifier(Secret::new("dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk"));
+        assert_eq!(p.challenge, "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM");
     }
 
     #[test]

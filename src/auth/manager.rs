@@ -24,7 +24,7 @@ use super::crypto::{Pkce, Secret, random_token};
 use super::keyring::Keyring;
 use super::provider::{AccountSpec, TokenClient, TokenResponse};
 use super::store::{TokenMap, TokenStore};
-use super::{AccessToken, AuthError, Audience, TokenSource};
+use super::{AccessToken, Audience, AuthError, TokenSource};
 use crate::cloud::{BoxFut, Endpoints};
 use crate::config::CloudKind;
 
@@ -246,7 +246,8 @@ impl AuthManager {
             source,
         })?;
         let key_id = format!("token-store-key:{}", opts.token_file.display());
-        let (store, saved) = TokenStore::open(&opts.token_file, opts.keyring.clone(), &key_id).await;
+        let (store, saved) =
+            TokenStore::open(&opts.token_file, opts.keyring.clone(), &key_id).await;
         let accounts = specs
             .into_iter()
             .map(|spec| {
@@ -255,7 +256,10 @@ impl AuthManager {
                 let (state, detail) = if rt.is_some() {
                     (LoginState::LoggedIn, None)
                 } else {
-                    (LoginState::LoginNeeded, Some("not logged in yet".to_string()))
+                    (
+                        LoginState::LoginNeeded,
+                        Some("not logged in yet".to_string()),
+                    )
                 };
                 Account {
                     spec,
@@ -515,7 +519,11 @@ impl Inner {
             return Err(self.login_needed_error(i));
         };
         tracing::debug!(account = %a.spec.label(), ?aud, "refreshing the access token");
-        match self.client.refresh(&a.spec, &self.endpoints, &rt, aud).await {
+        match self
+            .client
+            .refresh(&a.spec, &self.endpoints, &rt, aud)
+            .await
+        {
             Ok(resp) => {
                 let token = self.install(i, resp, &[aud], Some(&rt), forced);
                 self.persist().await;
@@ -706,8 +714,8 @@ impl Inner {
                 self.notify();
                 return;
             }
+            // The reason the login is needed stays visible while it runs.
             st.state = LoginState::LoggingIn;
-            st.detail = None;
         }
         if gmail && self.device_all {
             self.gmail_device_warned.call_once(|| {
@@ -733,9 +741,12 @@ impl Inner {
         let state = random_token(24);
         let path = a.spec.redirect_path();
         let redirect_uri = format!("http://{}{path}", self.addr);
-        let url =
-            a.spec
-                .authorize_url(&self.endpoints, &redirect_uri, state.expose(), &pkce.challenge);
+        let url = a.spec.authorize_url(
+            &self.endpoints,
+            &redirect_uri,
+            state.expose(),
+            &pkce.challenge,
+        );
         let launch = {
             let mut sh = lock(&self.shared);
             sh.pending.push(PendingLogin {
@@ -756,7 +767,9 @@ impl Inner {
         if launch {
             let url = format!("http://{}/login/{i}", self.addr);
             match self.browser.open(&url) {
-                Ok(()) => tracing::warn!(account = %a.spec.label(), "login needed: opened a browser; if none appeared, open {page}"),
+                Ok(()) => {
+                    tracing::warn!(account = %a.spec.label(), "login needed: opened a browser; if none appeared, open {page}")
+                }
                 Err(e) => {
                     lock(&self.shared).browser_for = None;
                     tracing::warn!(account = %a.spec.label(), "login needed: open {page} in a browser (could not start one: {e})");
@@ -858,7 +871,11 @@ impl Inner {
     async fn device_login(self: Arc<Self>, i: usize) {
         let a = &self.accounts[i];
         for attempt in 1..=self.device_attempts {
-            let da = match self.client.device_authorization(&a.spec, &self.endpoints).await {
+            let da = match self
+                .client
+                .device_authorization(&a.spec, &self.endpoints)
+                .await
+            {
                 Ok(d) => d,
                 Err(e) => {
                     self.fail_login(i, format!("device code request failed: {}", e.reason()));
@@ -881,7 +898,11 @@ impl Inner {
             let mut interval = da.interval.max(1);
             loop {
                 self.clock.sleep(Duration::from_secs(interval)).await;
-                match self.client.poll_device(&a.spec, &self.endpoints, &device_code).await {
+                match self
+                    .client
+                    .poll_device(&a.spec, &self.endpoints, &device_code)
+                    .await
+                {
                     Ok(resp) => {
                         self.finish_login(i, resp).await;
                         return;
@@ -910,7 +931,8 @@ impl Inner {
         }
         self.fail_login(
             i,
-            "the device code expired before it was entered; start again from the page or restart".into(),
+            "the device code expired before it was entered; start again from the page or restart"
+                .into(),
         );
     }
 }

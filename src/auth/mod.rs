@@ -29,8 +29,8 @@ pub use browser::{Browser, CommandBrowser, NoBrowser};
 pub use clock::{Clock, SystemClock};
 pub use keyring::{Keyring, MemoryKeyring, SystemKeyring};
 pub use manager::{
-    AccountStatus, AccountTokens, AuthManager, AuthOptions, DeviceCodeInfo, LoginState,
-    StartError, daemon_options,
+    AccountStatus, AccountTokens, AuthManager, AuthOptions, DeviceCodeInfo, LoginState, StartError,
+    daemon_options,
 };
 pub use provider::AccountSpec;
 

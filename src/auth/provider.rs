@@ -128,7 +128,11 @@ impl AccountSpec {
                 };
                 spec.device_code = a.device_code;
                 spec.sync = cfg.mailboxes.iter().any(|m| m.account == i);
-                for s in cfg.credential_servers.iter().filter(|s| s.accounts.contains(&i)) {
+                for s in cfg
+                    .credential_servers
+                    .iter()
+                    .filter(|s| s.accounts.contains(&i))
+                {
                     spec.smtp |= s.protocols.contains(&Protocol::Smtp);
                     spec.imap |= s.protocols.contains(&Protocol::Imap);
                 }
@@ -312,9 +316,10 @@ impl AccountSpec {
     /// The token endpoint.
     pub fn token_url(&self, ep: &Endpoints) -> String {
         match self.kind {
-            CloudKind::Office365 => {
-                ep.url(MS_LOGIN_HOST, &format!("/{}/oauth2/v2.0/token", self.tenant))
-            }
+            CloudKind::Office365 => ep.url(
+                MS_LOGIN_HOST,
+                &format!("/{}/oauth2/v2.0/token", self.tenant),
+            ),
             CloudKind::Gmail => ep.url(GOOGLE_TOKEN_HOST, "/token"),
         }
     }
@@ -519,7 +524,10 @@ impl TokenClient {
         redirect_uri: &str,
         verifier: &Secret,
     ) -> Result<TokenResponse, OAuthError> {
-        let scope = spec.scopes(spec.first_audiences()[0]).unwrap_or_default().join(" ");
+        let scope = spec
+            .scopes(spec.first_audiences()[0])
+            .unwrap_or_default()
+            .join(" ");
         let mut form = vec![
             ("grant_type", "authorization_code"),
             ("client_id", spec.client_id.as_str()),

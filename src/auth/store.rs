@@ -196,7 +196,10 @@ fn open_blocking(
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((key, TokenMap::new())),
         Err(e) => {
-            tracing::warn!("cannot read {}: {e}; starting without saved logins", path.display());
+            tracing::warn!(
+                "cannot read {}: {e}; starting without saved logins",
+                path.display()
+            );
             return Ok((key, TokenMap::new()));
         }
     };

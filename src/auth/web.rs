@@ -26,14 +26,13 @@ pub(crate) async fn serve(inner: Arc<Inner>, listener: tokio::net::TcpListener) 
     let filter = warp::any()
         .and(warp::method())
         .and(warp::path::full())
-        .and(
-            warp::query::raw()
-                .or(warp::any().map(String::new))
-                .unify(),
-        )
+        .and(warp::query::raw().or(warp::any().map(String::new)).unify())
         .and(warp::header::optional::<String>("host"))
         .then(
-            move |method: Method, path: warp::path::FullPath, query: String, host: Option<String>| {
+            move |method: Method,
+                  path: warp::path::FullPath,
+                  query: String,
+                  host: Option<String>| {
                 let me = me.clone();
                 async move { handle(me, method, path.as_str().to_string(), query, host).await }
             },
@@ -78,7 +77,10 @@ async fn handle(
                 text(StatusCode::BAD_REQUEST, &msg)
             }
         },
-        p => match p.strip_prefix("/login/").and_then(|n| n.parse::<usize>().ok()) {
+        p => match p
+            .strip_prefix("/login/")
+            .and_then(|n| n.parse::<usize>().ok())
+        {
             Some(i) if i < inner.account_count() => login(&inner, i),
             _ => text(StatusCode::NOT_FOUND, "not found"),
         },
@@ -198,7 +200,10 @@ fn page(inner: &Inner) -> Resp {
             LoginState::LoggedIn => String::new(),
             LoginState::LoggingIn if a.device.is_some() => String::new(),
             LoginState::LoggingIn => {
-                format!("<a class=\"login\" href=\"{}\">Log in</a>", esc(&a.login_url))
+                format!(
+                    "<a class=\"login\" href=\"{}\">Log in</a>",
+                    esc(&a.login_url)
+                )
             }
             _ => format!(
                 "<a class=\"login\" href=\"{}\">Log in again</a>",
@@ -257,7 +262,10 @@ code.user-code {{ font-size: 1.4em; }}
 fn secure_headers(h: &mut warp::http::HeaderMap) {
     h.insert(header::CACHE_CONTROL, "no-store".parse().expect("static"));
     h.insert("x-frame-options", "DENY".parse().expect("static"));
-    h.insert(header::REFERRER_POLICY, "no-referrer".parse().expect("static"));
+    h.insert(
+        header::REFERRER_POLICY,
+        "no-referrer".parse().expect("static"),
+    );
 }
 
 fn json<T: Serialize>(v: &T) -> Resp {
