@@ -218,3 +218,21 @@ mod tests {
         assert_eq!(a.len(), 1);
     }
 }
+
+#[cfg(test)]
+mod system_tests {
+    use super::*;
+
+    /// Uses the real keyring of the machine: run by hand with
+    /// `cargo test --lib system_keyring -- --ignored`.
+    #[test]
+    #[ignore]
+    fn system_keyring_roundtrip() {
+        let k = SystemKeyring::detect().expect("a keyring");
+        let id = format!("test-{}", std::process::id());
+        assert_eq!(k.get(&id).unwrap(), None);
+        k.set(&id, "value").unwrap();
+        assert_eq!(k.get(&id).unwrap().as_deref(), Some("value"));
+        eprintln!("keyring: {}", k.name());
+    }
+}

@@ -209,10 +209,22 @@ pub const GMAIL_DEVICE_REFUSED: &str = "Google does not allow Gmail scopes in th
      log in through the browser page instead (on a headless machine forward the port: \
      ssh -L 8080:127.0.0.1:8080 HOST, then open http://127.0.0.1:8080/)";
 
-/// Owns all accounts' tokens and the login server. Cheap to clone.
+/// Owns all accounts' tokens and the login server. Cheap to clone; when
+/// the last clone is dropped the server and device logins stop (token
+/// sources handed out keep refreshing).
 #[derive(Clone)]
 pub struct AuthManager {
     inner: Arc<Inner>,
+    _stop: Arc<StopOnDrop>,
+}
+
+/// Signals shutdown when the last [`AuthManager`] clone goes away.
+struct StopOnDrop(watch::Sender<bool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.send(true);
+    }
 }
 
 impl std::fmt::Debug for AuthManager {
@@ -299,7 +311,8 @@ impl AuthManager {
         let server = tokio::spawn(super::web::serve(inner.clone(), listener));
         lock(&inner.tasks).push(server);
         tracing::info!("OAuth login page at http://{addr}/");
-        Ok(AuthManager { inner })
+        let stop = Arc::new(StopOnDrop(inner.shutdown.clone()));
+        Ok(AuthManager { inner, _stop: stop })
     }
 
     /// The address the login server listens on.

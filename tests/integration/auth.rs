@@ -24,12 +24,12 @@ fn log_buffer() -> &'static Arc<Mutex<Vec<u8>>> {
     LOG.get_or_init(|| {
         let buf = Arc::new(Mutex::new(Vec::new()));
         let w = buf.clone();
-        let subscriber = tracing_subscriber::fmt()
+        // Also takes `log` records (reqwest, hyper) through tracing-log.
+        let _ = tracing_subscriber::fmt()
             .with_max_level(tracing::Level::DEBUG)
             .with_ansi(false)
             .with_writer(move || LogWriter(w.clone()))
-            .finish();
-        let _ = tracing::subscriber::set_global_default(subscriber);
+            .try_init();
         buf
     })
 }
@@ -46,14 +46,13 @@ impl Write for LogWriter {
     }
 }
 
-/// Every access token, refresh token and code the emulator issued.
+/// Every access and refresh token the emulator issued.
 fn issued_secrets(cloud: &Handle) -> Vec<String> {
     let st = cloud.app().lock();
     st.auth
         .access
         .keys()
         .chain(st.auth.refresh.keys())
-        .chain(st.auth.codes.keys())
         .cloned()
         .collect()
 }
@@ -62,6 +61,9 @@ fn issued_secrets(cloud: &Handle) -> Vec<String> {
 fn assert_no_secrets_logged(cloud: &Handle) {
     let secrets = issued_secrets(cloud);
     let log = String::from_utf8_lossy(&log_buffer().lock().unwrap()).into_owned();
+    if std::env::var_os("CMS_DUMP_AUTH_LOG").is_some() {
+        eprintln!("{log}");
+    }
     assert!(log.contains("cloud_mdir_sync::auth"), "logs were captured");
     for s in secrets {
         assert!(!log.contains(&s), "a token was logged");
@@ -409,6 +411,23 @@ async fn refresh_ahead_of_expiry_with_rotation_and_two_resources() {
     assert_eq!(token_info(&cloud, &g2).1, "Graph");
     assert_eq!(token_info(&cloud, &o2).1, "Outlook");
     assert_eq!(requests(&cloud, "/token"), 4);
+    // Many callers at once after expiry: one refresh per resource, in
+    // turn, each with the newest refresh token.
+    cloud.app().clock.advance_ms(451_000);
+    let calls = (0..6).map(|k| {
+        let a = a.clone();
+        let aud = if k % 2 == 0 {
+            Audience::Graph
+        } else {
+            Audience::Outlook
+        };
+        tokio::spawn(async move { a.token(aud).await })
+    });
+    let got: Vec<_> = futures_util::future::join_all(calls).await;
+    let got: Vec<AccessToken> = got.into_iter().map(|r| r.unwrap().unwrap()).collect();
+    assert!(got.iter().step_by(2).all(|t| t == &got[0]));
+    assert!(got.iter().skip(1).step_by(2).all(|t| t == &got[1]));
+    assert_eq!(requests(&cloud, "/token"), 6);
     // The one refresh token still redeemable is the one saved, encrypted.
     let live = live_rts(&cloud, "r@example.com");
     assert_eq!(live.len(), 1);
