@@ -916,3 +916,57 @@ async fn encrypted_store_survives_a_restart() {
     assert!(log.contains("logins do not survive a restart"));
     assert_no_secrets_logged(&cloud);
 }
+
+/// The page in a real browser: headless Chromium opens `/` first; then
+/// two logins become pending; the page's script follows the events to each
+/// login and back, and no other window is asked for. Needs Debian's
+/// `chromium`: `cargo test --test integration real_browser -- --ignored`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn real_browser_page_logs_in_two_accounts() {
+    let cloud = cloud(true).await;
+    let dir = tempfile::tempdir().unwrap();
+    let b = FakeBrowser::new(Drive::Nothing);
+    let m = manager(
+        &cloud,
+        dir.path(),
+        vec![o365("a@example.com"), AccountSpec::gmail("g@gmail.com")],
+        Setup::with(&b),
+    )
+    .await;
+    let profile = tempfile::tempdir().unwrap();
+    let mut chromium = tokio::process::Command::new("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            &format!("--user-data-dir={}", profile.path().display()),
+            "--remote-debugging-port=0",
+            &m.url(),
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("chromium runs");
+    wait_until_polled(|| m.pages_connected() == 1).await;
+    m.start_logins();
+    logged_in(&m, 0).await;
+    logged_in(&m, 1).await;
+    assert!(b.opened().is_empty(), "no window while the page is open");
+    // Back on the page, which connects again.
+    wait_until_polled(|| m.pages_connected() == 1).await;
+    let _ = chromium.kill().await;
+    m.shutdown().await;
+}
+
+/// Poll `pred` (for states no event announces), up to a minute.
+async fn wait_until_polled(pred: impl Fn() -> bool) {
+    tokio::time::timeout(Duration::from_secs(60), async {
+        while !pred() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("state reached");
+}
