@@ -91,11 +91,12 @@ impl AccountSpec {
         }
     }
 
-    /// A Gmail account used for sync, with the built-in client.
+    /// A Gmail account used for sync, with the built-in client (an empty
+    /// `user` lets Google ask).
     pub fn gmail(user: &str) -> AccountSpec {
         AccountSpec {
             kind: CloudKind::Gmail,
-            user: Some(user.to_string()),
+            user: (!user.is_empty()).then(|| user.to_string()),
             tenant: String::new(),
             client_id: registration::GMAIL_CLIENT_ID.to_string(),
             client_secret: Some(registration::GMAIL_CLIENT_SECRET.to_string()),
@@ -655,6 +656,55 @@ mod tests {
                 "https://mail.google.com/"
             ]
         );
+    }
+
+    #[test]
+    fn protocols_from_config() {
+        use crate::config::{AccountConfig, CredentialServerConfig, DeleteAction, MailboxConfig};
+        let acct = |kind, user: &str| AccountConfig {
+            kind,
+            user: Some(user.to_string()),
+            tenant: Some("t".into()),
+            client_id: Some("c".into()),
+            device_code: kind == CloudKind::Office365,
+        };
+        let cfg = Config {
+            file: "cms.cfg".into(),
+            message_db_dir: "/tmp/x".into(),
+            maildirs: vec![],
+            accounts: vec![
+                acct(CloudKind::Office365, "a@example.com"),
+                acct(CloudKind::Gmail, "g@gmail.com"),
+            ],
+            mailboxes: vec![MailboxConfig {
+                kind: CloudKind::Gmail,
+                name: "INBOX".into(),
+                account: 1,
+                delete_action: DeleteAction::Archive,
+                poll_interval: crate::config::DEFAULT_POLL_INTERVAL,
+            }],
+            credential_servers: vec![CredentialServerConfig {
+                path: "/tmp/s".into(),
+                accounts: vec![0, 1],
+                umask: 0o600,
+                protocols: vec![Protocol::Smtp],
+            }],
+            custom_router: false,
+        };
+        let specs = AccountSpec::from_config(&cfg);
+        let (o, g) = (&specs[0], &specs[1]);
+        assert!(!o.sync && o.smtp && !o.imap && o.device_code);
+        assert_eq!((o.tenant.as_str(), o.client_id.as_str()), ("t", "c"));
+        assert_eq!(
+            o.scopes(Audience::Outlook).unwrap(),
+            vec!["https://outlook.office.com/SMTP.Send", "offline_access"]
+        );
+        assert_eq!(o.scopes(Audience::Graph), None);
+        assert!(g.sync && g.smtp);
+        assert_eq!(g.client_id, registration::GMAIL_CLIENT_ID);
+        assert_eq!(g.audiences(), vec![Audience::Gmail, Audience::GoogleMail]);
+        assert_ne!(o.store_key(), g.store_key());
+        assert!(!format!("{g:?}").contains(registration::GMAIL_CLIENT_SECRET));
     }
 
     #[test]

@@ -54,9 +54,9 @@ async fn handle(
     host: Option<String>,
 ) -> Resp {
     let port = inner.addr.port();
-    let host_ok = host.as_deref().is_some_and(|h| {
-        h == format!("{}:{port}", inner.addr.ip()) || h == format!("localhost:{port}")
-    });
+    let host_ok = host
+        .as_deref()
+        .is_some_and(|h| h == inner.addr.to_string() || h == format!("localhost:{port}"));
     if !host_ok {
         return text(StatusCode::BAD_REQUEST, "unexpected Host header");
     }
