@@ -1,7 +1,38 @@
 //! Authentication: where cloud clients get access tokens. The
 //! [`TokenSource`] trait is what Graph and Gmail clients see; the OAuth
-//! implementation (PKCE loopback login, device code, refresh, keyring) lives
-//! in submodules, and [`StaticTokens`] serves fixed tokens to tests.
+//! implementation lives in submodules and [`StaticTokens`] serves fixed
+//! tokens to tests.
+//!
+//! # Layout
+//! - [`manager`]: [`AuthManager`] owns every account, refreshes and caches
+//!   access tokens, runs logins, and gives each account an
+//!   [`AccountTokens`] (a [`TokenSource`]).
+//! - [`web`]: the loopback login server: status page, server-sent events,
+//!   OAuth redirects.
+//! - [`provider`]: scopes, authorize URLs and token requests of Microsoft
+//!   and Google.
+//! - [`store`]: refresh tokens encrypted at rest; [`keyring`]: where the
+//!   key lives.
+//! - [`crypto`], [`clock`], [`browser`]: PKCE and secrets, injected time,
+//!   the browser launcher hook.
+
+pub mod browser;
+pub mod clock;
+pub mod crypto;
+pub mod keyring;
+pub mod manager;
+pub mod provider;
+pub mod store;
+pub mod web;
+
+pub use browser::{Browser, CommandBrowser, NoBrowser};
+pub use clock::{Clock, SystemClock};
+pub use keyring::{Keyring, MemoryKeyring, SystemKeyring};
+pub use manager::{
+    AccountStatus, AccountTokens, AuthManager, AuthOptions, DeviceCodeInfo, LoginState, StartError,
+    daemon_options,
+};
+pub use provider::AccountSpec;
 
 use std::collections::HashMap;
 use std::fmt;

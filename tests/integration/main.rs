@@ -1,6 +1,7 @@
 //! The one integration-test binary: a module per area, shared helpers in
 //! `util`.
 
+mod auth;
 mod config;
 mod credsrv;
 mod gmail;
