@@ -10,7 +10,10 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
+use crate::auth::{AccountSpec, AuthManager, TokenSource};
+use crate::cloud::Endpoints;
 use crate::config::Loaded;
+use crate::credsrv::{self, Broker, BrokerAccount};
 use crate::maildir::{self, Maildir, MaildirError};
 use crate::store::{Store, StoreError};
 use crate::sync::engine::{CycleReport, Engine, Folder, SyncError};
@@ -23,6 +26,24 @@ pub struct Options {
     /// Trust local flags on the first cycle.
     pub offline: bool,
 }
+
+/// What the daemon takes from its environment (read by `main`, injected
+/// here): where the clouds are, where the login page listens, how to open a
+/// browser.
+#[derive(Clone, Debug)]
+pub struct Environment {
+    /// Base URLs (`CMS_CLOUD_BASE_URL` points them at the emulator).
+    pub endpoints: Endpoints,
+    /// The OAuth login page's address (`CMS_OAUTH_LISTEN`, default 127.0.0.1:8080).
+    pub oauth_listen: std::net::SocketAddr,
+    /// The `BROWSER` value, Python `webbrowser` style.
+    pub browser: Option<String>,
+    /// Log every Office365 account in with the device code flow.
+    pub device_code_all: bool,
+}
+
+/// How long `--once` waits for logins before giving up.
+const ONCE_LOGIN_WAIT: Duration = Duration::from_secs(600);
 
 /// Why the daemon stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +65,18 @@ pub enum DaemonError {
     /// A sync cycle failed (with `--once`).
     #[error(transparent)]
     Sync(#[from] SyncError),
+    /// The login server could not start.
+    #[error(transparent)]
+    Auth(#[from] crate::auth::StartError),
+    /// A cloud backend could not be set up.
+    #[error(transparent)]
+    Cloud(#[from] crate::cloud::CloudError),
+    /// A credential server could not start.
+    #[error(transparent)]
+    Credsrv(#[from] crate::credsrv::CredsrvError),
+    /// `--once` gave up waiting for a login.
+    #[error("login not completed for {0}; open the login page and log in")]
+    LoginTimeout(String),
     /// The single cycle of `--once` met errors; details were logged.
     #[error("the sync cycle did not complete: {0}")]
     Incomplete(String),
@@ -81,15 +114,123 @@ pub async fn prepare(loaded: &Loaded) -> Result<(Arc<Store>, Vec<Maildir>), Daem
     })?
 }
 
+/// The whole daemon for a loaded config: the login server and token
+/// sources, the cloud backends, the credential servers, then the sync loop
+/// ([`run`]) until `shutdown` turns true.
+pub async fn run_config(
+    loaded: Loaded,
+    opts: Options,
+    env: Environment,
+    shutdown: watch::Receiver<bool>,
+) -> Result<(), DaemonError> {
+    let cfg = loaded.config.clone();
+    let state_dir = cfg.message_db_dir.join("state");
+    for dir in [&cfg.message_db_dir, &state_dir] {
+        crate::fsutil::create_private_dir(dir).map_err(|e| DaemonError::Prepare {
+            path: dir.clone(),
+            message: e.to_string(),
+        })?;
+    }
+    if cfg.accounts.is_empty() {
+        return run(loaded, opts, Vec::new(), shutdown).await;
+    }
+    let auth_opts = crate::auth::daemon_options(
+        &cfg.message_db_dir,
+        env.oauth_listen,
+        env.endpoints.clone(),
+        env.browser.as_deref(),
+        env.device_code_all,
+    )
+    .await;
+    let auth = AuthManager::start(AccountSpec::from_config(&cfg), auth_opts).await?;
+    tracing::info!("login page: {}", auth.url());
+    auth.start_logins();
+    let sources: Vec<Arc<dyn TokenSource>> = (0..cfg.accounts.len())
+        .filter_map(|i| auth.source(i))
+        .collect();
+    let folders = crate::cloud::folders_for(&cfg, &env.endpoints, &sources)?;
+
+    // Token brokers.
+    let mut broker_tasks = Vec::new();
+    for srv in &cfg.credential_servers {
+        let accounts = srv
+            .accounts
+            .iter()
+            .filter_map(|&i| {
+                let user = cfg.accounts[i].user.clone()?;
+                Some((
+                    user,
+                    BrokerAccount {
+                        kind: cfg.accounts[i].kind,
+                        tokens: sources[i].clone(),
+                    },
+                ))
+            })
+            .collect();
+        let listener = credsrv::bind(&srv.path, srv.umask)?;
+        tracing::info!("credential server on {}", srv.path.display());
+        broker_tasks.push(tokio::spawn(credsrv::serve(
+            listener,
+            srv.path.clone(),
+            Arc::new(Broker::new(accounts, srv.protocols.clone())),
+            shutdown.clone(),
+        )));
+    }
+
+    if opts.once {
+        // One cycle needs every syncing account logged in first.
+        let mut shutdown = shutdown.clone();
+        for m in &cfg.mailboxes {
+            let Some(acct) = auth.account(m.account) else {
+                continue;
+            };
+            let who = cfg.accounts[m.account].user.clone().unwrap_or_default();
+            tokio::select! {
+                _ = acct.wait_logged_in() => {}
+                _ = tokio::time::sleep(ONCE_LOGIN_WAIT) => return Err(DaemonError::LoginTimeout(who)),
+                _ = shutdown.changed() => return Ok(()),
+            }
+        }
+    }
+    let result = run_with_logins(loaded, opts, folders, shutdown, Some(auth.subscribe())).await;
+    for t in broker_tasks {
+        t.abort();
+    }
+    for srv in &cfg.credential_servers {
+        let _ = std::fs::remove_file(&srv.path);
+    }
+    auth.shutdown().await;
+    result
+}
+
 /// Run until `shutdown` turns true (or one cycle with `once`), syncing the
 /// given folders (one per config mailbox, in config order).
 pub async fn run(
     loaded: Loaded,
     opts: Options,
     folders: Vec<Folder>,
+    shutdown: watch::Receiver<bool>,
+) -> Result<(), DaemonError> {
+    run_with_logins(loaded, opts, folders, shutdown, None).await
+}
+
+/// [`run`], also woken when a login completes (`logins` changes), so
+/// folders waiting for a login sync at once.
+async fn run_with_logins(
+    loaded: Loaded,
+    opts: Options,
+    folders: Vec<Folder>,
     mut shutdown: watch::Receiver<bool>,
+    logins: Option<watch::Receiver<u64>>,
 ) -> Result<(), DaemonError> {
     let (store, maildirs) = prepare(&loaded).await?;
+    let (_keep, mut logins) = match logins {
+        Some(rx) => (None, rx),
+        None => {
+            let (tx, rx) = watch::channel(0);
+            (Some(tx), rx)
+        }
+    };
     let polls: Vec<Duration> = loaded
         .config
         .mailboxes
@@ -190,6 +331,10 @@ pub async fn run(
             _ = shutdown.changed() => {
                 tracing::info!("stopping");
                 return Ok(());
+            }
+            Ok(()) = logins.changed() => {
+                // A login finished (or an account needs one): list again.
+                relist = vec![true; n];
             }
             Some(_) = events.recv() => {
                 // A local change: push it without listing again, unless a

@@ -9,6 +9,7 @@ use anyhow::Context;
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
+use cloud_mdir_sync::cloud::Endpoints;
 use cloud_mdir_sync::config::{self, PathContext, PyActor};
 
 /// Mirror Office365 and Gmail mailboxes into local Maildirs and push local
@@ -32,6 +33,11 @@ struct Args {
     /// More logging (repeat for more); shows Python tracebacks.
     #[arg(short = 'v', long = "verbose", action = clap::ArgAction::Count)]
     verbose: u8,
+    /// Log Office365 accounts in with the device code flow (for machines
+    /// without a browser); the code and URL are printed and shown on the
+    /// login page.
+    #[arg(long = "device-code")]
+    device_code: bool,
     /// Less logging: warnings and errors only.
     #[arg(short = 'q', long = "quiet", conflicts_with = "verbose")]
     quiet: bool,
@@ -93,14 +99,27 @@ fn run(args: &Args) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
+    let env = cloud_mdir_sync::daemon::Environment {
+        endpoints: match std::env::var("CMS_CLOUD_BASE_URL") {
+            Ok(base) if !base.is_empty() => Endpoints::emulated(&base),
+            _ => Endpoints::real(),
+        },
+        oauth_listen: match std::env::var("CMS_OAUTH_LISTEN") {
+            Ok(v) if !v.is_empty() => v
+                .parse()
+                .with_context(|| format!("CMS_OAUTH_LISTEN={v:?} is not an address"))?,
+            _ => "127.0.0.1:8080".parse().expect("valid default address"),
+        },
+        browser: std::env::var("BROWSER").ok().filter(|b| !b.is_empty()),
+        device_code_all: args.device_code,
+    };
     rt.block_on(async move {
-        let folders = cloud_mdir_sync::cloud::folders_for(&loaded.config)?;
         let (tx, rx) = tokio::sync::watch::channel(false);
         tokio::spawn(async move {
             wait_for_signal().await;
             let _ = tx.send(true);
         });
-        cloud_mdir_sync::daemon::run(loaded, opts, folders, rx).await?;
+        cloud_mdir_sync::daemon::run_config(loaded, opts, env, rx).await?;
         anyhow::Ok(())
     })?;
     Ok(ExitCode::SUCCESS)

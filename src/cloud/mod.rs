@@ -129,18 +129,72 @@ pub trait CloudMailbox: Send + Sync {
     ) -> BoxFut<'_, Vec<Result<(), CloudError>>>;
 }
 
-/// The backends for the config's cloud mailboxes, in config order.
+/// The backends for the config's cloud mailboxes, in config order: one
+/// client per account (so all folders of an account share its throttle), one
+/// folder per mailbox. `tokens[i]` serves `config.accounts[i]`.
 pub fn folders_for(
     config: &crate::config::Config,
+    endpoints: &Endpoints,
+    tokens: &[std::sync::Arc<dyn crate::auth::TokenSource>],
 ) -> Result<Vec<crate::sync::engine::Folder>, CloudError> {
-    match config.mailboxes.first() {
-        None => Ok(Vec::new()),
-        Some(m) => Err(CloudError::new(
-            &m.name,
-            ErrorKind::Fatal,
-            format!("{:?} backends are not part of this build yet", m.kind),
-        )),
+    use crate::config::CloudKind;
+    use std::collections::HashMap;
+    use std::sync::Arc;
+
+    let mut graph: HashMap<usize, graph::GraphAccount> = HashMap::new();
+    let mut gmail: HashMap<usize, Arc<gmail::GmailAccount>> = HashMap::new();
+    let mut out = Vec::with_capacity(config.mailboxes.len());
+    for m in &config.mailboxes {
+        let acct = &config.accounts[m.account];
+        let user = acct.user.clone().unwrap_or_default();
+        let source = tokens.get(m.account).cloned().ok_or_else(|| {
+            CloudError::new(&m.name, ErrorKind::Fatal, "no token source for the account")
+        })?;
+        let key = format!(
+            "{}:{}/{}",
+            match m.kind {
+                CloudKind::Office365 => "office365",
+                CloudKind::Gmail => "gmail",
+            },
+            user,
+            m.name
+        );
+        let cloud: Arc<dyn CloudMailbox> = match m.kind {
+            CloudKind::Office365 => {
+                let account = match graph.get(&m.account) {
+                    Some(a) => a.clone(),
+                    None => {
+                        let a = graph::GraphAccount::new(&user, source, endpoints.clone())?;
+                        graph.insert(m.account, a.clone());
+                        a
+                    }
+                };
+                Arc::new(graph::GraphMailbox::new(account, &m.name, &key))
+            }
+            CloudKind::Gmail => {
+                let account = match gmail.get(&m.account) {
+                    Some(a) => a.clone(),
+                    None => {
+                        let a = gmail::GmailAccount::new(
+                            &user,
+                            endpoints.clone(),
+                            source,
+                            gmail::Options::default(),
+                        )?;
+                        gmail.insert(m.account, a.clone());
+                        a
+                    }
+                };
+                Arc::new(gmail::GmailMailbox::new(account, &m.name, &key))
+            }
+        };
+        out.push(crate::sync::engine::Folder {
+            cloud,
+            key,
+            delete_action: m.delete_action,
+        });
     }
+    Ok(out)
 }
 
 /// Base URLs of the services. Production uses the real hosts; tests and the
