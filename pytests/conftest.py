@@ -31,10 +31,13 @@ class Env:
         # A "browser" that follows the login redirects, as a person would.
         browser = home / "browser.py"
         browser.write_text(
+            "#!/usr/bin/python3\n"
             "import sys, urllib.request\n"
             "urllib.request.urlopen(sys.argv[1], timeout=30).read()\n"
         )
-        self.env["BROWSER"] = f"/usr/bin/python3 {browser}"
+        browser.chmod(0o755)
+        # Like Python's webbrowser, BROWSER names a command (no arguments).
+        self.env["BROWSER"] = str(browser)
         self.env["CMS_OAUTH_LISTEN"] = "127.0.0.1:0"
 
     def use_cloud(self, cloud):

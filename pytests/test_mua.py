@@ -67,15 +67,20 @@ def cloud_state(cloud):
 
 def test_mblaze_sees_and_sets_flags(synced):
     cms, cloud = synced
-    listed = subprocess.run(["mlist", str(cms.home / "mail" / "inbox")],
-                            capture_output=True, text=True, check=True).stdout.split()
+    inbox = str(cms.home / "mail" / "inbox")
+    listed = subprocess.run(["mlist", inbox], capture_output=True, text=True,
+                            check=True).stdout.split()
     assert len(listed) == 4
+    # As an mblaze user does: incorporate new mail into cur/ first (mflag
+    # leaves messages in new/ alone); our scanner sees the move as no change.
+    subprocess.run(["minc", inbox], check=True, capture_output=True)
+    cms.run("--once")
+    assert cloud_state(cloud)["pytest-read"][1] is False
     files = maildir_files(cms.home)
     subprocess.run(["mflag", "-S", str(files["pytest-read"])], check=True)
     subprocess.run(["mflag", "-F", str(files["pytest-flag"])], check=True)
     subprocess.run(["mflag", "-R", str(files["pytest-reply"])], check=True)
     subprocess.run(["mflag", "-T", str(files["pytest-delete"])], check=True)
-    # mblaze's view of the flags after our scan+sync: unchanged by us.
     cms.run("--once")
     state = cloud_state(cloud)
     assert state["pytest-read"][1] is True
@@ -138,6 +143,7 @@ def test_neomutt_in_tmux(synced, tmp_path):
     cms, cloud = synced
     rc = cms.home / "muttrc"
     rc.write_text(
+        f"set folder={cms.home / 'mail'}\nset spoolfile={cms.home / 'mail' / 'inbox'}\n"
         "set mbox_type=Maildir\nset maildir_trash=yes\nset mark_old=no\n"
         "set sort=subject\nset quit=yes\nset delete=yes\nset wait_key=no\n"
         "set confirmappend=no\nset header_cache=''\nset message_cachedir=''\n"
