@@ -14,6 +14,17 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 TARGET = pathlib.Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target")) / "debug"
 
 
+# Shapes of the emulator's tokens: Microsoft refresh tokens, Google refresh
+# and access tokens, Microsoft access tokens (JWTs).
+TOKEN_MARKERS = ("0.AXoA", "1//0", "ya29.", "eyJ")
+
+
+def assert_no_tokens(text):
+    """No access or refresh token may ever reach the logs."""
+    for marker in TOKEN_MARKERS:
+        assert marker not in text, f"a token ({marker}...) leaked into the log"
+
+
 def binary(name):
     path = TARGET / name
     if not path.exists():
@@ -58,6 +69,8 @@ class Env:
             text=True,
             timeout=timeout,
         )
+        assert_no_tokens(proc.stderr)
+        assert_no_tokens(proc.stdout)
         if check and proc.returncode != 0:
             raise AssertionError(
                 f"cloud-mdir-sync {' '.join(args)} exited {proc.returncode}\n"

@@ -9,7 +9,7 @@ import textwrap
 
 import pytest
 
-from conftest import binary
+from conftest import assert_no_tokens, binary
 
 pytestmark = pytest.mark.skipif(
     not os.environ.get("CI") and any(shutil.which(t) is None for t in ("dbus-run-session", "gnome-keyring-daemon", "secret-tool")),
@@ -56,4 +56,4 @@ def test_login_survives_restart_with_secret_service(cms, fakecloud_factory, tmp_
     assert not key.startswith("0.AXoA")
     # And no token reached the logs.
     for log in (first, second):
-        assert "0.AXoA" not in log and "Bearer" not in log
+        assert_no_tokens(log)

@@ -13,7 +13,7 @@ import urllib.request
 
 import pytest
 
-from conftest import binary
+from conftest import assert_no_tokens, binary
 
 pytestmark = pytest.mark.skipif(
     not os.environ.get("CI")
@@ -171,3 +171,4 @@ def test_one_page_logs_in_two_accounts(cms, tmp_path):
         log.close()
     text = (tmp_path / "daemon.log").read_text()
     assert text.count("logged in") >= 2, text
+    assert_no_tokens(text)
