@@ -45,7 +45,7 @@ def test_login_survives_restart_with_secret_service(cms, fakecloud_factory, tmp_
     second = (tmp_path / "second.log").read_text() if (tmp_path / "second.log").exists() else ""
     assert proc.returncode == 0, f"{proc.stderr}\nfirst:\n{first}\nsecond:\n{second}"
     assert "Secret Service" in first, first
-    assert "logged in" in first
+    assert "sync: 3 downloaded" in first, first
     assert not (tmp_path / "asked").exists(), second
     assert "logged in" not in second and "login needed" not in second, second
     key = (tmp_path / "key").read_text().strip()

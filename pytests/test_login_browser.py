@@ -170,5 +170,5 @@ def test_one_page_logs_in_two_accounts(cms, tmp_path):
         cloud_proc.wait(timeout=10)
         log.close()
     text = (tmp_path / "daemon.log").read_text()
-    assert text.count("logged in") >= 2, text
+    assert text.count("INFO\x1b[0m logged in") + text.count("INFO logged in") >= 2, text
     assert_no_tokens(text)

@@ -43,7 +43,14 @@ def test_msmtp_sends_with_a_brokered_token(cms, fakecloud_factory, tmp_path):
                               stdout=log, stderr=subprocess.STDOUT)
     try:
         deadline = time.time() + 60
-        while not (sock.exists() and "logged in" in (tmp_path / "daemon.log").read_text()):
+        inbox = cms.home / "mail" / "inbox"
+
+        def synced():
+            # Logged in and synced: both messages are in the maildir.
+            return sum(len(os.listdir(inbox / d)) for d in ("cur", "new")
+                       if (inbox / d).exists()) == 2
+
+        while not (sock.exists() and synced()):
             assert daemon.poll() is None, (tmp_path / "daemon.log").read_text()
             assert time.time() < deadline, (tmp_path / "daemon.log").read_text()
             time.sleep(0.1)
@@ -61,7 +68,7 @@ def test_msmtp_sends_with_a_brokered_token(cms, fakecloud_factory, tmp_path):
         message = f"From: {USER}\nTo: bob@example.org\nSubject: hello\n\nsent with a brokered token\n"
         sent = subprocess.run(["msmtp", "-C", str(rc), "-t"], input=message, text=True,
                               capture_output=True, timeout=60)
-        assert sent.returncode == 0, sent.stderr
+        assert sent.returncode == 0, sent.stderr + (tmp_path / "daemon.log").read_text()
         # A user the broker does not serve gets no token, and msmtp fails.
         rc.write_text(rc.read_text().replace(f"--user {USER}", "--user nobody@example.org"))
         refused = subprocess.run(["msmtp", "-C", str(rc), "-t"], input=message, text=True,
