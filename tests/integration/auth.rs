@@ -18,33 +18,7 @@ use cloud_mdir_sync::auth::{
 use cloud_mdir_sync::cloud::{BoxFut, Endpoints};
 use fake_cloud::{FakeCloud, Handle, Options};
 
-/// Everything logged at debug level by every test in this binary.
-fn log_buffer() -> &'static Arc<Mutex<Vec<u8>>> {
-    static LOG: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
-    LOG.get_or_init(|| {
-        let buf = Arc::new(Mutex::new(Vec::new()));
-        let w = buf.clone();
-        // Also takes `log` records (reqwest, hyper) through tracing-log.
-        let _ = tracing_subscriber::fmt()
-            .with_max_level(tracing::Level::DEBUG)
-            .with_ansi(false)
-            .with_writer(move || LogWriter(w.clone()))
-            .try_init();
-        buf
-    })
-}
-
-struct LogWriter(Arc<Mutex<Vec<u8>>>);
-
-impl Write for LogWriter {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(b);
-        Ok(b.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
+use crate::util::log_buffer;
 
 /// Every access and refresh token the emulator issued.
 fn issued_secrets(cloud: &Handle) -> Vec<String> {

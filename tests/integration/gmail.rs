@@ -1049,45 +1049,15 @@ impl TokenSource for Rotating {
     }
 }
 
-/// A `MakeWriter` collecting log output in memory.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        if let Ok(mut v) = self.0.lock() {
-            v.extend_from_slice(buf);
-        }
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
-    type Writer = Captured;
-    fn make_writer(&'a self) -> Captured {
-        self.clone()
-    }
-}
-
 #[tokio::test]
 async fn refused_tokens_are_refreshed_once_and_never_logged() {
     let env = Env::start(QuotaMode::Off).await;
     let ids = env.populate("INBOX", 60, 101).await;
     let good = env.token(&[MODIFY]);
     let bogus = "ya29.bogus-token-value-never-valid".to_string();
-    // Global, not thread-scoped: scoped subscribers miss events when other
-    // tests of this binary warm up the same callsites on other threads.
-    // Other tests' logs land here too, which only widens the scan.
-    let log = Captured::default();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::TRACE)
-        .with_writer(log.clone())
-        .with_ansi(false)
-        .finish();
-    tracing::subscriber::set_global_default(subscriber).expect("only this test sets it");
+    // The binary's one global log capture: other tests' logs land there
+    // too, which only widens the scan.
+    crate::util::log_buffer();
 
     // First token refused: refreshed once, then everything works.
     let tokens = Arc::new(Rotating {
@@ -1135,7 +1105,7 @@ async fn refused_tokens_are_refreshed_once_and_never_logged() {
         assert!(!e.to_string().contains(t.as_str()));
     }
 
-    let text = String::from_utf8_lossy(&log.0.lock().expect("log")).into_owned();
+    let text = crate::util::logged();
     assert!(text.contains("gmail request"), "debug logs were captured");
     for t in [&good, &bogus] {
         assert!(!text.contains(t.as_str()), "a token appears in the logs");
