@@ -25,6 +25,8 @@ inbox = Office365("inbox", acct)
 lists = Office365("Inbox/Lists/Rust", acct)
 {{extra}}
 def direct_message(msg):
+    # The filter sees the stored (LF) size; a failed assert would misroute.
+    assert msg.size > 50, msg.size
     if msg.mailbox is lists:
         return rust
     return work

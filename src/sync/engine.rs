@@ -88,6 +88,7 @@ pub struct Engine {
     cursors: BTreeMap<String, serde_json::Value>,
     mode: Mode,
     stop: Arc<AtomicBool>,
+    sizes: std::sync::Mutex<HashMap<ContentHash, u64>>,
 }
 
 /// A maildir file found by the scan, with its content hash.
@@ -136,6 +137,7 @@ impl Engine {
                 Mode::Online
             },
             stop: Arc::new(AtomicBool::new(false)),
+            sizes: std::sync::Mutex::new(HashMap::new()),
         }
     }
 
@@ -401,6 +403,23 @@ impl Engine {
         .map_err(|e| SyncError::Task(e.to_string()))?
     }
 
+    /// Size of stored content, remembered per hash (one `stat` per message
+    /// per run, not per cycle).
+    fn content_size(&self, hash: &ContentHash) -> u64 {
+        let mut sizes = match self.sizes.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        if let Some(&n) = sizes.get(hash) {
+            return n;
+        }
+        let n = std::fs::metadata(self.store.blob_path(hash)).map_or(0, |m| m.len());
+        if n > 0 {
+            sizes.insert(*hash, n);
+        }
+        n
+    }
+
     /// Route every cloud message through the config.
     async fn route(
         &self,
@@ -416,7 +435,9 @@ impl Engine {
                 email_id: entry.email_id.clone(),
                 flags: entry.flags,
                 received_time: entry.received_time,
-                size: entry.size.unwrap_or(0),
+                // The listings carry no size (Graph's and Gmail's count
+                // CRLF); the stored content's is what a filter expects.
+                size: entry.size.unwrap_or_else(|| self.content_size(hash)),
                 content_path: self.store.blob_path(hash),
             })
             .collect();
