@@ -5,10 +5,18 @@
 //! - [`config`]: runs `cms.cfg` on embedded CPython, validates it into a
 //!   [`config::Config`], and routes messages through `direct_message` on a
 //!   dedicated Python thread.
+//! - [`sync`]: the pure three-way planner ([`sync::plan`]), the executor
+//!   ([`sync::engine`]) and the persisted last-synced state.
+//! - [`cloud`]: the `CloudMailbox` trait and its backends: Microsoft Graph
+//!   ([`cloud::graph`]), Gmail ([`cloud::gmail`]), in-memory for tests.
+//! - [`auth`]: OAuth logins (PKCE loopback page, device code), refresh,
+//!   encrypted refresh tokens with the key in the keyring.
+//! - [`credsrv`] / [`credclient`]: the token broker socket and `cms-oauth`.
 //! - [`maildir`]: scan, flag codec, delivery through `tmp/`, watching.
 //! - [`store`]: the content-addressed message store, id and inode caches,
 //!   atomic state files.
-//! - [`sync`]: the pure three-way sync planner.
+//! - [`daemon`]: wiring and the loop: triggers, backoff, shutdown.
+//! - [`fsutil`]: atomic writes and private directories.
 //! - [`types`]: flags, content hashes and cloud ids shared by all modules.
 pub mod auth;
 pub mod cloud;
