@@ -311,14 +311,19 @@ async fn run_with_logins(
                 true
             }
         };
-        backoff = if failed {
-            let next = backoff.map_or(FIRST_BACKOFF, |b| (b * 2).min(MAX_BACKOFF));
-            Some(next)
-        } else {
-            None
+        // A server that said when to come back is not asked sooner.
+        let asked = match &result {
+            Ok(report) => report
+                .cloud_errors
+                .iter()
+                .filter_map(|e| e.retry_after)
+                .max(),
+            Err(_) => None,
         };
+        backoff = next_backoff(backoff, failed, asked);
         // Wait for the next reason to run.
-        let retry_at = backoff.map(|b| now + rng.around(b));
+        // Jitter spreads retries, but never below what the server asked.
+        let retry_at = backoff.map(|b| now + rng.around(b).max(asked.unwrap_or_default()));
         relist = vec![false; n];
         let poll_at = next_poll.iter().min().copied();
         let wake_at = match (retry_at, poll_at) {
@@ -358,6 +363,17 @@ async fn run_with_logins(
             return Ok(());
         }
     }
+}
+
+/// The delay before retrying after a cycle: none after a clean cycle; 10 s
+/// doubling to 5 min after failures, but never shorter than a server's
+/// `Retry-After` (`asked`).
+fn next_backoff(prev: Option<Duration>, failed: bool, asked: Option<Duration>) -> Option<Duration> {
+    if !failed {
+        return None;
+    }
+    let next = prev.map_or(FIRST_BACKOFF, |b| (b * 2).min(MAX_BACKOFF));
+    Some(asked.map_or(next, |a| next.max(a)))
 }
 
 fn summary(r: &CycleReport) -> String {
@@ -405,6 +421,18 @@ impl Jitter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn backoff_doubles_caps_and_honours_retry_after() {
+        let s = Duration::from_secs;
+        assert_eq!(next_backoff(None, false, None), None);
+        assert_eq!(next_backoff(Some(s(40)), false, Some(s(90))), None);
+        assert_eq!(next_backoff(None, true, None), Some(s(10)));
+        assert_eq!(next_backoff(Some(s(10)), true, None), Some(s(20)));
+        assert_eq!(next_backoff(Some(s(200)), true, None), Some(s(300)));
+        assert_eq!(next_backoff(None, true, Some(s(90))), Some(s(90)));
+        assert_eq!(next_backoff(Some(s(160)), true, Some(s(90))), Some(s(300)));
+    }
 
     #[test]
     fn jitter_stays_in_range() {
