@@ -45,6 +45,26 @@ impl Flags {
     }
 }
 
+/// The maildir letters, in maildir order (`F`, `R`, `S`, `T`); `-` for none.
+impl fmt::Display for Flags {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.is_empty() {
+            return f.write_str("-");
+        }
+        for (bit, letter) in [
+            (Flags::FLAGGED, 'F'),
+            (Flags::REPLIED, 'R'),
+            (Flags::READ, 'S'),
+            (Flags::DELETED, 'T'),
+        ] {
+            if self.contains(bit) {
+                write!(f, "{letter}")?;
+            }
+        }
+        Ok(())
+    }
+}
+
 impl std::ops::BitOr for Flags {
     type Output = Flags;
     fn bitor(self, rhs: Flags) -> Flags {

@@ -12,8 +12,8 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use super::plan::{
-    Action, CloudMsg, LastState, LocalFile, MailboxInfo, MaildirInfo, Mode, Outcome, Plan,
-    PlanInput, Route, Warning, next_state, plan,
+    Action, CloudEffect, CloudMsg, LastState, LocalFile, MailboxInfo, MaildirInfo, Mode, Outcome,
+    Plan, PlanInput, Route, Warning, cloud_effects, next_state, plan,
 };
 use super::state::SyncState;
 use crate::cloud::{CloudEntry, CloudError, CloudMailbox, FlagChange};
@@ -21,7 +21,10 @@ use crate::config::router::RouteRequest;
 use crate::config::{DeleteAction, Router};
 use crate::maildir::{Entry, Maildir, MaildirError};
 use crate::store::{Store, StoreError};
-use crate::types::{Cid, ContentHash};
+use crate::types::{Cid, ContentHash, Flags};
+
+/// The bits a cloud stores (never `T`).
+const SYNCED: Flags = Flags(Flags::REPLIED.0 | Flags::READ.0 | Flags::FLAGGED.0);
 
 /// Downloads in flight at once across all folders (each backend throttles
 /// its own mailbox further).
@@ -67,6 +70,9 @@ pub struct CycleReport {
     pub warnings: Vec<Warning>,
     /// Messages whose routing failed (left where they are).
     pub routing_failures: usize,
+    /// Cloud deletions already sent and not sent again until the folder is
+    /// listed again (they are confirmed by that listing).
+    pub held: usize,
 }
 
 impl CycleReport {
@@ -81,7 +87,13 @@ pub struct Engine {
     store: Arc<Store>,
     router: Router,
     folders: Vec<Folder>,
-    listings: Vec<Option<Vec<CloudEntry>>>,
+    listings: Vec<Option<Listing>>,
+    /// Per folder, the version of the cloud picture the agreement `last`
+    /// was computed from (after the cycle's effects). A listing older than
+    /// this is never planned against: the folder is listed again.
+    agreed_versions: Vec<u64>,
+    /// Source of listing versions.
+    versions: u64,
     maildirs: Vec<Maildir>,
     state: Arc<std::sync::Mutex<SyncState>>,
     last: LastState,
@@ -89,6 +101,37 @@ pub struct Engine {
     mode: Mode,
     stop: Arc<AtomicBool>,
     sizes: std::sync::Mutex<HashMap<ContentHash, u64>>,
+}
+
+/// A folder's messages as the engine knows them: what the last list call
+/// returned, with the effects of the actions taken since applied.
+struct Listing {
+    entries: Vec<CloudEntry>,
+    /// Changes whenever the picture changes (a list call, applied effects).
+    version: u64,
+    /// Deletions sent since the last list call: not sent again until a
+    /// listing shows whether they took effect.
+    sent_deletions: HashSet<String>,
+}
+
+impl Listing {
+    /// Apply this cycle's effects on the folder; returns the new version.
+    fn apply(&mut self, effects: &[&CloudEffect], version: u64) -> u64 {
+        for e in effects {
+            match e {
+                CloudEffect::Flags { id, set, clear, .. } => {
+                    for entry in self.entries.iter_mut().filter(|x| &x.id == id) {
+                        entry.flags = (entry.flags & !*clear) | *set;
+                    }
+                }
+                CloudEffect::DeletionSent { id, .. } => {
+                    self.sent_deletions.insert(id.clone());
+                }
+            }
+        }
+        self.version = version;
+        version
+    }
 }
 
 /// A maildir file found by the scan, with its content hash.
@@ -126,6 +169,8 @@ impl Engine {
             store,
             router,
             listings: folders.iter().map(|_| None).collect(),
+            agreed_versions: vec![0; folders.len()],
+            versions: 0,
             folders,
             maildirs,
             state: Arc::new(std::sync::Mutex::new(state)),
@@ -169,6 +214,13 @@ impl Engine {
     pub async fn cycle_with(&mut self, relist: &[bool]) -> Result<CycleReport, SyncError> {
         let mut report = CycleReport::default();
         let mut complete = self.list_some(relist, &mut report).await;
+        // The picture each folder is planned with; checked against the
+        // agreement's by list_some, so a stale pair cannot be planned.
+        let planned_versions: Vec<Option<u64>> = self
+            .listings
+            .iter()
+            .map(|l| l.as_ref().map(|l| l.version))
+            .collect();
         let cloud = self.resolve_hashes(&mut report, &mut complete).await?;
         let scanned = self.scan_all().await?;
         let routes = self.route(&cloud, &mut report).await;
@@ -222,10 +274,50 @@ impl Engine {
         report.warnings = plan.warnings.clone();
         report.actions = plan.actions.len();
 
-        let outcomes = self.execute(&plan, scanned, &mut report).await?;
-        report.failed = outcomes.iter().filter(|o| **o == Outcome::Failed).count();
+        // A deletion already sent waits for the next listing to confirm it.
+        let held: Vec<bool> = plan
+            .actions
+            .iter()
+            .map(|a| match a {
+                Action::DeleteCloud { mailbox, id, .. } => self.listings[*mailbox]
+                    .as_ref()
+                    .is_some_and(|l| l.sent_deletions.contains(id)),
+                _ => false,
+            })
+            .collect();
+        report.held = held.iter().filter(|h| **h).count();
+        let reasons = local_reasons(&plan, &input);
+        let (outcomes, attempted) = self
+            .execute(&plan, &held, reasons, scanned, &mut report)
+            .await?;
+        report.failed = outcomes
+            .iter()
+            .zip(&held)
+            .filter(|(o, h)| **o == Outcome::Failed && !**h)
+            .count();
 
         let new_last = next_state(&input, &plan, &outcomes);
+        // The listings now show what the agreement assumes the cloud holds.
+        let effects = cloud_effects(&plan, &outcomes, &attempted);
+        for (i, planned) in planned_versions.iter().enumerate() {
+            let Some(planned) = *planned else { continue };
+            let mine: Vec<&CloudEffect> = effects
+                .iter()
+                .filter(|e| match e {
+                    CloudEffect::Flags { mailbox, .. }
+                    | CloudEffect::DeletionSent { mailbox, .. } => *mailbox == i,
+                })
+                .collect();
+            self.agreed_versions[i] = planned;
+            if !mine.is_empty() {
+                self.versions += 1;
+                let v = self.versions;
+                self.agreed_versions[i] = v;
+                if let Some(l) = self.listings[i].as_mut() {
+                    l.apply(&mine, v);
+                }
+            }
+        }
         let live: HashSet<ContentHash> = input
             .cloud
             .iter()
@@ -246,7 +338,14 @@ impl Engine {
     async fn list_some(&mut self, relist: &[bool], report: &mut CycleReport) -> Vec<bool> {
         let mut set = JoinSet::new();
         for (i, f) in self.folders.iter().enumerate() {
-            let wanted = relist.get(i).copied().unwrap_or(true) || self.listings[i].is_none();
+            let stale = self.listings[i]
+                .as_ref()
+                .is_some_and(|l| l.version < self.agreed_versions[i]);
+            if stale {
+                tracing::error!(folder = %f.key, "bug: listing older than the agreement; listing again");
+            }
+            let wanted =
+                relist.get(i).copied().unwrap_or(true) || self.listings[i].is_none() || stale;
             if !wanted {
                 continue;
             }
@@ -259,7 +358,14 @@ impl Engine {
                 continue;
             };
             match result {
-                Ok(entries) => self.listings[i] = Some(entries),
+                Ok(entries) => {
+                    self.versions += 1;
+                    self.listings[i] = Some(Listing {
+                        entries,
+                        version: self.versions,
+                        sent_deletions: HashSet::new(),
+                    });
+                }
                 Err(e) => {
                     tracing::warn!(folder = %self.folders[i].key, "listing failed: {e}");
                     complete[i] = false;
@@ -268,8 +374,13 @@ impl Engine {
             }
         }
         for (i, l) in self.listings.iter().enumerate() {
-            if l.is_none() {
-                complete[i] = false;
+            match l {
+                None => complete[i] = false,
+                // Listing failed and the last one is stale: not planned.
+                Some(l) if l.version < self.agreed_versions[i] => {
+                    complete[i] = false;
+                }
+                Some(_) => {}
             }
         }
         complete
@@ -287,7 +398,10 @@ impl Engine {
         let mut missing = Vec::new();
         for (i, listing) in self.listings.iter().enumerate() {
             let kind = self.folders[i].cloud.storage_kind();
-            for entry in listing.iter().flatten() {
+            let fresh = listing
+                .as_ref()
+                .filter(|l| l.version >= self.agreed_versions[i]);
+            for entry in fresh.iter().flat_map(|l| l.entries.iter()) {
                 let cid = Cid {
                     kind,
                     storage_id: entry.id.clone(),
@@ -456,23 +570,31 @@ impl Engine {
             .collect()
     }
 
-    /// Apply the plan: cloud actions grouped per folder, local actions on a
-    /// blocking thread. One outcome per action, in plan order.
+    /// Apply the plan: cloud actions grouped per folder (except the `held`
+    /// ones), local actions on a blocking thread. One outcome per action,
+    /// in plan order, and whether each cloud action was sent.
     async fn execute(
         &self,
         plan: &Plan,
+        held: &[bool],
+        reasons: HashMap<usize, Reason>,
         scanned: Vec<Scanned>,
         report: &mut CycleReport,
-    ) -> Result<Vec<Outcome>, SyncError> {
+    ) -> Result<(Vec<Outcome>, Vec<bool>), SyncError> {
         let mut outcomes = vec![Outcome::Failed; plan.actions.len()];
+        let mut attempted = vec![false; plan.actions.len()];
         if self.stop.load(Ordering::Relaxed) {
-            return Ok(outcomes);
+            return Ok((outcomes, attempted));
         }
 
         // Cloud: group per folder (flag changes) and per (folder, action) (deletes).
         let mut flag_groups: BTreeMap<usize, Vec<(usize, FlagChange)>> = BTreeMap::new();
         let mut delete_groups: BTreeMap<(usize, bool), Vec<(usize, String)>> = BTreeMap::new();
         for (ai, a) in plan.actions.iter().enumerate() {
+            if held[ai] {
+                continue;
+            }
+            attempted[ai] = a.is_cloud();
             match a {
                 Action::SetCloudFlags {
                     mailbox,
@@ -534,12 +656,15 @@ impl Engine {
         }
 
         // Local actions.
-        let local: Vec<(usize, Action)> = plan
+        let local: Vec<(usize, Action, Reason)> = plan
             .actions
             .iter()
             .enumerate()
             .filter(|(_, a)| !a.is_cloud())
-            .map(|(i, a)| (i, a.clone()))
+            .map(|(i, a)| {
+                let why = reasons.get(&i).cloned().unwrap_or(Reason::debug("planned"));
+                (i, a.clone(), why)
+            })
             .collect();
         if !local.is_empty() {
             let maildirs = self.maildirs.clone();
@@ -554,7 +679,7 @@ impl Engine {
                 outcomes[ai] = o;
             }
         }
-        Ok(outcomes)
+        Ok((outcomes, attempted))
     }
 
     /// Record the new agreement and the store's caches; drop content nothing
@@ -628,7 +753,7 @@ fn apply_local(
     store: &Store,
     maildirs: &[Maildir],
     scanned: Vec<Scanned>,
-    actions: Vec<(usize, Action)>,
+    actions: Vec<(usize, Action, Reason)>,
     stop: &AtomicBool,
 ) -> Result<Vec<(usize, Outcome)>, SyncError> {
     let mut files: HashMap<(usize, String), Entry> = scanned
@@ -638,7 +763,7 @@ fn apply_local(
     let mut touched = HashSet::new();
     // A maildir that disappeared gets its directories back before anything
     // is restored into it (the planner restores, never deletes, for it).
-    for (_, a) in &actions {
+    for (_, a, _) in &actions {
         let dest = match a {
             Action::Deliver { maildir, .. } => *maildir,
             Action::MoveLocal { to_maildir, .. } => *to_maildir,
@@ -651,12 +776,13 @@ fn apply_local(
         }
     }
     let mut out = Vec::with_capacity(actions.len());
-    for (ai, action) in actions {
+    for (ai, action, why) in actions {
         if stop.load(Ordering::Relaxed) {
             // Not started: recorded as failed, so planned again next run.
             out.push((ai, Outcome::Failed));
             continue;
         }
+        why.log(&maildirs[local_maildir(&action)], &action);
         let result: Result<(), String> = match &action {
             Action::Deliver {
                 hash,
@@ -733,6 +859,119 @@ fn apply_local(
         maildirs[i].sync()?;
     }
     Ok(out)
+}
+
+/// Why a local action is taken, for the log.
+#[derive(Clone, Debug)]
+struct Reason {
+    /// Logged as a warning: the action undoes a change the user made.
+    overrules: bool,
+    text: String,
+}
+
+impl Reason {
+    fn debug(text: impl Into<String>) -> Reason {
+        Reason {
+            overrules: false,
+            text: text.into(),
+        }
+    }
+
+    fn log(&self, md: &Maildir, action: &Action) {
+        let what = match action {
+            Action::Deliver { flags, .. } => format!("deliver with flags {flags}"),
+            Action::SetLocalFlags { name, flags, .. } => format!("rename {name} to flags {flags}"),
+            Action::MoveLocal {
+                name,
+                to_maildir,
+                flags,
+                ..
+            } => format!("move {name} to maildir #{to_maildir} with flags {flags}"),
+            Action::RemoveLocal { name, .. } => format!("remove {name}"),
+            Action::SetCloudFlags { .. } | Action::DeleteCloud { .. } => return,
+        };
+        let hash = action.hash();
+        let md = md.path().display();
+        if self.overrules {
+            tracing::warn!("{md}: {what} ({hash}): {}", self.text);
+        } else {
+            tracing::debug!("{md}: {what} ({hash}): {}", self.text);
+        }
+    }
+}
+
+/// The maildir a local action works in (the source, for a move).
+fn local_maildir(action: &Action) -> usize {
+    match action {
+        Action::Deliver { maildir, .. }
+        | Action::SetLocalFlags { maildir, .. }
+        | Action::RemoveLocal { maildir, .. } => *maildir,
+        Action::MoveLocal { from_maildir, .. } => *from_maildir,
+        Action::SetCloudFlags { .. } | Action::DeleteCloud { .. } => 0,
+    }
+}
+
+/// Why each local action of the plan is taken: what the inputs show about
+/// its message. A rename that takes back bits the user changed since the
+/// last agreement is marked as overruling the user.
+fn local_reasons(plan: &Plan, input: &PlanInput) -> HashMap<usize, Reason> {
+    let listed: HashSet<ContentHash> = input.cloud.iter().map(|c| c.hash).collect();
+    let mut out = HashMap::new();
+    for (i, a) in plan.actions.iter().enumerate() {
+        let last = input.last.entries.get(&a.hash());
+        let reason = match a {
+            Action::Deliver { .. } if last.is_some() => {
+                Reason::debug("restoring a message missing locally")
+            }
+            Action::Deliver { .. } => Reason::debug("new cloud message"),
+            Action::MoveLocal { .. } => Reason::debug("routed to another maildir"),
+            Action::RemoveLocal { .. } if listed.contains(&a.hash()) => {
+                Reason::debug("duplicate file")
+            }
+            Action::RemoveLocal { .. } if last.is_some() => Reason::debug("gone from the cloud"),
+            Action::RemoveLocal { .. } => {
+                Reason::debug("came from a synced folder and is no longer listed")
+            }
+            Action::SetLocalFlags {
+                maildir,
+                name,
+                flags,
+                ..
+            } => {
+                let now = input
+                    .local
+                    .iter()
+                    .find(|f| f.maildir == *maildir && &f.name == name)
+                    .map_or(Flags::NONE, |f| f.flags);
+                let changed_by_rename = now ^ *flags;
+                match last {
+                    Some(e) => {
+                        let user = (now ^ e.local) & SYNCED;
+                        let undone = user & changed_by_rename;
+                        if undone.is_empty() {
+                            Reason::debug(format!(
+                                "the cloud changed {} since the last sync",
+                                changed_by_rename
+                            ))
+                        } else {
+                            Reason {
+                                overrules: true,
+                                text: format!(
+                                    "takes back the local change of {undone}: the cloud \
+                                     changed it too since the last sync (agreed {}, cloud wins)",
+                                    e.flags
+                                ),
+                            }
+                        }
+                    }
+                    None => Reason::debug("first sight: the cloud's flags win"),
+                }
+            }
+            Action::SetCloudFlags { .. } | Action::DeleteCloud { .. } => continue,
+        };
+        out.insert(i, reason);
+    }
+    out
 }
 
 fn describe_warning(w: &Warning, maildirs: &[Maildir]) -> String {

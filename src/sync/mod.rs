@@ -8,8 +8,9 @@ pub mod plan;
 pub mod state;
 
 pub use plan::{
-    Action, CloudBase, CloudMsg, DeleteAction, LastEntry, LastState, LocalFile, MailboxInfo,
-    MaildirInfo, Mode, Outcome, Plan, PlanInput, Route, Warning, next_state, plan,
+    Action, CloudBase, CloudEffect, CloudMsg, DeleteAction, LastEntry, LastState, LocalFile,
+    MailboxInfo, MaildirInfo, Mode, Outcome, Plan, PlanInput, Route, Warning, cloud_effects,
+    next_state, plan,
 };
 
 #[cfg(test)]

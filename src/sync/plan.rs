@@ -880,3 +880,61 @@ pub fn next_state(input: &PlanInput, plan: &Plan, outcomes: &[Outcome]) -> LastS
         maildir_counts: counts,
     }
 }
+
+/// What the cloud now holds because of one of the cycle's actions, as far as
+/// the daemon knows without listing again. A cycle that does not list a
+/// folder must plan against its previous listing with these applied, or the
+/// listing would be older than the agreement [`next_state`] recorded.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CloudEffect {
+    /// A flag change the service accepted.
+    Flags {
+        /// The cloud folder.
+        mailbox: usize,
+        /// The service's id.
+        id: String,
+        /// Bits now on.
+        set: Flags,
+        /// Bits now off.
+        clear: Flags,
+    },
+    /// A deletion was sent (whatever its answer): it must not be sent again
+    /// until a new listing of the folder shows whether it took effect.
+    DeletionSent {
+        /// The cloud folder.
+        mailbox: usize,
+        /// The service's id.
+        id: String,
+    },
+}
+
+/// The cloud effects of the cycle's actions, in plan order: accepted flag
+/// changes, and every deletion that was attempted (a failed call may still
+/// have taken effect). `attempted` tells which actions were sent at all.
+pub fn cloud_effects(plan: &Plan, outcomes: &[Outcome], attempted: &[bool]) -> Vec<CloudEffect> {
+    plan.actions
+        .iter()
+        .enumerate()
+        .filter_map(|(i, a)| match a {
+            Action::SetCloudFlags {
+                mailbox,
+                id,
+                set,
+                clear,
+                ..
+            } if outcomes.get(i) == Some(&Outcome::Done) => Some(CloudEffect::Flags {
+                mailbox: *mailbox,
+                id: id.clone(),
+                set: *set,
+                clear: *clear,
+            }),
+            Action::DeleteCloud { mailbox, id, .. } if attempted.get(i) == Some(&true) => {
+                Some(CloudEffect::DeletionSent {
+                    mailbox: *mailbox,
+                    id: id.clone(),
+                })
+            }
+            _ => None,
+        })
+        .collect()
+}

@@ -27,8 +27,8 @@ const USER: &str = "user@example.com";
 
 /// The emulator plus a plain HTTP client for its control routes and for
 /// acting as a second Graph client.
-struct Cloud {
-    h: Handle,
+pub(crate) struct Cloud {
+    pub(crate) h: Handle,
     http: reqwest::Client,
 }
 
@@ -43,7 +43,7 @@ fn quick() -> ThrottleConfig {
 }
 
 impl Cloud {
-    async fn start() -> Cloud {
+    pub(crate) async fn start() -> Cloud {
         Cloud::with(Options::default()).await
     }
 
@@ -59,7 +59,7 @@ impl Cloud {
     }
 
     /// An account with its own freshly minted token.
-    fn account(&self) -> GraphAccount {
+    pub(crate) fn account(&self) -> GraphAccount {
         self.account_with(quick())
     }
 
@@ -74,7 +74,7 @@ impl Cloud {
         .expect("account")
     }
 
-    fn mailbox(&self, account: &GraphAccount, path: &str) -> GraphMailbox {
+    pub(crate) fn mailbox(&self, account: &GraphAccount, path: &str) -> GraphMailbox {
         GraphMailbox::new(account.clone(), path, &format!("office365:{USER}/{path}"))
     }
 
@@ -93,7 +93,7 @@ impl Cloud {
         resp.json().await.expect("control JSON")
     }
 
-    async fn populate(&self, folder: &str, count: usize) -> Vec<String> {
+    pub(crate) async fn populate(&self, folder: &str, count: usize) -> Vec<String> {
         let v = self
             .ctl(
                 reqwest::Method::POST,
@@ -120,24 +120,24 @@ impl Cloud {
         v["id"].as_str().expect("id").to_string()
     }
 
-    async fn fault(&self, spec: Value) {
+    pub(crate) async fn fault(&self, spec: Value) {
         self.ctl(reqwest::Method::POST, "faults", Some(spec)).await;
     }
 
-    async fn clear_faults(&self) {
+    pub(crate) async fn clear_faults(&self) {
         self.ctl(reqwest::Method::DELETE, "faults", None).await;
     }
 
-    async fn stats(&self) -> Value {
+    pub(crate) async fn stats(&self) -> Value {
         self.ctl(reqwest::Method::GET, "stats", None).await
     }
 
-    async fn reset_stats(&self) {
+    pub(crate) async fn reset_stats(&self) {
         self.ctl(reqwest::Method::DELETE, "stats", None).await;
     }
 
     /// Every message of the mailbox (with `raw` when asked).
-    async fn messages(&self, raw: bool) -> Vec<Value> {
+    pub(crate) async fn messages(&self, raw: bool) -> Vec<Value> {
         let q = if raw { "&raw=1" } else { "" };
         let v = self
             .ctl(
@@ -161,7 +161,7 @@ impl Cloud {
     }
 
     /// The emulator's view of a folder, as our listing should show it.
-    async fn expected(
+    pub(crate) async fn expected(
         &self,
         folder: &str,
     ) -> BTreeMap<String, (Flags, Option<String>, Option<i64>)> {
@@ -189,7 +189,7 @@ impl Cloud {
     }
 
     /// A request through the real Graph routes as a second client.
-    async fn graph(
+    pub(crate) async fn graph(
         &self,
         method: reqwest::Method,
         path: &str,

@@ -7,6 +7,7 @@ mod credsrv;
 mod gmail;
 mod graph;
 mod headers;
+mod local_edits;
 mod router;
 mod sync;
 mod util;

@@ -1,0 +1,462 @@
+//! Local edits against the emulated Office365 while cycles run without
+//! listing again (the watcher's cycles): the engine must plan against the
+//! cloud as its own actions left it, so a user's change is never taken back
+//! locally or in the cloud, and a deletion is sent exactly once. Tested
+//! through the engine (deterministic) and through the daemon with its real
+//! watcher, edits 50 ms, 500 ms and 5 s apart, the maildir sampled all along.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use cloud_mdir_sync::config::{self, DeleteAction, PathContext, PyActor};
+use cloud_mdir_sync::daemon;
+use cloud_mdir_sync::sync::engine::{Engine, Folder};
+use cloud_mdir_sync::types::Flags;
+
+use crate::graph::Cloud;
+use crate::util::Home;
+
+const USER: &str = "user@example.com";
+const SYNCED: Flags = Flags(Flags::REPLIED.0 | Flags::READ.0 | Flags::FLAGGED.0);
+
+/// What the user does to a message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    Read,
+    Flag,
+    Replied,
+    Trash,
+    Unlink,
+}
+
+const KINDS: [Kind; 5] = [
+    Kind::Read,
+    Kind::Flag,
+    Kind::Replied,
+    Kind::Trash,
+    Kind::Unlink,
+];
+
+impl Kind {
+    /// The bit the edit sets (none for an unlink).
+    fn bit(self) -> Flags {
+        match self {
+            Kind::Read => Flags::READ,
+            Kind::Flag => Flags::FLAGGED,
+            Kind::Replied => Flags::REPLIED,
+            Kind::Trash => Flags::DELETED,
+            Kind::Unlink => Flags::NONE,
+        }
+    }
+
+    /// True when the message leaves the cloud folder.
+    fn deletes(self) -> bool {
+        matches!(self, Kind::Trash | Kind::Unlink)
+    }
+}
+
+/// A config with one maildir and the emulated inbox polled every `poll` s.
+fn world(poll: u32) -> (Home, config::Loaded) {
+    let home = Home::new();
+    let file = home.write(
+        "cms.cfg",
+        &format!(
+            "inbox = MailDir(\"~/mail/inbox\")\n\
+             box = Office365(\"Inbox\", Office365_Account(user=\"{USER}\"))\n\
+             box.poll_interval = {poll}\n"
+        ),
+    );
+    let paths = PathContext {
+        home: home.path().to_path_buf(),
+        cwd: home.path().to_path_buf(),
+    };
+    let loaded = config::load(&PyActor::spawn(), &file, &paths).expect("config");
+    (home, loaded)
+}
+
+fn folder(c: &Cloud) -> Folder {
+    Folder {
+        cloud: Arc::new(c.mailbox(&c.account(), "Inbox")),
+        key: format!("office365:{USER}/Inbox"),
+        delete_action: DeleteAction::Archive,
+    }
+}
+
+/// The maildir's letters for `flags`.
+fn letters(flags: Flags) -> String {
+    let s = flags.to_string();
+    if s == "-" { String::new() } else { s }
+}
+
+/// A file name's base (before `:2,`) and its flags.
+fn parse(name: &str) -> (String, Flags) {
+    let (base, info) = name.split_once(":2,").unwrap_or((name, ""));
+    let mut f = Flags::NONE;
+    for ch in info.chars() {
+        f |= match ch {
+            'F' => Flags::FLAGGED,
+            'R' => Flags::REPLIED,
+            'S' => Flags::READ,
+            'T' => Flags::DELETED,
+            _ => Flags::NONE,
+        };
+    }
+    (base.to_string(), f)
+}
+
+/// Every file of the maildir: base name → (path, flags).
+fn files(md: &Path) -> BTreeMap<String, (PathBuf, Flags)> {
+    let mut out = BTreeMap::new();
+    for sub in ["new", "cur"] {
+        let Ok(rd) = std::fs::read_dir(md.join(sub)) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let (base, flags) = parse(&name);
+            out.insert(base, (e.path(), flags));
+        }
+    }
+    out
+}
+
+/// The Message-ID header of a maildir file.
+fn message_id(path: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(path).ok()?;
+    text.lines().take_while(|l| !l.is_empty()).find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.eq_ignore_ascii_case("message-id")
+            .then(|| v.trim().to_string())
+    })
+}
+
+/// Base name → cloud id, matched through the Message-ID.
+async fn ids_by_base(c: &Cloud, md: &Path) -> BTreeMap<String, String> {
+    let by_mid: HashMap<String, String> = c
+        .messages(false)
+        .await
+        .into_iter()
+        .filter_map(|m| {
+            Some((
+                m["internetMessageId"].as_str()?.to_string(),
+                m["id"].as_str()?.to_string(),
+            ))
+        })
+        .collect();
+    files(md)
+        .into_iter()
+        .filter_map(|(base, (path, _))| Some((base, by_mid.get(&message_id(&path)?)?.clone())))
+        .collect()
+}
+
+/// Apply the user's edit to a file; returns the flags it now carries (None
+/// once unlinked). `allowed` learns the new flags before the rename, so a
+/// sampler never mistakes the user's own value for an intrusion.
+fn edit(
+    md: &Path,
+    base: &str,
+    kind: Kind,
+    allowed: Option<&Mutex<HashMap<String, HashSet<Flags>>>>,
+) -> Option<Flags> {
+    let (path, flags) = files(md).remove(base).expect("file to edit");
+    if kind == Kind::Unlink {
+        std::fs::remove_file(&path).expect("unlink");
+        return None;
+    }
+    let to = flags | kind.bit();
+    if let Some(a) = allowed {
+        a.lock()
+            .unwrap()
+            .entry(base.to_string())
+            .or_default()
+            .insert(to);
+    }
+    let new = md.join("cur").join(format!("{base}:2,{}", letters(to)));
+    std::fs::rename(&path, &new).expect("rename");
+    Some(to)
+}
+
+/// Base names whose file lacks every bit of `bit` (all of them for none).
+fn without(md: &Path, bit: Flags) -> Vec<String> {
+    files(md)
+        .into_iter()
+        .filter(|(_, (_, f))| bit.is_empty() || !f.contains(bit))
+        .map(|(b, _)| b)
+        .collect()
+}
+
+/// Move requests served (direct and inside `$batch`).
+async fn moves(c: &Cloud) -> u64 {
+    let s = c.stats().await;
+    s["routes"]
+        .as_object()
+        .map(|routes| {
+            routes
+                .iter()
+                .filter(|(k, _)| k.contains("/move"))
+                .map(|(_, v)| v["requests"].as_u64().unwrap_or(0))
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+/// What must hold for an edited message, locally and in the cloud.
+#[derive(Debug)]
+struct Expect {
+    base: String,
+    id: String,
+    kind: Kind,
+    /// The file's flags after the edit (None: unlinked).
+    local: Option<Flags>,
+}
+
+/// Differences between what the user did and what the two sides hold.
+/// `confirmed`: the folder was listed since the last edit, so trashed
+/// files must be gone too.
+async fn mismatches(c: &Cloud, md: &Path, expects: &[Expect], confirmed: bool) -> Vec<String> {
+    let cloud = c.expected("Inbox").await;
+    let local = files(md);
+    let mut out = Vec::new();
+    for x in expects {
+        let file = local.get(&x.base).map(|(_, f)| *f);
+        let in_inbox = cloud.get(&x.id).map(|(f, _, _)| *f);
+        if x.kind.deletes() {
+            if in_inbox.is_some() {
+                out.push(format!("{x:?}: still in the cloud inbox"));
+            }
+            let want = if confirmed || x.kind == Kind::Unlink {
+                None
+            } else {
+                x.local
+            };
+            if file != want {
+                out.push(format!("{x:?}: local file {file:?}, want {want:?}"));
+            }
+        } else {
+            if file != x.local {
+                out.push(format!("{x:?}: local file {file:?}"));
+            }
+            if in_inbox != x.local.map(|f| f & SYNCED) {
+                out.push(format!("{x:?}: cloud {in_inbox:?}"));
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cycle_without_listing_never_takes_back_a_pushed_change() {
+    let c = Cloud::start().await;
+    c.populate("Inbox", 40).await;
+    let (home, loaded) = world(15);
+    let md = home.path().join("mail/inbox");
+    let (store, maildirs) = daemon::prepare(&loaded).await.expect("prepare");
+    let mut e = Engine::new(
+        store,
+        loaded.router.clone(),
+        vec![folder(&c)],
+        maildirs,
+        false,
+    );
+    assert!(e.cycle().await.expect("cycle").is_clean());
+    let ids = ids_by_base(&c, &md).await;
+    c.reset_stats().await;
+    let mut used = HashSet::new();
+    let mut expects = Vec::new();
+    for kind in KINDS {
+        let mut pick = without(&md, kind.bit())
+            .into_iter()
+            .filter(|b| !used.contains(b));
+        let (a, b) = (pick.next().expect("A"), pick.next().expect("B"));
+        used.extend([a.clone(), b.clone()]);
+        // A is edited and pushed; then B is edited and a cycle that does
+        // not list the folder again runs.
+        let a_flags = edit(&md, &a, kind, None);
+        let r = e.cycle_with(&[false]).await.expect("push A");
+        assert!(r.is_clean(), "{kind:?}: {r:?}");
+        let b_flags = edit(&md, &b, kind, None);
+        let r = e.cycle_with(&[false]).await.expect("push B");
+        assert!(r.is_clean(), "{kind:?}: {r:?}");
+        expects.push(Expect {
+            id: ids[&a].clone(),
+            base: a,
+            kind,
+            local: a_flags,
+        });
+        expects.push(Expect {
+            base: b.clone(),
+            id: ids[&b].clone(),
+            kind,
+            local: b_flags,
+        });
+        let wrong = mismatches(&c, &md, &expects[expects.len() - 2..], false).await;
+        assert!(
+            wrong.is_empty(),
+            "after the cycles without listing: {wrong:#?}"
+        );
+        // One more cycle without listing changes nothing.
+        let r = e.cycle_with(&[false]).await.expect("idle");
+        assert_eq!(r.actions, r.held, "{kind:?}: {r:?}");
+        // The next poll confirms the deletions and keeps every user flag.
+        let r = e.cycle().await.expect("poll");
+        assert!(r.is_clean(), "{kind:?}: {r:?}");
+        let wrong = mismatches(&c, &md, &expects, true).await;
+        assert!(wrong.is_empty(), "after the poll: {wrong:#?}");
+        let r = e.cycle().await.expect("quiet poll");
+        assert_eq!(r.actions, 0, "{kind:?}: {r:?}");
+    }
+    // Two trashed and two unlinked messages: four moves, no more.
+    assert_eq!(moves(&c).await, 4, "{}", c.stats().await);
+}
+
+/// The maildir sampled every few milliseconds: every file must carry flags
+/// the user gave it (or the ones it was delivered with).
+struct Sampler {
+    allowed: Arc<Mutex<HashMap<String, HashSet<Flags>>>>,
+    seen_wrong: Arc<Mutex<Vec<String>>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<u64>>,
+}
+
+impl Sampler {
+    fn start(md: &Path) -> Sampler {
+        let allowed: HashMap<String, HashSet<Flags>> = files(md)
+            .into_iter()
+            .map(|(b, (_, f))| (b, HashSet::from([f])))
+            .collect();
+        let allowed = Arc::new(Mutex::new(allowed));
+        let seen_wrong = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let (allowed, seen_wrong, stop) = (allowed.clone(), seen_wrong.clone(), stop.clone());
+            let md = md.to_path_buf();
+            std::thread::spawn(move || {
+                let mut samples = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    for (base, (_, flags)) in files(&md) {
+                        let ok = allowed
+                            .lock()
+                            .unwrap()
+                            .get(&base)
+                            .is_some_and(|a| a.contains(&flags));
+                        if !ok {
+                            seen_wrong
+                                .lock()
+                                .unwrap()
+                                .push(format!("{base} with {flags}"));
+                        }
+                    }
+                    samples += 1;
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                samples
+            })
+        };
+        Sampler {
+            allowed,
+            seen_wrong,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Stop sampling: the number of samples and the intrusions seen.
+    fn finish(mut self) -> (u64, Vec<String>) {
+        self.stop.store(true, Ordering::Relaxed);
+        let n = self.thread.take().map_or(0, |t| t.join().expect("sampler"));
+        let mut wrong = self.seen_wrong.lock().unwrap().clone();
+        wrong.dedup();
+        (n, wrong)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemon_keeps_every_edit_made_while_it_runs() {
+    let c = Cloud::start().await;
+    c.populate("Inbox", 80).await;
+    let (home, loaded) = world(2);
+    let md = home.path().join("mail/inbox");
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    let opts = daemon::Options::default();
+    let task = tokio::spawn(daemon::run(loaded, opts, vec![folder(&c)], rx));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while files(&md).len() < 80 {
+        assert!(Instant::now() < deadline, "initial sync did not finish");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Let the first cycle record its agreement.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let ids = ids_by_base(&c, &md).await;
+    c.reset_stats().await;
+    let sampler = Sampler::start(&md);
+
+    // For each spacing, every kind of edit on a pair of messages, A then B.
+    let mut used = HashSet::new();
+    let mut plans = Vec::new();
+    for gap in [50u64, 500, 5000] {
+        let mut pairs = Vec::new();
+        for kind in KINDS {
+            let mut pick = without(&md, kind.bit())
+                .into_iter()
+                .filter(|b| !used.contains(b));
+            let (a, b) = (pick.next().expect("A"), pick.next().expect("B"));
+            used.extend([a.clone(), b.clone()]);
+            pairs.push((kind, a, b));
+        }
+        plans.push((Duration::from_millis(gap), pairs));
+    }
+    let mut drivers = Vec::new();
+    for (gap, pairs) in plans {
+        let md = md.clone();
+        let allowed = sampler.allowed.clone();
+        drivers.push(tokio::spawn(async move {
+            let mut out = Vec::new();
+            for second in [false, true] {
+                for (kind, a, b) in &pairs {
+                    let base = if second { b } else { a };
+                    let local = edit(&md, base, *kind, Some(&allowed));
+                    out.push((base.clone(), *kind, local));
+                }
+                tokio::time::sleep(gap).await;
+            }
+            out
+        }));
+    }
+    let mut expects = Vec::new();
+    for d in drivers {
+        for (base, kind, local) in d.await.expect("driver") {
+            expects.push(Expect {
+                id: ids[&base].clone(),
+                base,
+                kind,
+                local,
+            });
+        }
+    }
+    // Converged, then still so after two more polls.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let wrong = mismatches(&c, &md, &expects, true).await;
+        if wrong.is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never converged: {wrong:#?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let wrong = mismatches(&c, &md, &expects, true).await;
+    assert!(wrong.is_empty(), "undone after convergence: {wrong:#?}");
+    let (samples, intrusions) = sampler.finish();
+    assert!(samples > 100, "sampler barely ran: {samples}");
+    assert!(
+        intrusions.is_empty(),
+        "files showed flags the user never gave them: {intrusions:#?}"
+    );
+    // Three spacings, two trashed and two unlinked messages each.
+    assert_eq!(moves(&c).await, 12, "{}", c.stats().await);
+    tx.send(true).expect("shutdown");
+    task.await.expect("join").expect("daemon");
+}
