@@ -2,6 +2,12 @@
 //! second client), simulated maildirs (with an MUA), daemon restarts and
 //! failing actions, checked against the promises of `docs/sync.md`.
 //!
+//! Cycles come in two kinds, as in the daemon: a full one lists both
+//! folders; one woken by a local change lists nothing and plans against the
+//! previous listing with its own actions' effects applied
+//! ([`cloud_effects`]), which is older than the cloud whenever the second
+//! client wrote since. A deletion sent is not sent again until a listing.
+//!
 //! The world: account A (Office365-like) has synced folder 0 and unsynced
 //! folder 2 (its archive); account B (Gmail-like) has synced folder 1 and
 //! unsynced folder 3 (its trash). Two maildirs; folder `k` routes to maildir
@@ -72,6 +78,9 @@ enum Op {
         fail: u64,
         incomplete: Option<usize>,
     },
+    /// A cycle woken by a local change: no listing, the previous one with
+    /// the effects of the daemon's actions since.
+    WatcherCycle { fail: u64 },
     /// The daemon stops and starts again.
     Restart { keep_state: bool, offline: bool },
 }
@@ -92,7 +101,8 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (0..2usize).prop_map(|maildir| Op::LocalDraft { maildir }),
         1 => (0..2usize).prop_map(|maildir| Op::RemoveMaildir { maildir }),
         1 => (any::<u8>(), 0..3u8).prop_map(|(pick, route)| Op::Reroute { pick, route }),
-        5 => (fail, incomplete).prop_map(|(fail, incomplete)| Op::Cycle { fail, incomplete }),
+        5 => (fail.clone(), incomplete).prop_map(|(fail, incomplete)| Op::Cycle { fail, incomplete }),
+        3 => fail.prop_map(|fail| Op::WatcherCycle { fail }),
         1 => (any::<bool>(), any::<bool>())
             .prop_map(|(keep_state, offline)| Op::Restart { keep_state, offline }),
     ]
@@ -134,6 +144,12 @@ struct Model {
     /// (content, bit) written in the cloud since the daemon last recorded
     /// every synced copy's flags.
     dirty: BTreeSet<(Content, usize)>,
+
+    /// The daemon's picture of each synced folder: its last listing with
+    /// the effects of its actions since (None until listed after a start).
+    cached: [Option<BTreeMap<String, (Content, Flags)>>; 2],
+    /// Deletions sent since their folder was last listed.
+    sent: BTreeSet<(usize, String)>,
 }
 
 impl Model {
@@ -412,6 +428,7 @@ impl Model {
                 self.routes.insert(c, r);
             }
             Op::Cycle { fail, incomplete } => self.cycle(fail, incomplete),
+            Op::WatcherCycle { fail } => self.watcher_cycle(fail),
             Op::Restart {
                 keep_state,
                 offline,
@@ -434,6 +451,8 @@ impl Model {
                 } else {
                     Mode::Online
                 };
+                self.cached = [None, None];
+                self.sent.clear();
             }
         }
     }
@@ -483,9 +502,55 @@ impl Model {
         }
     }
 
-    /// One daemon cycle: plan, execute (some actions fail), persist.
+    /// The planner input of a cycle that lists nothing: the cached picture
+    /// of each folder (a folder never listed since the start is incomplete).
+    fn cached_input(&self) -> PlanInput {
+        let mut input = self.input(None);
+        for (m, cached) in self.cached.iter().enumerate() {
+            input.mailboxes[m].complete = cached.is_some();
+        }
+        input.cloud = self
+            .cached
+            .iter()
+            .enumerate()
+            .flat_map(|(m, c)| c.iter().flatten().map(move |(id, v)| (m, id, v)))
+            .map(|(m, id, v)| CloudMsg {
+                mailbox: m,
+                id: id.clone(),
+                hash: hash(v.0),
+                flags: v.1,
+                route: self.route(m, v.0),
+            })
+            .collect();
+        input
+    }
+
+    /// One full daemon cycle: list, plan, execute (some actions fail), persist.
     fn cycle(&mut self, fail: u64, incomplete: Option<usize>) {
         let input = self.input(incomplete);
+        for m in 0..2 {
+            if incomplete != Some(m) {
+                self.cached[m] = Some(
+                    input
+                        .cloud
+                        .iter()
+                        .filter(|c| c.mailbox == m)
+                        .map(|c| (c.id.clone(), (content(&c.hash), c.flags)))
+                        .collect(),
+                );
+                self.sent.retain(|k| k.0 != m);
+            }
+        }
+        self.run_cycle(input, fail, false);
+    }
+
+    /// A cycle woken by a local change: no listing.
+    fn watcher_cycle(&mut self, fail: u64) {
+        let input = self.cached_input();
+        self.run_cycle(input, fail, true);
+    }
+
+    fn run_cycle(&mut self, input: PlanInput, fail: u64, watcher: bool) {
         let plan = plan(&input);
         let before: BTreeSet<Content> = self.files.values().map(|f| f.0).collect();
         let drafts_before: BTreeSet<(usize, String)> = self
@@ -496,6 +561,7 @@ impl Model {
             .collect();
 
         let mut outcomes = Vec::new();
+        let mut attempted = Vec::new();
         for (i, action) in plan.actions.iter().enumerate() {
             // (4) No cloud delete without a local deletion request.
             if let Action::DeleteCloud { hash, .. } = action {
@@ -504,16 +570,62 @@ impl Model {
                     "delete without request: {action:?}"
                 );
             }
-            let failed = fail >> (i % 64) & 1 == 1;
+            let held = match action {
+                Action::DeleteCloud { mailbox, id, .. } => {
+                    self.sent.contains(&(*mailbox, id.clone()))
+                }
+                _ => false,
+            };
+            let failed = held || fail >> (i % 64) & 1 == 1;
+            attempted.push(!held && action.is_cloud());
+            let done = !failed && self.execute(action);
             if trace() {
-                eprintln!("  {} {action:?}", if failed { "FAIL" } else { "ok  " });
+                let what = if held {
+                    "HELD"
+                } else if done {
+                    "ok  "
+                } else {
+                    "FAIL"
+                };
+                eprintln!("  {what} {action:?}");
             }
-            if failed {
+            if !done {
                 outcomes.push(Outcome::Failed);
                 continue;
             }
-            self.execute(action);
+            // A push from a cycle that did not list lands after any cloud
+            // write it did not see: that write is overwritten, the later
+            // writer wins.
+            if watcher
+                && let Action::SetCloudFlags {
+                    hash, set, clear, ..
+                } = action
+            {
+                for (b, bit) in SYNCED_BITS.iter().enumerate() {
+                    if (*set | *clear).contains(*bit) {
+                        self.cloud_claims.remove(&(content(hash), b));
+                    }
+                }
+            }
             outcomes.push(Outcome::Done);
+        }
+        // The daemon's picture now shows its actions' effects.
+        for e in cloud_effects(&plan, &outcomes, &attempted) {
+            match e {
+                CloudEffect::Flags {
+                    mailbox,
+                    id,
+                    set,
+                    clear,
+                } => {
+                    if let Some(v) = self.cached[mailbox].as_mut().and_then(|c| c.get_mut(&id)) {
+                        v.1 = (v.1 & !clear) | set;
+                    }
+                }
+                CloudEffect::DeletionSent { mailbox, id } => {
+                    self.sent.insert((mailbox, id));
+                }
+            }
         }
 
         // (3) No message leaves the maildirs while a copy the daemon knows of
@@ -529,7 +641,19 @@ impl Model {
                 .filter(|m| m.hash == hash(c))
                 .map(|m| (m.mailbox, m.id.as_str()))
                 .collect();
-            for (mailbox, id, _) in self.synced_copies(c) {
+            // What the daemon knows of: the cloud when it listed, its own
+            // picture when it did not.
+            let known: Vec<(usize, String, Flags)> = if watcher {
+                input
+                    .cloud
+                    .iter()
+                    .filter(|m| m.hash == hash(c))
+                    .map(|m| (m.mailbox, m.id.clone(), m.flags))
+                    .collect()
+            } else {
+                self.synced_copies(c)
+            };
+            for (mailbox, id, _) in known {
                 let agreed = last
                     .entries
                     .get(&hash(c))
@@ -577,8 +701,11 @@ impl Model {
         }
     }
 
-    /// The executor, against the simulated world.
-    fn execute(&mut self, action: &Action) {
+    /// The executor, against the simulated world; false when the action
+    /// could not take effect (a message the daemon's picture still shows
+    /// was expunged). Ids survive moves, as Graph immutable ids and Gmail
+    /// ids do.
+    fn execute(&mut self, action: &Action) -> bool {
         match action {
             Action::Deliver {
                 hash,
@@ -627,14 +754,24 @@ impl Model {
                     Flags::NONE,
                     "unsupported bits pushed"
                 );
-                let m = self.cloud.get_mut(&(*mailbox, id.clone())).unwrap();
+                let at = [*mailbox, (mailbox + 2) % 4].map(|m| (m, id.clone()));
+                let Some(k) = at.into_iter().find(|k| self.cloud.contains_key(k)) else {
+                    return false;
+                };
+                let m = self.cloud.get_mut(&k).expect("present");
                 m.1 = (m.1 & !*clear) | *set;
             }
             Action::DeleteCloud { mailbox, id, .. } => {
-                let v = self.cloud.remove(&(*mailbox, id.clone())).unwrap();
-                self.cloud.insert((mailbox + 2, id.clone()), v);
+                match self.cloud.remove(&(*mailbox, id.clone())) {
+                    Some(v) => {
+                        self.cloud.insert((mailbox + 2, id.clone()), v);
+                    }
+                    // Already where the deletion puts it.
+                    None => return self.cloud.contains_key(&(mailbox + 2, id.clone())),
+                }
             }
         }
+        true
     }
 
     /// (1) and (2): after quiet cycles both sides hold what the semantics

@@ -865,3 +865,66 @@ fn duplicates_failed_removal_does_not_revert_merge() {
     w2.last = next;
     assert_eq!(plan(&w2).actions, vec![remove(0, "m1", 1)]);
 }
+
+/// The issue-9 sequence at the planner: a pushed local change, then a cycle
+/// that plans against the previous listing with the push's effect applied,
+/// proposes nothing; against the listing without the effect it would take
+/// the change back (which is why the engine never plans a stale pair).
+#[test]
+fn listing_with_effects_applied_agrees_with_the_agreement() {
+    let mut w = world();
+    w.cloud = vec![cloud(GRAPH, "a", 1, N, 0)];
+    w.local = vec![file(0, "cur/a:2,S", 1, S)];
+    w.last.entries.insert(h(1), entry(N, 0, &[(GRAPH, "a")]));
+    let p = plan(&w);
+    assert_eq!(p.actions, vec![set_cloud(GRAPH, "a", 1, S, N)]);
+    let outcomes = done(&p);
+    let attempted = vec![true; p.actions.len()];
+    let effects = cloud_effects(&p, &outcomes, &attempted);
+    assert_eq!(
+        effects,
+        vec![CloudEffect::Flags {
+            mailbox: GRAPH,
+            id: "a".into(),
+            set: S,
+            clear: N
+        }]
+    );
+    let last = next_state(&w, &p, &outcomes);
+
+    let mut fresh = w.clone();
+    fresh.last = last.clone();
+    fresh.cloud[0].flags = S;
+    assert_eq!(plan(&fresh).actions, vec![]);
+
+    let mut stale = w.clone();
+    stale.last = last;
+    assert_eq!(
+        plan(&stale).actions,
+        vec![set_local(0, "cur/a:2,S", 1, N)],
+        "a stale listing reads as a cloud change"
+    );
+}
+
+/// Every deletion sent is an effect, whatever its answer; a failed flag
+/// change is none.
+#[test]
+fn deletions_sent_are_effects_failed_flag_changes_are_not() {
+    let mut w = world();
+    w.cloud = vec![cloud(GRAPH, "a", 1, N, 0), cloud(GRAPH, "b", 2, N, 0)];
+    w.local = vec![file(0, "cur/a:2,T", 1, T), file(0, "cur/b:2,F", 2, F)];
+    w.last.entries.insert(h(1), entry(N, 0, &[(GRAPH, "a")]));
+    w.last.entries.insert(h(2), entry(N, 0, &[(GRAPH, "b")]));
+    let p = plan(&w);
+    assert_eq!(p.actions.len(), 2, "{:?}", p.actions);
+    let failed = vec![Outcome::Failed; 2];
+    let effects = cloud_effects(&p, &failed, &[true, true]);
+    assert_eq!(
+        effects,
+        vec![CloudEffect::DeletionSent {
+            mailbox: GRAPH,
+            id: "a".into()
+        }]
+    );
+    assert_eq!(cloud_effects(&p, &failed, &[false, false]), vec![]);
+}
