@@ -47,14 +47,14 @@ impl Cloud {
         Cloud::with(Options::default()).await
     }
 
-    async fn with(opts: Options) -> Cloud {
+    pub(crate) async fn with(opts: Options) -> Cloud {
         Cloud {
             h: FakeCloud::start(opts).await.expect("emulator"),
             http: reqwest::Client::new(),
         }
     }
 
-    fn token(&self) -> String {
+    pub(crate) fn token(&self) -> String {
         self.h.mint_token(USER, "graph", &[]).expect("token")
     }
 
@@ -78,7 +78,12 @@ impl Cloud {
         GraphMailbox::new(account.clone(), path, &format!("office365:{USER}/{path}"))
     }
 
-    async fn ctl(&self, method: reqwest::Method, route: &str, body: Option<Value>) -> Value {
+    pub(crate) async fn ctl(
+        &self,
+        method: reqwest::Method,
+        route: &str,
+        body: Option<Value>,
+    ) -> Value {
         let url = format!("{}/_control/{route}", self.h.base_url());
         let mut req = self.http.request(method, url);
         if let Some(b) = body {
@@ -109,7 +114,7 @@ impl Cloud {
             .collect()
     }
 
-    async fn deliver(&self, folder: &str, raw: &str) -> String {
+    pub(crate) async fn deliver(&self, folder: &str, raw: &str) -> String {
         let v = self
             .ctl(
                 reqwest::Method::POST,

@@ -15,6 +15,7 @@ use cloud_mdir_sync::config::{self, DeleteAction, PathContext, PyActor};
 use cloud_mdir_sync::daemon;
 use cloud_mdir_sync::sync::engine::{Engine, Folder};
 use cloud_mdir_sync::types::Flags;
+use serde_json::{Value, json};
 
 use crate::graph::Cloud;
 use crate::util::Home;
@@ -337,16 +338,18 @@ impl Sampler {
                 let mut samples = 0;
                 while !stop.load(Ordering::Relaxed) {
                     for (base, (_, flags)) in files(&md) {
+                        let mut allowed = allowed.lock().unwrap();
+                        // A file delivered since: its first flags are the cloud's.
                         let ok = allowed
-                            .lock()
-                            .unwrap()
-                            .get(&base)
-                            .is_some_and(|a| a.contains(&flags));
+                            .entry(base.clone())
+                            .or_insert_with(|| HashSet::from([flags]))
+                            .contains(&flags);
                         if !ok {
-                            seen_wrong
-                                .lock()
-                                .unwrap()
-                                .push(format!("{base} with {flags}"));
+                            let mut wrong = seen_wrong.lock().unwrap();
+                            let what = format!("{base} with {flags}");
+                            if !wrong.contains(&what) {
+                                wrong.push(what);
+                            }
                         }
                     }
                     samples += 1;
@@ -367,8 +370,7 @@ impl Sampler {
     fn finish(mut self) -> (u64, Vec<String>) {
         self.stop.store(true, Ordering::Relaxed);
         let n = self.thread.take().map_or(0, |t| t.join().expect("sampler"));
-        let mut wrong = self.seen_wrong.lock().unwrap().clone();
-        wrong.dedup();
+        let wrong = self.seen_wrong.lock().unwrap().clone();
         (n, wrong)
     }
 }
@@ -457,6 +459,354 @@ async fn the_daemon_keeps_every_edit_made_while_it_runs() {
     );
     // Three spacings, two trashed and two unlinked messages each.
     assert_eq!(moves(&c).await, 12, "{}", c.stats().await);
+    tx.send(true).expect("shutdown");
+    task.await.expect("join").expect("daemon");
+}
+
+/// A small seeded generator for the soak's choices.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n.max(1) as u64) as usize
+    }
+
+    fn chance(&mut self, percent: u64) -> bool {
+        self.next() % 100 < percent
+    }
+}
+
+/// A second Graph client that retries through the injected faults (a fault
+/// never reaches the handler, so a retry cannot apply a change twice).
+async fn second_client(c: &Cloud, method: reqwest::Method, path: &str, body: Value) -> bool {
+    let http = reqwest::Client::new();
+    let url = format!("{}/graph.microsoft.com/v1.0{path}", c.h.base_url());
+    for _ in 0..50 {
+        let resp = http
+            .request(method.clone(), &url)
+            .bearer_auth(c.token())
+            .header("Prefer", "IdType=\"ImmutableId\"")
+            .json(&body)
+            .send()
+            .await;
+        match resp {
+            Ok(r) if r.status().is_success() => return true,
+            Ok(r) if r.status().as_u16() == 404 => return false,
+            _ => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+    panic!("second client: {method} {path} kept failing");
+}
+
+/// Successful move requests (direct and inside `$batch`).
+async fn moves_done(c: &Cloud) -> u64 {
+    let s = c.stats().await;
+    s["routes"]
+        .as_object()
+        .map(|routes| {
+            routes
+                .iter()
+                .filter(|(k, _)| k.contains("/move"))
+                .flat_map(|(_, v)| v["statuses"].as_object().cloned().unwrap_or_default())
+                .filter(|(status, _)| status.starts_with('2'))
+                .map(|(_, n)| n.as_u64().unwrap_or(0))
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+/// Concurrent-edit soak: while the daemon runs with faults on every Graph
+/// route, a mail client edits half of the inbox locally (S and F toggles,
+/// R, T, unlinks; `new/` → `cur/`) and a second client edits the other half
+/// in the cloud (read and flag toggles, moves out of the inbox, new mail),
+/// never the same message from both sides. Seeded (`CMS_SOAK_SEED`), 120 s
+/// by default (`CMS_SOAK_SECS` for longer runs by hand). After the faults
+/// stop and the daemon quiesces: every edit is on both sides, no file was
+/// ever seen with flags nobody gave it, and each local deletion cost
+/// exactly one successful move.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn soak_concurrent_edits_under_faults() {
+    let env = |k: &str, d: u64| {
+        std::env::var(k)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(d)
+    };
+    let seed = env("CMS_SOAK_SEED", 1);
+    let secs = env("CMS_SOAK_SECS", 120);
+    let c = Cloud::with(fake_cloud::Options {
+        seed,
+        ..fake_cloud::Options::default()
+    })
+    .await;
+    c.populate("Inbox", 200).await;
+    let (home, loaded) = world(2);
+    let md = home.path().join("mail/inbox");
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    let task = tokio::spawn(daemon::run(
+        loaded,
+        daemon::Options::default(),
+        vec![folder(&c)],
+        rx,
+    ));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while files(&md).len() < 200 {
+        assert!(Instant::now() < deadline, "initial sync did not finish");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let ids = ids_by_base(&c, &md).await;
+    let start = files(&md);
+    let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+    // Even positions are the mail client's, odd ones the second client's.
+    let mut local: BTreeMap<String, Option<Flags>> = BTreeMap::new();
+    let mut remote: Vec<String> = Vec::new();
+    for (i, (base, (_, flags))) in start.iter().enumerate() {
+        if i % 2 == 0 {
+            local.insert(base.clone(), Some(*flags));
+        } else {
+            remote.push(ids[base].clone());
+        }
+    }
+    let remote_base: HashMap<String, String> =
+        ids.iter().map(|(b, id)| (id.clone(), b.clone())).collect();
+    c.reset_stats().await;
+    for f in [
+        json!({"route": "messages", "kind": "status", "status": 503, "probability": 0.08}),
+        json!({"route": "messages", "kind": "status", "status": 429, "retry_after": "1", "probability": 0.04}),
+        json!({"route": "messages", "kind": "reset", "probability": 0.04}),
+        json!({"route": "$batch", "kind": "status", "status": 504, "probability": 0.06}),
+        json!({"route": "*/$value", "kind": "truncate", "probability": 0.1}),
+        json!({"route": "*/messages/delta", "kind": "bad_json", "probability": 0.05}),
+    ] {
+        c.fault(f).await;
+    }
+    let sampler = Sampler::start(&md);
+
+    let (mut local_edits, mut local_deletes, mut cloud_edits, mut cloud_moves, mut new_mail) =
+        (0u64, 0u64, 0u64, 0u64, 0u64);
+    let mut remote_flags: HashMap<String, Flags> = c
+        .expected("Inbox")
+        .await
+        .into_iter()
+        .map(|(id, (f, _, _))| (id, f))
+        .collect();
+    let until = Instant::now() + Duration::from_secs(secs);
+    while Instant::now() < until {
+        if rng.chance(60) {
+            // The mail client.
+            let live: Vec<String> = local
+                .iter()
+                .filter(|(_, f)| f.is_some_and(|f| !f.contains(Flags::DELETED)))
+                .map(|(b, _)| b.clone())
+                .collect();
+            if live.is_empty() {
+                continue;
+            }
+            let base = live[rng.below(live.len())].clone();
+            let (path, now) = files(&md).remove(&base).expect("local file");
+            let roll = rng.below(100);
+            let to = match roll {
+                0..40 => Some(now ^ Flags::READ),
+                40..70 => Some(now ^ Flags::FLAGGED),
+                70..80 => Some(now | Flags::REPLIED),
+                80..90 => Some(now | Flags::DELETED),
+                _ => None,
+            };
+            match to {
+                Some(to) => {
+                    sampler
+                        .allowed
+                        .lock()
+                        .unwrap()
+                        .entry(base.clone())
+                        .or_default()
+                        .insert(to);
+                    let new = md.join("cur").join(format!("{base}:2,{}", letters(to)));
+                    std::fs::rename(&path, &new).expect("rename");
+                    local_deletes += u64::from(to.contains(Flags::DELETED));
+                }
+                None => {
+                    std::fs::remove_file(&path).expect("unlink");
+                    local_deletes += 1;
+                }
+            }
+            local_edits += 1;
+            local.insert(base, to);
+        } else {
+            // The second client.
+            let roll = rng.below(100);
+            if roll < 10 || remote.is_empty() {
+                let n = c
+                    .deliver(
+                        "Inbox",
+                        &format!(
+                            "From: a@example.org\r\nTo: {USER}\r\nSubject: soak {new_mail}\r\n\
+                             Message-ID: <soak-{seed}-{new_mail}@example.org>\r\n\
+                             Date: Wed, 02 Dec 2026 10:00:00 +0000\r\n\r\nbody {new_mail}\r\n"
+                        ),
+                    )
+                    .await;
+                let _ = n;
+                new_mail += 1;
+            } else {
+                let i = rng.below(remote.len());
+                let id = remote[i].clone();
+                let now = remote_flags.get(&id).copied().unwrap_or(Flags::NONE);
+                let (body, to) = match roll {
+                    10..50 => (
+                        json!({"isRead": !now.contains(Flags::READ)}),
+                        Some(now ^ Flags::READ),
+                    ),
+                    50..90 => {
+                        let on = !now.contains(Flags::FLAGGED);
+                        let status = if on { "flagged" } else { "notFlagged" };
+                        (
+                            json!({"flag": {"flagStatus": status}}),
+                            Some(now ^ Flags::FLAGGED),
+                        )
+                    }
+                    _ => (json!({"destinationId": "archive"}), None),
+                };
+                match to {
+                    Some(to) => {
+                        sampler
+                            .allowed
+                            .lock()
+                            .unwrap()
+                            .entry(remote_base[&id].clone())
+                            .or_default()
+                            .insert(to);
+                        if second_client(
+                            &c,
+                            reqwest::Method::PATCH,
+                            &format!("/me/messages/{id}"),
+                            body,
+                        )
+                        .await
+                        {
+                            remote_flags.insert(id, to);
+                            cloud_edits += 1;
+                        }
+                    }
+                    None => {
+                        if second_client(
+                            &c,
+                            reqwest::Method::POST,
+                            &format!("/me/messages/{id}/move"),
+                            body,
+                        )
+                        .await
+                        {
+                            cloud_moves += 1;
+                        }
+                        remote.swap_remove(i);
+                    }
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50 + rng.below(250) as u64)).await;
+    }
+    let faults = c.stats().await["faults_fired"].as_u64().unwrap_or(0);
+    let by_kind: Vec<String> = c.ctl(reqwest::Method::GET, "faults", None).await["faults"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .map(|f| {
+            let what = f["status"]
+                .as_u64()
+                .map_or(f["kind"].to_string(), |s| s.to_string());
+            format!("{} on {}: {}", what, f["route"], f["fired"])
+        })
+        .collect();
+    c.clear_faults().await;
+
+    // Quiescence: both sides agree with what the two clients did.
+    let check = || async {
+        let cloud = c.expected("Inbox").await;
+        let here = files(&md);
+        let mut wrong = Vec::new();
+        for (base, want) in &local {
+            let file = here.get(base).map(|(_, f)| *f);
+            let in_cloud = cloud.get(&ids[base]).map(|(f, _, _)| *f);
+            match want {
+                Some(f) if !f.contains(Flags::DELETED) => {
+                    if file != Some(*f) || in_cloud != Some(*f & SYNCED) {
+                        wrong.push(format!(
+                            "{base}: user {f}, file {file:?}, cloud {in_cloud:?}"
+                        ));
+                    }
+                }
+                _ => {
+                    if file.is_some() || in_cloud.is_some() {
+                        wrong.push(format!(
+                            "{base}: deleted, file {file:?}, cloud {in_cloud:?}"
+                        ));
+                    }
+                }
+            }
+        }
+        // Every inbox message is one file with the cloud's flags.
+        let mut by_mid: HashMap<String, Vec<Flags>> = HashMap::new();
+        for (path, flags) in here.values() {
+            by_mid
+                .entry(message_id(path).unwrap_or_default())
+                .or_default()
+                .push(*flags);
+        }
+        for (id, (f, mid, _)) in &cloud {
+            let got = mid.as_ref().and_then(|m| by_mid.get(m));
+            if got.map(Vec::as_slice) != Some(&[*f][..]) {
+                wrong.push(format!("{id}: cloud {f}, files {got:?}"));
+            }
+        }
+        let listed: HashSet<&String> = cloud.values().filter_map(|(_, m, _)| m.as_ref()).collect();
+        for mid in by_mid.keys() {
+            if !listed.contains(mid) {
+                wrong.push(format!("{mid}: a file for a message not in the inbox"));
+            }
+        }
+        wrong
+    };
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let wrong = check().await;
+        if wrong.is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never converged: {wrong:#?}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let wrong = check().await;
+    assert!(wrong.is_empty(), "undone after convergence: {wrong:#?}");
+    let (samples, intrusions) = sampler.finish();
+    let daemon_moves = moves_done(&c).await - cloud_moves;
+    let tmp: Vec<_> = std::fs::read_dir(md.join("tmp")).expect("tmp").collect();
+    eprintln!(
+        "soak (seed {seed}, {secs} s): {local_edits} local edits ({local_deletes} deletions), \
+         {cloud_edits} cloud flag edits, {cloud_moves} cloud moves, {new_mail} new mails, \
+         {faults} faults served ({}); overruled edits: {}, moves per local deletion: {:.2}, \
+         {samples} maildir samples",
+        by_kind.join(", "),
+        intrusions.len(),
+        daemon_moves as f64 / local_deletes.max(1) as f64,
+    );
+    assert!(
+        intrusions.is_empty(),
+        "files showed flags nobody gave them: {intrusions:#?}"
+    );
+    assert_eq!(daemon_moves, local_deletes, "{}", c.stats().await);
+    assert!(tmp.is_empty(), "left in tmp/: {tmp:?}");
+    assert!(faults > 0 && local_deletes > 0 && cloud_edits > 0);
     tx.send(true).expect("shutdown");
     task.await.expect("join").expect("daemon");
 }
