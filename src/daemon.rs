@@ -40,6 +40,9 @@ pub struct Environment {
     pub browser: Option<String>,
     /// Log every Office365 account in with the device code flow.
     pub device_code_all: bool,
+    /// `CMS_QUOTA_SCALE` (tests and benchmarks): the emulator's quota
+    /// windows are this many times shorter; 1 in production.
+    pub quota_scale: u32,
 }
 
 /// How long `--once` waits for logins before giving up.
@@ -148,7 +151,7 @@ pub async fn run_config(
     let sources: Vec<Arc<dyn TokenSource>> = (0..cfg.accounts.len())
         .filter_map(|i| auth.source(i))
         .collect();
-    let folders = crate::cloud::folders_for(&cfg, &env.endpoints, &sources)?;
+    let folders = crate::cloud::folders_for(&cfg, &env.endpoints, &sources, env.quota_scale)?;
 
     // Token brokers.
     let mut broker_tasks = Vec::new();

@@ -112,6 +112,14 @@ fn run(args: &Args) -> anyhow::Result<ExitCode> {
         },
         browser: std::env::var("BROWSER").ok().filter(|b| !b.is_empty()),
         device_code_all: args.device_code,
+        quota_scale: match std::env::var("CMS_QUOTA_SCALE") {
+            Ok(v) if !v.is_empty() => v
+                .parse::<u32>()
+                .ok()
+                .filter(|k| *k >= 1)
+                .with_context(|| format!("CMS_QUOTA_SCALE={v:?} is not a whole number >= 1"))?,
+            _ => 1,
+        },
     };
     rt.block_on(async move {
         let (tx, rx) = tokio::sync::watch::channel(false);

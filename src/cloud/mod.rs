@@ -136,6 +136,7 @@ pub fn folders_for(
     config: &crate::config::Config,
     endpoints: &Endpoints,
     tokens: &[std::sync::Arc<dyn crate::auth::TokenSource>],
+    quota_scale: u32,
 ) -> Result<Vec<crate::sync::engine::Folder>, CloudError> {
     use crate::config::CloudKind;
     use std::collections::HashMap;
@@ -164,7 +165,12 @@ pub fn folders_for(
                 let account = match graph.get(&m.account) {
                     Some(a) => a.clone(),
                     None => {
-                        let a = graph::GraphAccount::new(&user, source, endpoints.clone())?;
+                        let a = graph::GraphAccount::with_throttle(
+                            &user,
+                            source,
+                            endpoints.clone(),
+                            graph::ThrottleConfig::default().scaled(quota_scale),
+                        )?;
                         graph.insert(m.account, a.clone());
                         a
                     }
@@ -179,7 +185,10 @@ pub fn folders_for(
                             &user,
                             endpoints.clone(),
                             source,
-                            gmail::Options::default(),
+                            gmail::Options {
+                                limits: gmail::Limits::default().scaled(quota_scale),
+                                ..gmail::Options::default()
+                            },
                         )?;
                         gmail.insert(m.account, a.clone());
                         a

@@ -60,6 +60,20 @@ pub struct Limits {
     pub backoff_max: Duration,
 }
 
+impl Limits {
+    /// The limits of an emulator run with `--quota xK` (`CMS_QUOTA_SCALE`):
+    /// its unit window and budget are divided by `k`, which keeps the
+    /// sustained rate and shrinks what may be spent at once, so the burst is
+    /// divided by `k` too.
+    pub fn scaled(self, k: u32) -> Limits {
+        let k = k.max(1);
+        Limits {
+            burst_units: (self.burst_units / k).max(1),
+            ..self
+        }
+    }
+}
+
 impl Default for Limits {
     fn default() -> Self {
         Limits {
@@ -255,6 +269,16 @@ fn jitter() -> f64 {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn quota_scale_keeps_the_rate_and_divides_the_burst() {
+        let l = super::Limits::default().scaled(10);
+        assert_eq!(
+            l.units_per_minute,
+            super::Limits::default().units_per_minute
+        );
+        assert_eq!(l.burst_units, 250);
+    }
+
     use super::*;
 
     #[test]

@@ -42,6 +42,20 @@ pub struct ThrottleConfig {
     pub max_wait: Duration,
 }
 
+impl ThrottleConfig {
+    /// The limits of an emulator run with `--quota xK` (`CMS_QUOTA_SCALE`):
+    /// the request window and its budget divided by `k`, so the sustained
+    /// rate is the real one and a full window is waited out `k` times faster.
+    pub fn scaled(self, k: u32) -> ThrottleConfig {
+        let k = k.max(1);
+        ThrottleConfig {
+            window_budget: (self.window_budget / k).max(1),
+            window: self.window / k,
+            ..self
+        }
+    }
+}
+
 impl Default for ThrottleConfig {
     fn default() -> Self {
         ThrottleConfig {
@@ -285,6 +299,16 @@ pub fn parse_retry_after(v: &str) -> Option<Duration> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn quota_scale_divides_window_and_budget() {
+        let c = super::ThrottleConfig::default().scaled(10);
+        assert_eq!(c.window_budget, 1_000);
+        assert_eq!(c.window, std::time::Duration::from_secs(60));
+        assert_eq!(c.max_in_flight, 4);
+        let same = super::ThrottleConfig::default().scaled(1);
+        assert_eq!(same.window_budget, 10_000);
+    }
+
     use super::*;
 
     #[test]
