@@ -50,6 +50,8 @@ struct Bucket {
     peak_attempted: u32,
     window: VecDeque<(i64, u64)>,
     spent: u64,
+    /// Units (Graph: requests) charged since the last stats reset.
+    total: u64,
     throttled: u64,
 }
 
@@ -117,6 +119,7 @@ impl Quota {
         b.peak = b.peak.max(b.inflight);
         b.window.push_back((now_ms, units));
         b.spent += units;
+        b.total += units;
         Ok(())
     }
 
@@ -142,7 +145,7 @@ impl Quota {
             out.insert(
                 name,
                 json!({"peak_concurrency": b.peak, "peak_attempted": b.peak_attempted,
-                    "in_flight": b.inflight, "window_used": b.spent, "throttled": b.throttled}),
+                    "in_flight": b.inflight, "window_used": b.spent, "charged": b.total, "throttled": b.throttled}),
             );
         }
         json!(out)
@@ -156,6 +159,7 @@ impl Quota {
             b.throttled = 0;
             b.window.clear();
             b.spent = 0;
+            b.total = 0;
         }
     }
 }
