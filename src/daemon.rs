@@ -256,12 +256,15 @@ async fn run_with_logins(
 
     // A shutdown signal during a cycle stops it after the current action;
     // the cycle then records what was done, as always.
-    let stop = engine.stop_flag();
+    let stop = engine.stop_handle();
     let mut stop_rx = shutdown.clone();
     tokio::spawn(async move {
-        while stop_rx.changed().await.is_ok() {
-            if *stop_rx.borrow() {
-                stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        loop {
+            if *stop_rx.borrow_and_update() {
+                stop.stop();
+                break;
+            }
+            if stop_rx.changed().await.is_err() {
                 break;
             }
         }
@@ -270,6 +273,10 @@ async fn run_with_logins(
     if opts.once {
         let report = engine.cycle().await?;
         log_report(&report);
+        if *shutdown.borrow() {
+            tracing::info!("stopped before the cycle completed; what was done is saved");
+            return Ok(());
+        }
         if !report.is_clean() {
             return Err(DaemonError::Incomplete(summary(&report)));
         }

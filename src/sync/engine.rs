@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use tokio::sync::Semaphore;
+use tokio::sync::{Notify, Semaphore};
 use tokio::task::JoinSet;
 
 use super::plan::{
@@ -43,6 +43,54 @@ pub enum SyncError {
     /// A blocking task panicked or was cancelled.
     #[error("internal task failed: {0}")]
     Task(String),
+}
+
+/// Asks a running cycle to finish early: calls waiting on the cloud (a
+/// listing, a download, a request window, a `Retry-After`) give up at once,
+/// no new action starts, and what was done is recorded as usual.
+#[derive(Clone, Debug, Default)]
+pub struct Stop {
+    flag: Arc<AtomicBool>,
+    notify: Arc<Notify>,
+}
+
+impl Stop {
+    /// Ask for the stop (idempotent).
+    pub fn stop(&self) {
+        self.flag.store(true, Ordering::SeqCst);
+        self.notify.notify_waiters();
+    }
+
+    /// True once [`Stop::stop`] was called.
+    pub fn is_stopped(&self) -> bool {
+        self.flag.load(Ordering::SeqCst)
+    }
+
+    /// Resolves once the stop is asked for.
+    pub async fn stopped(&self) {
+        loop {
+            let notified = self.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.is_stopped() {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// `fut`, unless the stop comes first (then `None`).
+    async fn unless<F: std::future::Future>(&self, fut: F) -> Option<F::Output> {
+        tokio::select! {
+            r = fut => Some(r),
+            () = self.stopped() => None,
+        }
+    }
+}
+
+/// The error a cloud call interrupted by a stop reports.
+fn stopping(folder: &str) -> CloudError {
+    CloudError::new(folder, crate::cloud::ErrorKind::Retry, "stopping")
 }
 
 /// A cloud folder as the engine drives it.
@@ -99,7 +147,7 @@ pub struct Engine {
     last: LastState,
     cursors: BTreeMap<String, serde_json::Value>,
     mode: Mode,
-    stop: Arc<AtomicBool>,
+    stop: Stop,
     sizes: std::sync::Mutex<HashMap<ContentHash, u64>>,
 }
 
@@ -181,14 +229,15 @@ impl Engine {
             } else {
                 Mode::Online
             },
-            stop: Arc::new(AtomicBool::new(false)),
+            stop: Stop::default(),
             sizes: std::sync::Mutex::new(HashMap::new()),
         }
     }
 
-    /// A flag that, once set, makes the running cycle finish early: no new
-    /// downloads or actions start, and what was done is recorded as usual.
-    pub fn stop_flag(&self) -> Arc<AtomicBool> {
+    /// The handle that makes the running cycle (and every later one) finish
+    /// early: cloud calls in progress give up, no new downloads or actions
+    /// start, and what was done is recorded as usual.
+    pub fn stop_handle(&self) -> Stop {
         self.stop.clone()
     }
 
@@ -350,7 +399,12 @@ impl Engine {
                 continue;
             }
             let cloud = f.cloud.clone();
-            set.spawn(async move { (i, cloud.list().await) });
+            let stop = self.stop.clone();
+            let key = f.key.clone();
+            set.spawn(async move {
+                let r = stop.unless(cloud.list()).await;
+                (i, r.unwrap_or_else(|| Err(stopping(&key))))
+            });
         }
         let mut complete = vec![true; self.folders.len()];
         while let Some(joined) = set.join_next().await {
@@ -429,16 +483,13 @@ impl Engine {
             let stop = self.stop.clone();
             let name = self.folders[i].key.clone();
             set.spawn(async move {
-                let _permit = sem.acquire_owned().await;
-                let r = if stop.load(Ordering::Relaxed) {
-                    Err(DownloadError::Cloud(CloudError::new(
-                        &name,
-                        crate::cloud::ErrorKind::Retry,
-                        "stopping",
-                    )))
-                } else {
-                    download(&store, cloud.as_ref(), &entry.id).await
-                };
+                let r = stop
+                    .unless(async {
+                        let _permit = sem.acquire_owned().await;
+                        download(&store, cloud.as_ref(), &entry.id).await
+                    })
+                    .await
+                    .unwrap_or_else(|| Err(DownloadError::Cloud(stopping(&name))));
                 (i, entry, cid, r)
             });
         }
@@ -583,7 +634,7 @@ impl Engine {
     ) -> Result<(Vec<Outcome>, Vec<bool>), SyncError> {
         let mut outcomes = vec![Outcome::Failed; plan.actions.len()];
         let mut attempted = vec![false; plan.actions.len()];
-        if self.stop.load(Ordering::Relaxed) {
+        if self.stop.is_stopped() {
             return Ok((outcomes, attempted));
         }
 
@@ -625,9 +676,12 @@ impl Engine {
         let mut set = JoinSet::new();
         for (mailbox, group) in flag_groups {
             let cloud = self.folders[mailbox].cloud.clone();
+            let (stop, key) = (self.stop.clone(), self.folders[mailbox].key.clone());
             set.spawn(async move {
                 let (idx, changes): (Vec<usize>, Vec<FlagChange>) = group.into_iter().unzip();
-                (idx, cloud.set_flags(changes).await)
+                let n = changes.len();
+                let r = stop.unless(cloud.set_flags(changes)).await;
+                (idx, r.unwrap_or_else(|| vec![Err(stopping(&key)); n]))
             });
         }
         for ((mailbox, delete), group) in delete_groups {
@@ -637,9 +691,12 @@ impl Engine {
             } else {
                 DeleteAction::Archive
             };
+            let (stop, key) = (self.stop.clone(), self.folders[mailbox].key.clone());
             set.spawn(async move {
                 let (idx, ids): (Vec<usize>, Vec<String>) = group.into_iter().unzip();
-                (idx, cloud.delete(ids, action).await)
+                let n = ids.len();
+                let r = stop.unless(cloud.delete(ids, action)).await;
+                (idx, r.unwrap_or_else(|| vec![Err(stopping(&key)); n]))
             });
         }
         while let Some(joined) = set.join_next().await {
@@ -754,7 +811,7 @@ fn apply_local(
     maildirs: &[Maildir],
     scanned: Vec<Scanned>,
     actions: Vec<(usize, Action, Reason)>,
-    stop: &AtomicBool,
+    stop: &Stop,
 ) -> Result<Vec<(usize, Outcome)>, SyncError> {
     let mut files: HashMap<(usize, String), Entry> = scanned
         .into_iter()
@@ -777,7 +834,7 @@ fn apply_local(
     }
     let mut out = Vec::with_capacity(actions.len());
     for (ai, action, why) in actions {
-        if stop.load(Ordering::Relaxed) {
+        if stop.is_stopped() {
             // Not started: recorded as failed, so planned again next run.
             out.push((ai, Outcome::Failed));
             continue;

@@ -33,7 +33,7 @@ pub(crate) struct Cloud {
 }
 
 /// Fast retries so fault tests do not sleep for long; limits as documented.
-fn quick() -> ThrottleConfig {
+pub(crate) fn quick() -> ThrottleConfig {
     ThrottleConfig {
         backoff_base: Duration::from_millis(10),
         backoff_max: Duration::from_millis(100),
@@ -63,7 +63,7 @@ impl Cloud {
         self.account_with(quick())
     }
 
-    fn account_with(&self, cfg: ThrottleConfig) -> GraphAccount {
+    pub(crate) fn account_with(&self, cfg: ThrottleConfig) -> GraphAccount {
         let tokens = StaticTokens::new(USER, [(Audience::Graph, AccessToken::new(self.token()))]);
         GraphAccount::with_throttle(
             USER,
@@ -220,7 +220,7 @@ impl Cloud {
         self.stats().await["requests"].as_u64().unwrap_or(0)
     }
 
-    async fn route_count(&self, route: &str) -> u64 {
+    pub(crate) async fn route_count(&self, route: &str) -> u64 {
         self.stats().await["routes"][route]["requests"]
             .as_u64()
             .unwrap_or(0)

@@ -9,5 +9,6 @@ mod graph;
 mod headers;
 mod local_edits;
 mod router;
+mod stop;
 mod sync;
 mod util;
