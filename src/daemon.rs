@@ -271,8 +271,18 @@ async fn run_with_logins(
     });
 
     if opts.once {
-        let report = engine.cycle().await?;
+        let mut report = engine.cycle().await?;
         log_report(&report);
+        // A fixed point: list the folders this cycle changed in the cloud
+        // again (one delta call each) and follow, so the deletions it sent
+        // are confirmed and their files go now, not in the next run.
+        if report.touched.iter().any(|t| *t) && !*shutdown.borrow() {
+            let touched = report.touched.clone();
+            let again = engine.cycle_with(&touched).await?;
+            log_report(&again);
+            report.failed += again.failed;
+            report.cloud_errors.extend(again.cloud_errors);
+        }
         if *shutdown.borrow() {
             tracing::info!("stopped before the cycle completed; what was done is saved");
             return Ok(());

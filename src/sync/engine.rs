@@ -121,6 +121,9 @@ pub struct CycleReport {
     /// Cloud deletions already sent and not sent again until the folder is
     /// listed again (they are confirmed by that listing).
     pub held: usize,
+    /// Per folder: this cycle's actions changed it in the cloud (a listing
+    /// of it confirms them and lets the local side follow).
+    pub touched: Vec<bool>,
 }
 
 impl CycleReport {
@@ -348,6 +351,7 @@ impl Engine {
         let new_last = next_state(&input, &plan, &outcomes);
         // The listings now show what the agreement assumes the cloud holds.
         let effects = cloud_effects(&plan, &outcomes, &attempted);
+        report.touched = vec![false; self.folders.len()];
         for (i, planned) in planned_versions.iter().enumerate() {
             let Some(planned) = *planned else { continue };
             let mine: Vec<&CloudEffect> = effects
@@ -358,6 +362,7 @@ impl Engine {
                 })
                 .collect();
             self.agreed_versions[i] = planned;
+            report.touched[i] = !mine.is_empty();
             if !mine.is_empty() {
                 self.versions += 1;
                 let v = self.versions;

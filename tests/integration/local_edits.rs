@@ -810,3 +810,91 @@ async fn soak_concurrent_edits_under_faults() {
     tx.send(true).expect("shutdown");
     task.await.expect("join").expect("daemon");
 }
+
+/// The config `world` wrote, loaded again (one per daemon run).
+fn reload(home: &Home) -> config::Loaded {
+    let paths = PathContext {
+        home: home.path().to_path_buf(),
+        cwd: home.path().to_path_buf(),
+    };
+    config::load(&PyActor::spawn(), &home.path().join("cms.cfg"), &paths).expect("config")
+}
+
+/// `--once` twice after local `T`, a removal and a flag change, and cloud
+/// changes: the first run leaves both sides in agreement (a deletion it
+/// sent is confirmed by listing the folder again, and its file goes), so
+/// the second run only lists.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn once_reaches_a_fixed_point() {
+    let c = Cloud::start().await;
+    c.populate("Inbox", 20).await;
+    let (home, loaded) = world(15);
+    let md = home.path().join("mail/inbox");
+    let once = daemon::Options {
+        once: true,
+        ..daemon::Options::default()
+    };
+    let run = |loaded: config::Loaded| {
+        let (_tx, rx) = tokio::sync::watch::channel(false);
+        let f = folder(&c);
+        async move { daemon::run(loaded, once, vec![f], rx).await }
+    };
+    run(loaded).await.expect("initial sync");
+    let ids = ids_by_base(&c, &md).await;
+    let bases: Vec<String> = without(&md, Flags::READ);
+    assert!(bases.len() >= 5, "populate gave too few unread messages");
+    let (trashed, removed, read, cloud_read, cloud_moved) =
+        (&bases[0], &bases[1], &bases[2], &bases[3], &bases[4]);
+    edit(&md, trashed, Kind::Trash, None);
+    edit(&md, removed, Kind::Unlink, None);
+    edit(&md, read, Kind::Read, None);
+    let (st, _) = c
+        .graph(
+            reqwest::Method::PATCH,
+            &format!("/me/messages/{}", ids[cloud_read]),
+            Some(json!({"isRead": true})),
+        )
+        .await;
+    assert_eq!(st, 200);
+    let (st, _) = c
+        .graph(
+            reqwest::Method::POST,
+            &format!("/me/messages/{}/move", ids[cloud_moved]),
+            Some(json!({"destinationId": "archive"})),
+        )
+        .await;
+    assert_eq!(st, 201);
+
+    run(reload(&home)).await.expect("first run");
+    let here = files(&md);
+    let cloud = c.expected("Inbox").await;
+    for gone in [trashed, removed, cloud_moved] {
+        assert!(!here.contains_key(gone), "{gone} still has a file");
+        assert!(!cloud.contains_key(&ids[gone]), "{gone} still in the inbox");
+    }
+    for r in [read, cloud_read] {
+        assert!(here[r].1.contains(Flags::READ), "{r} not read locally");
+        assert!(
+            cloud[&ids[r]].0.contains(Flags::READ),
+            "{r} not read in the cloud"
+        );
+    }
+
+    c.reset_stats().await;
+    let names = |md: &Path| {
+        let mut v: Vec<PathBuf> = files(md).into_values().map(|(p, _)| p).collect();
+        v.sort();
+        v
+    };
+    let before = names(&md);
+    run(reload(&home)).await.expect("second run");
+    assert_eq!(names(&md), before, "the second run changed the maildir");
+    let s = c.stats().await;
+    let routes: Vec<&String> = s["routes"].as_object().expect("routes").keys().collect();
+    assert!(
+        routes
+            .iter()
+            .all(|r| r.contains("delta") || r.contains("mailFolders/{id}")),
+        "the second run did more than list: {s}"
+    );
+}
