@@ -61,9 +61,17 @@ type MemoKey = (
     u64,
 );
 
+/// Routing passes a memo entry (and the header values of its content)
+/// outlives the last pass that asked for it: a message that left the cloud,
+/// or whose flags changed, is forgotten.
+const MEMO_PASSES: u64 = 2;
+
 struct State {
     objects: PyObjects,
-    memo: HashMap<MemoKey, Result<usize, String>>,
+    /// The answer per message, with the last pass that asked for it.
+    memo: HashMap<MemoKey, (Result<usize, String>, u64)>,
+    /// Routing passes so far.
+    passes: u64,
     logged: HashSet<String>,
     header_values: HeaderValues,
     python_calls: u64,
@@ -86,6 +94,7 @@ impl Router {
             state: Arc::new(Mutex::new(State {
                 objects,
                 memo: HashMap::new(),
+                passes: 0,
                 logged: HashSet::new(),
                 header_values: Arc::new(Mutex::new(HashMap::new())),
                 python_calls: 0,
@@ -103,7 +112,14 @@ impl Router {
         self.state.lock().map(|s| s.python_calls).unwrap_or(0)
     }
 
-    /// Route a batch; one result per request, in order.
+    /// Messages the memo holds (for tests and status).
+    pub fn memo_len(&self) -> usize {
+        self.state.lock().map(|s| s.memo.len()).unwrap_or(0)
+    }
+
+    /// Route a batch; one result per request, in order. Answers not asked
+    /// for in the last two batches are forgotten, so the memo holds what
+    /// the cloud lists, not everything it ever listed.
     pub async fn route(&self, batch: Vec<RouteRequest>) -> Vec<Result<usize, RouteError>> {
         if !self.custom {
             return batch.iter().map(|_| Ok(0)).collect();
@@ -141,6 +157,8 @@ fn route_on_thread(
         }
     };
     let callable = func.is_callable();
+    st.passes += 1;
+    let pass = st.passes;
     let mut out = Vec::with_capacity(batch.len());
     for req in batch {
         let key: MemoKey = (
@@ -152,7 +170,8 @@ fn route_on_thread(
             req.received_time,
             req.size,
         );
-        if let Some(r) = st.memo.get(&key) {
+        if let Some((r, seen)) = st.memo.get_mut(&key) {
+            *seen = pass;
             out.push(r.clone().map_err(RouteError::Filter));
             continue;
         }
@@ -178,10 +197,21 @@ fn route_on_thread(
                 Err(msg)
             }
         };
-        st.memo.insert(key, result.clone());
+        st.memo.insert(key, (result.clone(), pass));
         out.push(result.map_err(RouteError::Filter));
     }
+    forget_old(&mut st, pass);
     out
+}
+
+/// Drop memo entries no recent pass asked for, and the header values of
+/// content no remaining entry holds.
+fn forget_old(st: &mut State, pass: u64) {
+    st.memo.retain(|_, (_, seen)| *seen + MEMO_PASSES > pass);
+    let live: HashSet<ContentHash> = st.memo.keys().map(|k| k.1).collect();
+    if let Ok(mut values) = st.header_values.lock() {
+        values.retain(|(hash, _), _| live.contains(hash));
+    }
 }
 
 fn call_filter(

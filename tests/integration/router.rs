@@ -202,3 +202,39 @@ fn unreadable_content_is_a_filter_error() {
     let out = rt().block_on(loaded.router.route(vec![request(0, "x", &gone)]));
     assert!(matches!(&out[0], Err(RouteError::Filter(e)) if e.contains("does-not-exist")));
 }
+
+#[test]
+fn the_memo_forgets_messages_no_longer_asked_about() {
+    let home = Home::new();
+    let loaded = load(
+        &home,
+        r#"
+md = MailDir("~/mail/a")
+box = GMail("INBOX", GMail_Account(user="user@gmail.com"))
+def direct_message(msg):
+    msg.get_header("List-ID")
+    return md
+cfg.direct_message = direct_message
+"#,
+    );
+    let m = message(home.path(), "m", "List-ID: <l.example.org>\n\nbody\n");
+    let (a, b) = (request(0, "a", &m), request(0, "b", &m));
+    let rt = rt();
+    rt.block_on(loaded.router.route(vec![a.clone(), b.clone()]));
+    assert_eq!(
+        (loaded.router.python_calls(), loaded.router.memo_len()),
+        (2, 2)
+    );
+    // "a" left the cloud: two passes later it is forgotten, "b" is not.
+    rt.block_on(loaded.router.route(vec![b.clone()]));
+    assert_eq!(loaded.router.memo_len(), 2);
+    rt.block_on(loaded.router.route(vec![b.clone()]));
+    assert_eq!(loaded.router.memo_len(), 1);
+    assert_eq!(loaded.router.python_calls(), 2);
+    // Asked again, it is a new question.
+    rt.block_on(loaded.router.route(vec![a, b]));
+    assert_eq!(
+        (loaded.router.python_calls(), loaded.router.memo_len()),
+        (3, 2)
+    );
+}
