@@ -13,7 +13,7 @@ use tokio::task::JoinSet;
 
 use super::plan::{
     Action, CloudEffect, CloudMsg, LastState, LocalFile, MailboxInfo, MaildirInfo, Mode, Outcome,
-    Plan, PlanInput, Route, Warning, cloud_effects, next_state, plan,
+    Plan, PlanInput, Route, SYNCED, Warning, cloud_effects, next_state, plan,
 };
 use super::state::SyncState;
 use crate::cloud::{CloudEntry, CloudError, CloudMailbox, FlagChange};
@@ -22,9 +22,6 @@ use crate::config::{DeleteAction, Router};
 use crate::maildir::{Entry, Maildir, MaildirError};
 use crate::store::{Store, StoreError};
 use crate::types::{Cid, ContentHash, Flags};
-
-/// The bits a cloud stores (never `T`).
-const SYNCED: Flags = Flags(Flags::REPLIED.0 | Flags::READ.0 | Flags::FLAGGED.0);
 
 /// Downloads in flight at once across all folders (each backend throttles
 /// its own mailbox further).
@@ -354,13 +351,7 @@ impl Engine {
         report.touched = vec![false; self.folders.len()];
         for (i, planned) in planned_versions.iter().enumerate() {
             let Some(planned) = *planned else { continue };
-            let mine: Vec<&CloudEffect> = effects
-                .iter()
-                .filter(|e| match e {
-                    CloudEffect::Flags { mailbox, .. }
-                    | CloudEffect::DeletionSent { mailbox, .. } => *mailbox == i,
-                })
-                .collect();
+            let mine: Vec<&CloudEffect> = effects.iter().filter(|e| e.mailbox() == i).collect();
             self.agreed_versions[i] = planned;
             report.touched[i] = !mine.is_empty();
             if !mine.is_empty() {
@@ -977,8 +968,16 @@ fn local_maildir(action: &Action) -> usize {
 /// its message. A rename that takes back bits the user changed since the
 /// last agreement is marked as overruling the user.
 fn local_reasons(plan: &Plan, input: &PlanInput) -> HashMap<usize, Reason> {
-    let listed: HashSet<ContentHash> = input.cloud.iter().map(|c| c.hash).collect();
     let mut out = HashMap::new();
+    if plan.actions.iter().all(Action::is_cloud) {
+        return out;
+    }
+    let listed: HashSet<ContentHash> = input.cloud.iter().map(|c| c.hash).collect();
+    let files: HashMap<(usize, &str), Flags> = input
+        .local
+        .iter()
+        .map(|f| ((f.maildir, f.name.as_str()), f.flags))
+        .collect();
     for (i, a) in plan.actions.iter().enumerate() {
         let last = input.last.entries.get(&a.hash());
         let reason = match a {
@@ -1000,11 +999,10 @@ fn local_reasons(plan: &Plan, input: &PlanInput) -> HashMap<usize, Reason> {
                 flags,
                 ..
             } => {
-                let now = input
-                    .local
-                    .iter()
-                    .find(|f| f.maildir == *maildir && &f.name == name)
-                    .map_or(Flags::NONE, |f| f.flags);
+                let now = files
+                    .get(&(*maildir, name.as_str()))
+                    .copied()
+                    .unwrap_or(Flags::NONE);
                 let changed_by_rename = now ^ *flags;
                 match last {
                     Some(e) => {

@@ -11,7 +11,7 @@ pub use crate::config::DeleteAction;
 use crate::types::{ContentHash, Flags};
 
 /// The flags a cloud can hold; `T` is local only (a deletion request).
-const SYNCED: Flags = Flags(Flags::REPLIED.0 | Flags::READ.0 | Flags::FLAGGED.0);
+pub(crate) const SYNCED: Flags = Flags(Flags::REPLIED.0 | Flags::READ.0 | Flags::FLAGGED.0);
 
 /// A maildir that lost more than this many files may be a mass deletion.
 const GUARD_MIN_MISSING: usize = 50;
@@ -906,6 +906,17 @@ pub enum CloudEffect {
         /// The service's id.
         id: String,
     },
+}
+
+impl CloudEffect {
+    /// The cloud folder it happened in.
+    pub fn mailbox(&self) -> usize {
+        match self {
+            CloudEffect::Flags { mailbox, .. } | CloudEffect::DeletionSent { mailbox, .. } => {
+                *mailbox
+            }
+        }
+    }
 }
 
 /// The cloud effects of the cycle's actions, in plan order: accepted flag
