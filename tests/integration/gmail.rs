@@ -986,44 +986,6 @@ async fn the_emulator_quota_is_never_hit_in_normal_running() {
     assert_eq!(s.units(), 1 + 1 + 10 + 5000 + 5000);
 }
 
-/// Measures a 10,000-message initial sync (requests and units); slow under
-/// real pacing, so it runs with quotas off: `cargo test -- --ignored`.
-#[tokio::test]
-#[ignore]
-async fn measure_initial_sync_of_10000() {
-    let env = Env::start(QuotaMode::Off).await;
-    let ids = env.populate("INBOX", 10_000, 92).await;
-    let account = env.account(fast());
-    let mb = GmailMailbox::new(account.clone(), "INBOX", "gmail:user@gmail.com/INBOX");
-    env.reset_stats().await;
-    let entries = mb.list().await.expect("list");
-    assert_eq!(entries.len(), 10_000);
-    let listing = env.stats().await;
-    let results: Vec<_> = futures_util::stream::iter(ids.iter())
-        .map(|id| {
-            let mb = &mb;
-            async move {
-                let mut out = Vec::new();
-                mb.fetch(id, &mut out).await
-            }
-        })
-        .buffer_unordered(8)
-        .collect()
-        .await;
-    assert!(results.iter().all(Result::is_ok));
-    let s = env.stats().await;
-    eprintln!(
-        "10000 messages: listing {} requests / {} units; with downloads {} requests / {} units",
-        listing.http_requests(),
-        listing.units(),
-        s.http_requests(),
-        s.units()
-    );
-    env.reset_stats().await;
-    mb.list().await.expect("idle");
-    eprintln!("idle poll: {} requests", env.stats().await.http_requests());
-}
-
 /// Hands out tokens in order; `invalidate` moves to the next one.
 struct Rotating {
     tokens: Mutex<VecDeque<AccessToken>>,

@@ -60,7 +60,7 @@ impl Kind {
 }
 
 /// A config with one maildir and the emulated inbox polled every `poll` s.
-fn world(poll: u32) -> (Home, config::Loaded) {
+pub(crate) fn world(poll: u32) -> (Home, config::Loaded) {
     let home = Home::new();
     let file = home.write(
         "cms.cfg",
@@ -109,7 +109,7 @@ fn parse(name: &str) -> (String, Flags) {
 }
 
 /// Every file of the maildir: base name → (path, flags).
-fn files(md: &Path) -> BTreeMap<String, (PathBuf, Flags)> {
+pub(crate) fn files(md: &Path) -> BTreeMap<String, (PathBuf, Flags)> {
     let mut out = BTreeMap::new();
     for sub in ["new", "cur"] {
         let Ok(rd) = std::fs::read_dir(md.join(sub)) else {
@@ -189,19 +189,20 @@ fn without(md: &Path, bit: Flags) -> Vec<String> {
         .collect()
 }
 
-/// Move requests served (direct and inside `$batch`).
-async fn moves(c: &Cloud) -> u64 {
+/// Move requests served (direct and inside `$batch`), all of them or only
+/// the successful ones.
+async fn moves(c: &Cloud, only_ok: bool) -> u64 {
     let s = c.stats().await;
-    s["routes"]
-        .as_object()
-        .map(|routes| {
-            routes
-                .iter()
-                .filter(|(k, _)| k.contains("/move"))
-                .map(|(_, v)| v["requests"].as_u64().unwrap_or(0))
-                .sum()
-        })
-        .unwrap_or(0)
+    let Some(routes) = s["routes"].as_object() else {
+        return 0;
+    };
+    routes
+        .iter()
+        .filter(|(k, _)| k.contains("/move"))
+        .flat_map(|(_, v)| v["statuses"].as_object().cloned().unwrap_or_default())
+        .filter(|(status, _)| !only_ok || status.starts_with('2'))
+        .map(|(_, n)| n.as_u64().unwrap_or(0))
+        .sum()
 }
 
 /// What must hold for an edited message, locally and in the cloud.
@@ -310,7 +311,7 @@ async fn a_cycle_without_listing_never_takes_back_a_pushed_change() {
         assert_eq!(r.actions, 0, "{kind:?}: {r:?}");
     }
     // Two trashed and two unlinked messages: four moves, no more.
-    assert_eq!(moves(&c).await, 4, "{}", c.stats().await);
+    assert_eq!(moves(&c, false).await, 4, "{}", c.stats().await);
 }
 
 /// The maildir sampled every few milliseconds: every file must carry flags
@@ -458,7 +459,7 @@ async fn the_daemon_keeps_every_edit_made_while_it_runs() {
         "files showed flags the user never gave them: {intrusions:#?}"
     );
     // Three spacings, two trashed and two unlinked messages each.
-    assert_eq!(moves(&c).await, 12, "{}", c.stats().await);
+    assert_eq!(moves(&c, false).await, 12, "{}", c.stats().await);
     tx.send(true).expect("shutdown");
     task.await.expect("join").expect("daemon");
 }
@@ -503,23 +504,6 @@ async fn second_client(c: &Cloud, method: reqwest::Method, path: &str, body: Val
         }
     }
     panic!("second client: {method} {path} kept failing");
-}
-
-/// Successful move requests (direct and inside `$batch`).
-async fn moves_done(c: &Cloud) -> u64 {
-    let s = c.stats().await;
-    s["routes"]
-        .as_object()
-        .map(|routes| {
-            routes
-                .iter()
-                .filter(|(k, _)| k.contains("/move"))
-                .flat_map(|(_, v)| v["statuses"].as_object().cloned().unwrap_or_default())
-                .filter(|(status, _)| status.starts_with('2'))
-                .map(|(_, n)| n.as_u64().unwrap_or(0))
-                .sum()
-        })
-        .unwrap_or(0)
 }
 
 /// Concurrent-edit soak: while the daemon runs with faults on every Graph
@@ -789,7 +773,7 @@ async fn soak_concurrent_edits_under_faults() {
     let wrong = check().await;
     assert!(wrong.is_empty(), "undone after convergence: {wrong:#?}");
     let (samples, intrusions) = sampler.finish();
-    let daemon_moves = moves_done(&c).await - cloud_moves;
+    let daemon_moves = moves(&c, true).await - cloud_moves;
     let tmp: Vec<_> = std::fs::read_dir(md.join("tmp")).expect("tmp").collect();
     eprintln!(
         "soak (seed {seed}, {secs} s): {local_edits} local edits ({local_deletes} deletions), \
@@ -812,7 +796,7 @@ async fn soak_concurrent_edits_under_faults() {
 }
 
 /// The config `world` wrote, loaded again (one per daemon run).
-fn reload(home: &Home) -> config::Loaded {
+pub(crate) fn reload(home: &Home) -> config::Loaded {
     let paths = PathContext {
         home: home.path().to_path_buf(),
         cwd: home.path().to_path_buf(),

@@ -12,42 +12,16 @@ use cloud_mdir_sync::daemon;
 use cloud_mdir_sync::sync::engine::Folder;
 
 use crate::graph::{Cloud, quick};
-use crate::util::Home;
+use crate::local_edits::{files, reload, world};
 
 const USER: &str = "user@example.com";
-
-fn config(home: &Home) -> cloud_mdir_sync::config::Loaded {
-    let file = home.write(
-        "cms.cfg",
-        &format!(
-            "inbox = MailDir(\"~/mail/inbox\")\n\
-             box = Office365(\"Inbox\", Office365_Account(user=\"{USER}\"))\n"
-        ),
-    );
-    let paths = cloud_mdir_sync::config::PathContext {
-        home: home.path().to_path_buf(),
-        cwd: home.path().to_path_buf(),
-    };
-    cloud_mdir_sync::config::load(&cloud_mdir_sync::config::PyActor::spawn(), &file, &paths)
-        .expect("config")
-}
-
-fn files(home: &Home) -> usize {
-    ["new", "cur"]
-        .iter()
-        .map(|d| {
-            std::fs::read_dir(home.path().join("mail/inbox").join(d))
-                .map(|r| r.count())
-                .unwrap_or(0)
-        })
-        .sum()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stop_while_waiting_for_the_request_window_is_prompt_and_keeps_progress() {
     let c = Cloud::start().await;
     c.populate("Inbox", 30).await;
-    let home = Home::new();
+    let (home, _) = world(15);
+    let md = home.path().join("mail/inbox");
     // Room for the folder lookup, the listing and ten downloads, then a
     // ten-minute wait for the window.
     let small_window = ThrottleConfig {
@@ -68,7 +42,7 @@ async fn a_stop_while_waiting_for_the_request_window_is_prompt_and_keeps_progres
             ..daemon::Options::default()
         };
         let acct = c.account_with(small_window.clone());
-        let task = tokio::spawn(daemon::run(config(&home), opts, vec![folder(acct)], rx));
+        let task = tokio::spawn(daemon::run(reload(&home), opts, vec![folder(acct)], rx));
         // Wait until the window is spent and the daemon is waiting.
         let deadline = Instant::now() + Duration::from_secs(30);
         while c.route_count("graph GET /me/messages/{id}/$value").await < 10 {
@@ -96,7 +70,7 @@ async fn a_stop_while_waiting_for_the_request_window_is_prompt_and_keeps_progres
         once: true,
         ..daemon::Options::default()
     };
-    daemon::run(config(&home), opts, vec![folder(c.account())], rx)
+    daemon::run(reload(&home), opts, vec![folder(c.account())], rx)
         .await
         .expect("full run");
     let downloads = c.route_count("graph GET /me/messages/{id}/$value").await;
@@ -106,5 +80,5 @@ async fn a_stop_while_waiting_for_the_request_window_is_prompt_and_keeps_progres
         "nothing downloaded twice: {}",
         c.stats().await
     );
-    assert_eq!(files(&home), 30);
+    assert_eq!(files(&md).len(), 30);
 }
