@@ -251,7 +251,7 @@ async fn run_with_logins(
         .map_err(|e| DaemonError::Prepare {
             path: PathBuf::from("<startup>"),
             message: e.to_string(),
-        })?
+        })??
     };
 
     // A shutdown signal during a cycle stops it after the current action;

@@ -13,9 +13,6 @@ struct IdEntry {
     hash: ContentHash,
 }
 
-/// The persisted form of one entry: `[kind, storage_id, email_id, hash]`.
-pub(crate) type IdRecord = (StorageKind, String, Option<String>, ContentHash);
-
 /// Maps [`Cid`]s to content hashes, grouped by storage id so that a lookup
 /// ignoring the Message-ID is cheap.
 #[derive(Clone, Debug, Default)]
@@ -25,23 +22,7 @@ pub(crate) struct IdCache {
 }
 
 impl IdCache {
-    /// Builds the cache from persisted records (later duplicates win).
-    pub(crate) fn from_records(records: Vec<IdRecord>) -> IdCache {
-        let mut cache = IdCache::default();
-        for (kind, storage_id, email_id, hash) in records {
-            cache.insert(
-                Cid {
-                    kind,
-                    storage_id,
-                    email_id,
-                },
-                hash,
-            );
-        }
-        cache
-    }
-
-    /// The records to persist, borrowing from the cache.
+    /// Every entry as `(kind, storage id, Message-ID, hash)`.
     pub(crate) fn records(&self) -> Vec<(StorageKind, &str, Option<&str>, &ContentHash)> {
         let mut out = Vec::with_capacity(self.len);
         for (sid, entries) in &self.by_storage_id {
@@ -109,17 +90,24 @@ impl IdCache {
         true
     }
 
-    /// Drops ids whose hash is not in `live`; returns how many went.
-    pub(crate) fn retain(&mut self, live: &HashSet<ContentHash>) -> usize {
-        let before = self.len;
+    /// Drops ids whose hash is not in `live`; returns the hashes dropped
+    /// (each once).
+    pub(crate) fn retain(&mut self, live: &HashSet<ContentHash>) -> Vec<ContentHash> {
+        let mut gone = HashSet::new();
         let mut len = 0;
         self.by_storage_id.retain(|_, entries| {
-            entries.retain(|e| live.contains(&e.hash));
+            entries.retain(|e| {
+                let keep = live.contains(&e.hash);
+                if !keep {
+                    gone.insert(e.hash);
+                }
+                keep
+            });
             len += entries.len();
             !entries.is_empty()
         });
         self.len = len;
-        before - len
+        gone.into_iter().collect()
     }
 }
 
@@ -169,21 +157,16 @@ mod tests {
     }
 
     #[test]
-    fn retain_and_records_round_trip() {
+    fn retain_reports_what_went() {
         let mut c = IdCache::default();
         c.insert(cid(StorageKind::Gmail, "a", None), h(1));
         c.insert(cid(StorageKind::Office365, "b", Some("<m>")), h(2));
         c.insert(cid(StorageKind::Office365, "c", Some("<n>")), h(3));
         let live: HashSet<_> = [h(1), h(3)].into();
-        assert_eq!(c.retain(&live), 1);
+        assert_eq!(c.retain(&live), vec![h(2)]);
         assert_eq!(c.len(), 2);
-        let records: Vec<IdRecord> = c
-            .records()
-            .into_iter()
-            .map(|(k, s, e, h)| (k, s.to_string(), e.map(str::to_string), *h))
-            .collect();
-        let back = IdCache::from_records(records);
-        assert_eq!(back.len(), 2);
+        assert_eq!(c.records().len(), 2);
+        let back = c;
         assert_eq!(
             back.get(&cid(StorageKind::Office365, "c", Some("<n>"))),
             Some(h(3))

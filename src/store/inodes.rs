@@ -7,9 +7,6 @@ use std::collections::{HashMap, HashSet};
 use crate::fsutil::InodeKey;
 use crate::types::ContentHash;
 
-/// The persisted form of one entry: `[dev, ino, size, mtime_ns, ctime_ns, hash]`.
-pub(crate) type InodeRecord = (u64, u64, u64, i64, i64, ContentHash);
-
 /// What is remembered about one inode.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Version {
@@ -26,32 +23,6 @@ pub(crate) struct InodeCache {
 }
 
 impl InodeCache {
-    /// Builds the cache from persisted records.
-    pub(crate) fn from_records(records: Vec<InodeRecord>) -> InodeCache {
-        let mut cache = InodeCache::default();
-        for (dev, ino, size, mtime_ns, ctime_ns, hash) in records {
-            cache.insert(
-                InodeKey {
-                    dev,
-                    ino,
-                    size,
-                    mtime_ns,
-                    ctime_ns,
-                },
-                hash,
-            );
-        }
-        cache
-    }
-
-    /// The records to persist.
-    pub(crate) fn records(&self) -> Vec<InodeRecord> {
-        self.map
-            .iter()
-            .map(|(&(dev, ino), v)| (dev, ino, v.size, v.mtime_ns, v.ctime_ns, v.hash))
-            .collect()
-    }
-
     /// Number of cached inodes.
     pub(crate) fn len(&self) -> usize {
         self.map.len()
@@ -76,11 +47,18 @@ impl InodeCache {
         self.map.insert((key.dev, key.ino), v) != Some(v)
     }
 
-    /// Drops entries whose hash is not in `live`; returns how many went.
-    pub(crate) fn retain(&mut self, live: &HashSet<ContentHash>) -> usize {
-        let before = self.map.len();
-        self.map.retain(|_, v| live.contains(&v.hash));
-        before - self.map.len()
+    /// Drops entries whose hash is not in `live`; returns the hashes
+    /// dropped (each once).
+    pub(crate) fn retain(&mut self, live: &HashSet<ContentHash>) -> Vec<ContentHash> {
+        let mut gone = HashSet::new();
+        self.map.retain(|_, v| {
+            let keep = live.contains(&v.hash);
+            if !keep {
+                gone.insert(v.hash);
+            }
+            keep
+        });
+        gone.into_iter().collect()
     }
 }
 
@@ -110,9 +88,7 @@ mod tests {
         assert_eq!(c.get(&key(7, 100)), None);
         assert_eq!(c.get(&key(7, 101)), Some(h1));
         assert_eq!(c.len(), 1);
-        let back = InodeCache::from_records(c.records());
-        assert_eq!(back.get(&key(7, 101)), Some(h1));
-        assert_eq!(c.retain(&HashSet::new()), 1);
+        assert_eq!(c.retain(&HashSet::new()), vec![h1]);
         assert_eq!(c.len(), 0);
     }
 }

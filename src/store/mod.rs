@@ -1,6 +1,7 @@
 //! The content-addressed message store under `message_db_dir` (default
-//! `~/mail/.cms/`): one hard link per content hash in `blobs/`, the id cache
-//! (cloud id → hash) and the inode cache (file version → hash) in `state/`.
+//! `~/mail/.cms/`): one hard link per content hash in `blobs/`, and the
+//! state database `state/state.db` holding, among the rest, the id cache
+//! (cloud id → hash) and the inode cache (file version → hash).
 //!
 //! The directory is shared with the Python program, which owns `hashes/`
 //! and the `ch-*` files; this module never creates, changes or deletes
@@ -8,12 +9,16 @@
 //!
 //! [`Store`] is `Send + Sync` and its methods take `&self`; the heavy ones
 //! (hashing, linking, fsync, saving) block, so async callers share an
-//! `Arc<Store>` and run them in `spawn_blocking`. The internal lock is a
-//! `std::sync::Mutex` held only for map updates, never across file IO or
-//! an `.await`.
+//! `Arc<Store>` and run them in `spawn_blocking`. The caches live in memory
+//! for lookups; every change is also queued and written as rows by the next
+//! [`Store::commit`], so a save costs what changed, not the cache's size.
+//! The map lock is a `std::sync::Mutex` held only for map updates, never
+//! across file IO or an `.await`; the database has its own.
 
+pub mod db;
 mod hash;
 mod ids;
+pub(crate) mod import;
 mod inodes;
 pub(crate) mod statefile;
 
@@ -30,9 +35,9 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use crate::fsutil::{self, FsError, InodeKey};
 use crate::types::{Cid, ContentHash, StorageKind};
-use ids::{IdCache, IdRecord};
-use inodes::{InodeCache, InodeRecord};
-use statefile::StateFile;
+pub use db::Db;
+use ids::IdCache;
+use inodes::InodeCache;
 
 /// A store operation that failed, with the path it failed on.
 #[derive(Debug, thiserror::Error)]
@@ -96,14 +101,41 @@ pub enum StoreError {
         /// Where the blob should be.
         path: PathBuf,
     },
-    /// Serialising state failed.
-    #[error("cannot serialise {path}: {source}")]
-    Serialize {
-        /// The state file being written.
+    /// The state database failed.
+    #[error("state database {path}: {source}")]
+    Db {
+        /// The database file.
         path: PathBuf,
         /// The underlying error.
-        source: serde_json::Error,
+        source: rusqlite::Error,
     },
+    /// The state database was written by a newer version of the program.
+    #[error(
+        "state database {path} has schema version {found}; this program knows up to \
+         {supported}: run the newer cloud-mdir-sync that wrote it"
+    )]
+    DbVersion {
+        /// The database file.
+        path: PathBuf,
+        /// Its schema version.
+        found: i64,
+        /// The newest this build knows.
+        supported: i64,
+    },
+}
+
+/// A change to the id cache, queued for the next commit.
+#[derive(Debug)]
+enum IdOp {
+    Put(Cid, ContentHash),
+    DropHash(ContentHash),
+}
+
+/// A change to the inode cache, queued for the next commit.
+#[derive(Debug)]
+enum InodeOp {
+    Put(InodeKey, ContentHash),
+    DropHash(ContentHash),
 }
 
 /// The in-memory part of the store, behind [`Store`]'s mutex.
@@ -113,17 +145,12 @@ struct Inner {
     blobs: HashSet<ContentHash>,
     ids: IdCache,
     inodes: InodeCache,
-    /// The id cache changed since it was last saved.
-    ids_dirty: bool,
-    /// The inode cache changed since it was last saved.
-    inodes_dirty: bool,
-}
-
-/// The state files, behind their own mutex so saves do not interleave.
-#[derive(Debug)]
-struct StateFiles {
-    ids: StateFile,
-    inodes: StateFile,
+    /// Id cache changes not yet committed, in order.
+    id_ops: Vec<IdOp>,
+    /// Inode cache changes not yet committed, in order.
+    inode_ops: Vec<InodeOp>,
+    /// Blobs were linked since the last commit (`blobs/` needs an fsync).
+    new_blobs: bool,
 }
 
 /// The content-addressed message store; see the module documentation.
@@ -133,7 +160,7 @@ pub struct Store {
     blobs_dir: PathBuf,
     tmp_dir: PathBuf,
     inner: Mutex<Inner>,
-    files: Mutex<StateFiles>,
+    db: Mutex<Db>,
     hashes_performed: AtomicU64,
     tmp_counter: AtomicU64,
     /// Holds the exclusive `flock` on `state/lock` for the store's lifetime.
@@ -148,9 +175,10 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl Store {
     /// Opens (creating as needed, mode 0700) the store in `dir`, takes its
-    /// lock, clears leftovers from `tmp/` and loads the blob list and both
-    /// caches. Damaged state files are logged and replaced by the previous
-    /// generation or by empty state; blobs are never deleted here. Blocking.
+    /// lock, clears leftovers from `tmp/`, opens the state database
+    /// (importing a v0.1 state directory's `ids.json` and `inodes.json` on
+    /// first start) and loads the blob list and both caches. Blobs are never
+    /// deleted here. Blocking.
     pub fn open(dir: &Path) -> Result<Store, StoreError> {
         let blobs_dir = dir.join("blobs");
         let state_dir = dir.join("state");
@@ -173,12 +201,9 @@ impl Store {
             }
         }
 
-        let mut files = StateFiles {
-            ids: StateFile::new(&state_dir, "ids.json", "ids"),
-            inodes: StateFile::new(&state_dir, "inodes.json", "inodes"),
-        };
-        let ids = IdCache::from_records(files.ids.load::<Vec<IdRecord>>());
-        let inodes = InodeCache::from_records(files.inodes.load::<Vec<InodeRecord>>());
+        let mut db = Db::open(&state_dir)?;
+        import::caches(&mut db, &state_dir)?;
+        let (ids, inodes) = load_caches(&db)?;
         tracing::debug!(
             dir = %dir.display(), blobs = blobs.len(), ids = ids.len(), inodes = inodes.len(),
             "message store opened"
@@ -191,10 +216,11 @@ impl Store {
                 blobs,
                 ids,
                 inodes,
-                ids_dirty: false,
-                inodes_dirty: false,
+                id_ops: Vec::new(),
+                inode_ops: Vec::new(),
+                new_blobs: false,
             }),
-            files: Mutex::new(files),
+            db: Mutex::new(db),
             hashes_performed: AtomicU64::new(0),
             tmp_counter: AtomicU64::new(0),
             _lock: lock_file,
@@ -321,8 +347,9 @@ impl Store {
         };
         let mut inner = lock(&self.inner);
         inner.blobs.insert(hash);
+        inner.new_blobs |= linked;
         if let Some(key) = key {
-            inner.inodes_dirty |= inner.inodes.insert(key, hash);
+            inner.put_inode(key, hash);
         }
         Ok(())
     }
@@ -366,7 +393,9 @@ impl Store {
                 });
             }
         };
-        lock(&self.inner).blobs.insert(*hash);
+        let mut inner = lock(&self.inner);
+        inner.blobs.insert(*hash);
+        inner.new_blobs |= linked;
         Ok(linked)
     }
 
@@ -403,8 +432,7 @@ impl Store {
     /// Records that the file version `key` has content `hash` (after a
     /// delivery or rename changed a known file's ctime).
     pub fn record_inode(&self, key: InodeKey, hash: ContentHash) {
-        let mut inner = lock(&self.inner);
-        inner.inodes_dirty |= inner.inodes.insert(key, hash);
+        lock(&self.inner).put_inode(key, hash);
     }
 
     /// The hash cached for exactly this cloud id.
@@ -421,7 +449,9 @@ impl Store {
     /// Records that cloud id `cid` has content `hash`.
     pub fn record_id(&self, cid: Cid, hash: ContentHash) {
         let mut inner = lock(&self.inner);
-        inner.ids_dirty |= inner.ids.insert(cid, hash);
+        if inner.ids.insert(cid.clone(), hash) {
+            inner.id_ops.push(IdOp::Put(cid, hash));
+        }
     }
 
     /// Every content hash the id cache maps some cloud id to: content known
@@ -452,10 +482,12 @@ impl Store {
     pub fn retain(&self, live: &HashSet<ContentHash>) -> Result<usize, StoreError> {
         let doomed: Vec<ContentHash> = {
             let mut inner = lock(&self.inner);
-            let ids_gone = inner.ids.retain(live);
-            let inodes_gone = inner.inodes.retain(live);
-            inner.ids_dirty |= ids_gone > 0;
-            inner.inodes_dirty |= inodes_gone > 0;
+            for h in inner.ids.retain(live) {
+                inner.id_ops.push(IdOp::DropHash(h));
+            }
+            for h in inner.inodes.retain(live) {
+                inner.inode_ops.push(InodeOp::DropHash(h));
+            }
             let doomed: Vec<ContentHash> = inner
                 .blobs
                 .iter()
@@ -482,45 +514,168 @@ impl Store {
         Ok(doomed.len())
     }
 
-    /// Makes new blobs durable (fsync of `blobs/`), then writes the caches
-    /// that changed since the last save, each atomically and keeping the
-    /// previous generation. Blocking.
+    /// Makes new blobs durable (fsync of `blobs/`), then writes the cache
+    /// changes queued since the last commit as rows, in one transaction.
+    /// Writes nothing when nothing changed. Blocking.
     pub fn save(&self) -> Result<(), StoreError> {
-        let mut files = lock(&self.files);
-        fsutil::fsync_dir(&self.blobs_dir)?;
-        let (ids_body, inodes_body) = {
-            let mut inner = lock(&self.inner);
-            let ids = if inner.ids_dirty {
-                Some(statefile::to_body(files.ids.path(), &inner.ids.records())?)
-            } else {
-                None
-            };
-            let inodes = if inner.inodes_dirty {
-                Some(statefile::to_body(
-                    files.inodes.path(),
-                    &inner.inodes.records(),
-                )?)
-            } else {
-                None
-            };
-            inner.ids_dirty = false;
-            inner.inodes_dirty = false;
-            (ids, inodes)
-        };
-        if let Some(body) = ids_body {
-            files
-                .ids
-                .save_body(&body)
-                .inspect_err(|_| lock(&self.inner).ids_dirty = true)?;
-        }
-        if let Some(body) = inodes_body {
-            files
-                .inodes
-                .save_body(&body)
-                .inspect_err(|_| lock(&self.inner).inodes_dirty = true)?;
-        }
-        Ok(())
+        self.commit(|_| Ok(()))
     }
+
+    /// Like [`Store::save`], with `extra` (the caller's own rows, e.g. the
+    /// agreement) in the same transaction: all of it lands or none. When
+    /// the transaction fails the queued changes stay queued. Blocking.
+    pub fn commit<T>(
+        &self,
+        extra: impl FnOnce(&rusqlite::Transaction<'_>) -> rusqlite::Result<T>,
+    ) -> Result<T, StoreError> {
+        let mut db = lock(&self.db);
+        let (id_ops, inode_ops, new_blobs) = {
+            let mut inner = lock(&self.inner);
+            let new_blobs = std::mem::take(&mut inner.new_blobs);
+            (
+                std::mem::take(&mut inner.id_ops),
+                std::mem::take(&mut inner.inode_ops),
+                new_blobs,
+            )
+        };
+        let requeue = |id_ops, inode_ops| {
+            let mut inner = lock(&self.inner);
+            let mut later_ids = std::mem::replace(&mut inner.id_ops, id_ops);
+            inner.id_ops.append(&mut later_ids);
+            let mut later_inodes = std::mem::replace(&mut inner.inode_ops, inode_ops);
+            inner.inode_ops.append(&mut later_inodes);
+            inner.new_blobs |= new_blobs;
+        };
+        // Rows may name blobs only once the blobs survive a crash.
+        if new_blobs && let Err(e) = fsutil::fsync_dir(&self.blobs_dir) {
+            requeue(id_ops, inode_ops);
+            return Err(e.into());
+        }
+        match db.commit(|tx| {
+            write_ops(tx, &id_ops, &inode_ops)?;
+            extra(tx)
+        }) {
+            Ok(v) => Ok(v),
+            Err(e) => {
+                requeue(id_ops, inode_ops);
+                Err(e)
+            }
+        }
+    }
+
+    /// Runs `f` with the state database (for the agreement's own reads and
+    /// imports). Blocking.
+    pub fn with_db<T>(&self, f: impl FnOnce(&mut Db) -> T) -> T {
+        f(&mut lock(&self.db))
+    }
+}
+
+impl Inner {
+    /// Caches `key -> hash`, queueing the row when it changed.
+    fn put_inode(&mut self, key: InodeKey, hash: ContentHash) {
+        if self.inodes.insert(key, hash) {
+            self.inode_ops.push(InodeOp::Put(key, hash));
+        }
+    }
+}
+
+/// Writes queued cache changes as rows.
+fn write_ops(
+    tx: &rusqlite::Transaction<'_>,
+    id_ops: &[IdOp],
+    inode_ops: &[InodeOp],
+) -> rusqlite::Result<()> {
+    for op in id_ops {
+        match op {
+            IdOp::Put(cid, hash) => {
+                tx.prepare_cached(
+                    "DELETE FROM ids WHERE storage_id = ?1 AND kind = ?2 AND email_id IS ?3",
+                )?
+                .execute(rusqlite::params![
+                    cid.storage_id,
+                    cid.kind.as_str(),
+                    cid.email_id
+                ])?;
+                tx.prepare_cached(
+                    "INSERT INTO ids (kind, storage_id, email_id, hash) VALUES (?1, ?2, ?3, ?4)",
+                )?
+                .execute(rusqlite::params![
+                    cid.kind.as_str(),
+                    cid.storage_id,
+                    cid.email_id,
+                    &hash.0[..]
+                ])?;
+            }
+            IdOp::DropHash(hash) => {
+                tx.prepare_cached("DELETE FROM ids WHERE hash = ?1")?
+                    .execute([&hash.0[..]])?;
+            }
+        }
+    }
+    for op in inode_ops {
+        match op {
+            InodeOp::Put(k, hash) => {
+                tx.prepare_cached(
+                    "INSERT OR REPLACE INTO inodes (dev, ino, size, mtime_ns, ctime_ns, hash)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                )?
+                .execute(rusqlite::params![
+                    k.dev as i64,
+                    k.ino as i64,
+                    k.size as i64,
+                    k.mtime_ns,
+                    k.ctime_ns,
+                    &hash.0[..]
+                ])?;
+            }
+            InodeOp::DropHash(hash) => {
+                tx.prepare_cached("DELETE FROM inodes WHERE hash = ?1")?
+                    .execute([&hash.0[..]])?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Reads both caches from the database.
+fn load_caches(db: &Db) -> Result<(IdCache, InodeCache), StoreError> {
+    let read = || -> rusqlite::Result<(IdCache, InodeCache)> {
+        let mut ids = IdCache::default();
+        let mut stmt = db
+            .conn()
+            .prepare("SELECT kind, storage_id, email_id, hash FROM ids ORDER BY rowid")?;
+        let mut rows = stmt.query([])?;
+        while let Some(r) = rows.next()? {
+            let kind: String = r.get(0)?;
+            ids.insert(
+                Cid {
+                    kind: db::kind_from(&kind)?,
+                    storage_id: r.get(1)?,
+                    email_id: r.get(2)?,
+                },
+                db::hash_from(r.get(3)?)?,
+            );
+        }
+        let mut inodes = InodeCache::default();
+        let mut stmt = db
+            .conn()
+            .prepare("SELECT dev, ino, size, mtime_ns, ctime_ns, hash FROM inodes")?;
+        let mut rows = stmt.query([])?;
+        while let Some(r) = rows.next()? {
+            inodes.insert(
+                InodeKey {
+                    dev: r.get::<_, i64>(0)? as u64,
+                    ino: r.get::<_, i64>(1)? as u64,
+                    size: r.get::<_, i64>(2)? as u64,
+                    mtime_ns: r.get(3)?,
+                    ctime_ns: r.get(4)?,
+                },
+                db::hash_from(r.get(5)?)?,
+            );
+        }
+        Ok((ids, inodes))
+    };
+    read().map_err(|e| db.err(e))
 }
 
 /// A temporary file inside the store being filled with a message; hashes

@@ -1,21 +1,18 @@
-//! Checked, atomically written state files with one previous generation.
+//! Reading the checked state files of v0.1 (`ids.json`, `inodes.json`,
+//! `sync.json`), which the state database replaced; they are imported once
+//! and removed (see `store::import`).
 //!
 //! A file is one header line, `CMS-STATE <version> <kind> <length>
 //! <blake3-of-body>`, then a compact JSON body. Loading verifies the header,
 //! the length and the hash, so truncation and bit flips are caught; a bad
 //! current file falls back to `<name>.prev`, and two bad files give an empty
-//! state. Saving moves a known-good current file to `.prev`, then writes the
-//! new one with [`fsutil::write_atomic`].
+//! state.
 
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
-use serde::Serialize;
 use serde::de::DeserializeOwned;
-
-use super::StoreError;
-use crate::fsutil;
 
 /// Magic word opening every state file.
 const MAGIC: &str = "CMS-STATE";
@@ -54,7 +51,8 @@ pub(crate) enum Corrupt {
     Json(#[from] serde_json::Error),
 }
 
-/// Header plus body, ready to write.
+/// Header plus body, as v0.1 wrote it.
+#[cfg(test)]
 pub(crate) fn encode(kind: &str, body: &[u8]) -> Vec<u8> {
     let header = format!(
         "{MAGIC} {VERSION} {kind} {} {}\n",
@@ -111,9 +109,6 @@ pub(crate) struct StateFile {
     path: PathBuf,
     prev: PathBuf,
     kind: &'static str,
-    /// The file at `path` is known to be good (loaded or written by us), so
-    /// it may become `.prev` on the next save.
-    current_good: bool,
 }
 
 impl StateFile {
@@ -123,7 +118,6 @@ impl StateFile {
             path: dir.join(name),
             prev: dir.join(format!("{name}.prev")),
             kind,
-            current_good: false,
         }
     }
 
@@ -132,15 +126,16 @@ impl StateFile {
         &self.path
     }
 
+    /// The previous generation's path.
+    pub(crate) fn prev_path(&self) -> &Path {
+        &self.prev
+    }
+
     /// Loads the newest good generation, or `T::default()` when none is
     /// good; problems are logged, never fatal. Blocking.
-    pub(crate) fn load<T: DeserializeOwned + Default>(&mut self) -> T {
-        self.current_good = false;
+    pub(crate) fn load<T: DeserializeOwned + Default>(&self) -> T {
         match read_checked(&self.path, self.kind) {
-            Ok(Some(v)) => {
-                self.current_good = true;
-                return v;
-            }
+            Ok(Some(v)) => return v,
             Ok(None) => {}
             Err(e) => tracing::warn!(
                 path = %self.path.display(), error = %e,
@@ -162,37 +157,6 @@ impl StateFile {
             }
         }
     }
-
-    /// Writes `body` (already serialised JSON) as the new current
-    /// generation, keeping the current one as `.prev` if it is good.
-    /// Blocking.
-    pub(crate) fn save_body(&mut self, body: &[u8]) -> Result<(), StoreError> {
-        if self.current_good {
-            match fs::rename(&self.path, &self.prev) {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(source) => {
-                    return Err(StoreError::Rename {
-                        from: self.path.clone(),
-                        to: self.prev.clone(),
-                        source,
-                    });
-                }
-            }
-            self.current_good = false;
-        }
-        fsutil::write_atomic(&self.path, &encode(self.kind, body))?;
-        self.current_good = true;
-        Ok(())
-    }
-}
-
-/// Serialises `value` as compact JSON for [`StateFile::save_body`].
-pub(crate) fn to_body<T: Serialize>(path: &Path, value: &T) -> Result<Vec<u8>, StoreError> {
-    serde_json::to_vec(value).map_err(|source| StoreError::Serialize {
-        path: path.to_path_buf(),
-        source,
-    })
 }
 
 /// Reads and verifies one file: `Ok(None)` when it does not exist.
@@ -235,24 +199,19 @@ mod tests {
     }
 
     #[test]
-    fn generations_and_fallback() {
+    fn previous_generation_and_fallback() {
         let dir = tempfile::tempdir().unwrap();
-        let mut f = StateFile::new(dir.path(), "x.json", "x");
+        let f = StateFile::new(dir.path(), "x.json", "x");
         assert_eq!(f.load::<Vec<u32>>(), Vec::<u32>::new());
-        f.save_body(b"[1]").unwrap();
-        f.save_body(b"[1,2]").unwrap();
-        let mut g = StateFile::new(dir.path(), "x.json", "x");
-        assert_eq!(g.load::<Vec<u32>>(), vec![1, 2]);
+        fs::write(f.path(), encode("x", b"[1,2]")).unwrap();
+        fs::write(f.prev_path(), encode("x", b"[1]")).unwrap();
+        assert_eq!(f.load::<Vec<u32>>(), vec![1, 2]);
         fs::write(f.path(), b"garbage").unwrap();
-        assert_eq!(g.load::<Vec<u32>>(), vec![1]);
-        // A damaged current file is not rotated over the good previous one.
-        g.save_body(b"[1,2,3]").unwrap();
-        fs::write(g.path(), b"garbage").unwrap();
-        assert_eq!(g.load::<Vec<u32>>(), vec![1]);
-        fs::write(dir.path().join("x.json.prev"), b"garbage").unwrap();
-        assert_eq!(g.load::<Vec<u32>>(), Vec::<u32>::new());
+        assert_eq!(f.load::<Vec<u32>>(), vec![1]);
+        fs::write(f.prev_path(), b"garbage").unwrap();
+        assert_eq!(f.load::<Vec<u32>>(), Vec::<u32>::new());
         // Valid envelope, wrong JSON shape: also damage.
-        fs::write(g.path(), encode("x", b"{\"a\":1}")).unwrap();
-        assert_eq!(g.load::<Vec<u32>>(), Vec::<u32>::new());
+        fs::write(f.path(), encode("x", b"{\"a\":1}")).unwrap();
+        assert_eq!(f.load::<Vec<u32>>(), Vec::<u32>::new());
     }
 }

@@ -187,61 +187,125 @@ fn restart_rehashes_nothing() {
 }
 
 /// Records one more id (`id<n>`) and saves the store.
-fn save_generation(store: &Store, n: usize) {
-    store.record_id(
-        cid(&format!("id{n}")),
-        hash_bytes(format!("{n}").as_bytes()),
-    );
-    store.save().unwrap();
-}
-
 #[test]
-fn corrupted_state_falls_back_to_previous_generation() {
+fn damaged_database_is_set_aside() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("cms");
-    let ids = root.join("state/ids.json");
     {
         let store = Store::open(&root).unwrap();
         store.insert_bytes(b"kept blob").unwrap();
-        save_generation(&store, 1);
-        save_generation(&store, 2);
+        store.record_id(cid("id1"), hash_bytes(b"kept blob"));
+        store.save().unwrap();
     }
-    let good = fs::read(&ids).unwrap();
-
-    // Truncated: previous generation (only id1) is used.
-    fs::write(&ids, &good[..good.len() - 3]).unwrap();
-    {
+    let db = root.join("state").join(db::FILE);
+    for junk in [&b"not a database at all, just text"[..], &[0u8; 8192][..]] {
+        let _ = fs::remove_file(root.join("state/state.db-wal"));
+        fs::write(&db, junk).unwrap();
         let store = Store::open(&root).unwrap();
-        assert!(store.lookup_id(&cid("id1")).is_some());
-        assert!(store.lookup_id(&cid("id2")).is_none());
-        assert_eq!(store.blob_count(), 1);
+        assert_eq!(store.id_count(), 0);
+        assert_eq!(store.blob_count(), 1, "blobs are never deleted");
+        store.record_id(cid("id2"), hash_bytes(b"kept blob"));
+        store.save().unwrap();
+        drop(store);
+        assert_eq!(Store::open(&root).unwrap().id_count(), 1);
     }
+    let aside = fs::read_dir(root.join("state"))
+        .unwrap()
+        .filter(|d| {
+            d.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .starts_with("state.db.damaged-")
+        })
+        .count();
+    assert!(aside >= 1, "the damaged file is kept for inspection");
+}
 
-    // One flipped bit in the body: same.
-    let mut flipped = good.clone();
-    let last = flipped.len() - 5;
-    flipped[last] ^= 0x01;
-    fs::write(&ids, &flipped).unwrap();
-    {
-        let store = Store::open(&root).unwrap();
-        assert!(store.lookup_id(&cid("id1")).is_some());
-        assert!(store.lookup_id(&cid("id2")).is_none());
-        // Saving now keeps the good previous generation rather than
-        // rotating the damaged file over it.
-        save_generation(&store, 3);
-    }
-    {
-        let store = Store::open(&root).unwrap();
-        assert!(store.lookup_id(&cid("id3")).is_some());
-        assert!(store.lookup_id(&cid("id1")).is_some());
-    }
+#[test]
+fn newer_schema_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("cms");
+    drop(Store::open(&root).unwrap());
+    let conn = rusqlite::Connection::open(root.join("state").join(db::FILE)).unwrap();
+    conn.pragma_update(None, "user_version", 99).unwrap();
+    drop(conn);
+    let err = Store::open(&root).unwrap_err();
+    assert!(
+        matches!(err, StoreError::DbVersion { found: 99, .. }),
+        "{err}"
+    );
+}
 
-    // Both generations damaged: empty state, blobs untouched, no panic.
-    fs::write(&ids, b"CMS-STATE 1 ids 3 00\nxyz").unwrap();
-    fs::write(root.join("state/ids.json.prev"), b"").unwrap();
+/// The state files a v0.1 daemon wrote after syncing 6 Office365 and 6
+/// Gmail messages (the demo, scaled down).
+fn v01_state(root: &Path) {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/integration/data/v0.1-state");
+    fs::create_dir_all(root.join("state")).unwrap();
+    for f in ["ids.json", "inodes.json", "sync.json"] {
+        fs::copy(src.join(f), root.join("state").join(f)).unwrap();
+    }
+}
+
+#[test]
+fn v01_caches_are_imported_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("cms");
+    v01_state(&root);
     let store = Store::open(&root).unwrap();
-    assert_eq!(store.id_count(), 0);
-    assert_eq!(store.blob_count(), 1);
+    assert_eq!(store.id_count(), 12);
+    assert_eq!(
+        store.inode_count(),
+        12,
+        "a blob and its maildir file are one inode"
+    );
+    let id = Cid {
+        kind: StorageKind::Office365,
+        storage_id: "AAkALgAZ0KX2Y_ryB7qbXt3ez44Hvwnsww71VUjB6iGwFyRW05zQufoBsWeUNL3aEPUr5Art_b-M4_aiNlhzxCcD_9KSVD".into(),
+        email_id: Some("<a389008aad0acc80.1@example.se>".into()),
+    };
+    assert_eq!(
+        store.lookup_id(&id).map(|h| h.to_hex()).as_deref(),
+        Some("792366aa0ae02fad159d98717bcf58c3d33119d1873673d4ff8d700be04bdb31")
+    );
+    for f in ["ids.json", "inodes.json"] {
+        assert!(
+            !root.join("state").join(f).exists(),
+            "{f} removed after the import"
+        );
+    }
+    assert!(
+        root.join("state/sync.json").exists(),
+        "the agreement is the engine's to import"
+    );
+    drop(store);
+    // The files back (as after a crash between the commit and the
+    // removal), with other content: not imported again, just removed.
+    fs::write(
+        root.join("state/ids.json"),
+        statefile::encode("ids", b"[[\"gmail\",\"zz\",null,\"00\"]]"),
+    )
+    .unwrap();
+    let store = Store::open(&root).unwrap();
+    assert_eq!(store.id_count(), 12);
+    assert!(!root.join("state/ids.json").exists());
+}
+
+#[test]
+fn damaged_v01_file_falls_back_to_its_previous_generation() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("cms");
+    v01_state(&root);
+    let ids = root.join("state/ids.json");
+    let good = fs::read(&ids).unwrap();
+    fs::write(root.join("state/ids.json.prev"), &good).unwrap();
+    let mut flipped = good.clone();
+    let n = flipped.len() - 5;
+    flipped[n] ^= 1;
+    fs::write(&ids, &flipped).unwrap();
+    let store = Store::open(&root).unwrap();
+    assert_eq!(store.id_count(), 12);
+    assert!(!root.join("state/ids.json.prev").exists());
 }
 
 #[test]

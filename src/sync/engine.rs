@@ -143,7 +143,8 @@ pub struct Engine {
     /// Source of listing versions.
     versions: u64,
     maildirs: Vec<Maildir>,
-    state: Arc<std::sync::Mutex<SyncState>>,
+    state: SyncState,
+    /// The agreement as the database holds it.
     last: LastState,
     cursors: BTreeMap<String, serde_json::Value>,
     mode: Mode,
@@ -192,28 +193,27 @@ struct Scanned {
 
 impl Engine {
     /// An engine over open maildirs and folders, loading the last agreement
-    /// from the store's state directory. `offline` makes the first cycle
-    /// trust local flags. Blocking (reads the state file).
+    /// from the store's state database. `offline` makes the first cycle
+    /// trust local flags. Blocking (reads the database).
     pub fn new(
         store: Arc<Store>,
         router: Router,
         folders: Vec<Folder>,
         maildirs: Vec<Maildir>,
         offline: bool,
-    ) -> Engine {
-        let md_keys = maildirs
+    ) -> Result<Engine, SyncError> {
+        let md_keys: Vec<String> = maildirs
             .iter()
             .map(|m| m.path().display().to_string())
             .collect();
-        let fd_keys = folders.iter().map(|f| f.key.clone()).collect();
-        let mut state = SyncState::new(&store.dir().join("state"), md_keys, fd_keys);
-        let (last, cursors) = state.load();
+        let fd_keys: Vec<String> = folders.iter().map(|f| f.key.clone()).collect();
+        let (state, (last, cursors)) = SyncState::open(&store, &md_keys, &fd_keys)?;
         for f in &folders {
             if let Some(c) = cursors.get(&f.key) {
                 f.cloud.load_cursor(c.clone());
             }
         }
-        Engine {
+        Ok(Engine {
             store,
             router,
             listings: folders.iter().map(|_| None).collect(),
@@ -221,7 +221,7 @@ impl Engine {
             versions: 0,
             folders,
             maildirs,
-            state: Arc::new(std::sync::Mutex::new(state)),
+            state,
             last,
             cursors,
             mode: if offline {
@@ -231,7 +231,7 @@ impl Engine {
             },
             stop: Stop::default(),
             sizes: std::sync::Mutex::new(HashMap::new()),
-        }
+        })
     }
 
     /// The handle that makes the running cycle (and every later one) finish
@@ -735,40 +735,49 @@ impl Engine {
         Ok((outcomes, attempted))
     }
 
-    /// Record the new agreement and the store's caches; drop content nothing
-    /// references any more.
+    /// Record, in one transaction, the rows of the agreement that changed,
+    /// the cursors that moved and the store's cache changes; drop content
+    /// nothing references any more. When the commit fails the engine keeps
+    /// the agreement the database holds, so the next commit writes the
+    /// whole difference (an older agreement is safe to plan against).
     async fn persist(
         &mut self,
         new_last: LastState,
         live: HashSet<ContentHash>,
     ) -> Result<(), SyncError> {
-        let mut changed = new_last != self.last;
-        self.last = new_last;
-        for f in &self.folders {
+        let mut moved = Vec::new();
+        for (i, f) in self.folders.iter().enumerate() {
             if let Some(c) = f.cloud.save_cursor()
                 && self.cursors.get(&f.key) != Some(&c)
             {
-                self.cursors.insert(f.key.clone(), c);
-                changed = true;
+                moved.push((i, c));
             }
         }
         let store = self.store.clone();
-        let to_save = changed.then(|| (self.last.clone(), self.cursors.clone()));
         let state = self.state.clone();
-        tokio::task::spawn_blocking(move || -> Result<(), SyncError> {
-            if let Some((last, cursors)) = to_save {
-                let mut state = match state.lock() {
-                    Ok(g) => g,
-                    Err(p) => p.into_inner(),
-                };
-                state.save(&last, &cursors)?;
-            }
-            store.retain(&live)?;
-            store.save()?;
-            Ok(())
+        let old = std::mem::take(&mut self.last);
+        let to_write = moved.clone();
+        let (old, new_last, result) = tokio::task::spawn_blocking(move || {
+            let r = store
+                .retain(&live)
+                .and_then(|_| store.commit(|tx| state.write(tx, &old, &new_last, &to_write)));
+            (old, new_last, r)
         })
         .await
-        .map_err(|e| SyncError::Task(e.to_string()))?
+        .map_err(|e| SyncError::Task(e.to_string()))?;
+        match result {
+            Ok(_) => {
+                self.last = new_last;
+                for (i, c) in moved {
+                    self.cursors.insert(self.folders[i].key.clone(), c);
+                }
+                Ok(())
+            }
+            Err(e) => {
+                self.last = old;
+                Err(e.into())
+            }
+        }
     }
 }
 

@@ -1123,6 +1123,7 @@ async fn engine_syncs_a_label_and_keeps_replied_locally() {
                 delete_action: DeleteAction::Archive,
             };
             Engine::new(store, loaded.router.clone(), vec![folder], maildirs, false)
+                .expect("engine")
         }
     };
     let inbox = home.path().join("mail/inbox");

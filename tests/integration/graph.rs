@@ -962,7 +962,7 @@ async fn engine_with(c: &Cloud, loaded: &config::Loaded, acct: GraphAccount) -> 
         key: format!("office365:{USER}/Inbox"),
         delete_action: DeleteAction::Archive,
     };
-    Engine::new(store, loaded.router.clone(), vec![folder], maildirs, false)
+    Engine::new(store, loaded.router.clone(), vec![folder], maildirs, false).expect("engine")
 }
 
 fn maildir_files(home: &Home) -> Vec<(std::path::PathBuf, Flags)> {

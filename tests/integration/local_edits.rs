@@ -262,7 +262,8 @@ async fn a_cycle_without_listing_never_takes_back_a_pushed_change() {
         vec![folder(&c)],
         maildirs,
         false,
-    );
+    )
+    .expect("engine");
     assert!(e.cycle().await.expect("cycle").is_clean());
     let ids = ids_by_base(&c, &md).await;
     c.reset_stats().await;

@@ -73,6 +73,7 @@ impl World {
             maildirs,
             offline,
         )
+        .expect("engine")
     }
 
     fn maildir(&self, name: &str) -> PathBuf {
@@ -318,7 +319,9 @@ async fn offline_first_cycle_trusts_local_flags() {
     e.cycle().await.unwrap();
     drop(e);
     // Lose the sync state, change flags locally and in the cloud.
-    std::fs::remove_file(w.home.path().join("mail/.cms/state/sync.json")).unwrap();
+    for f in ["state.db", "state.db-wal", "state.db-shm"] {
+        let _ = std::fs::remove_file(w.home.path().join("mail/.cms/state").join(f));
+    }
     let (p, _) = w.files("inbox").remove(0);
     set_local(&p, Flags::READ);
     w.cloud.set(&a, Flags::FLAGGED);
@@ -423,5 +426,5 @@ async fn daemon_pushes_local_changes_and_stops_cleanly() {
         .expect("daemon stops")
         .unwrap()
         .unwrap();
-    assert!(w.home.path().join("mail/.cms/state/sync.json").exists());
+    assert!(w.home.path().join("mail/.cms/state/state.db").exists());
 }
