@@ -428,3 +428,130 @@ async fn daemon_pushes_local_changes_and_stops_cleanly() {
         .unwrap();
     assert!(w.home.path().join("mail/.cms/state/state.db").exists());
 }
+
+/// Rewrites a state directory the way v0.1 left it: `ids.json`,
+/// `inodes.json` and `sync.json` in v0.1's checked format (header line with
+/// length and blake3, then JSON) from what the state database holds, and
+/// no database.
+fn downgrade_to_v01(state: &Path) {
+    use serde_json::{Value, json};
+    let conn = rusqlite::Connection::open(state.join("state.db")).unwrap();
+    let rows = |sql: &str, f: &dyn Fn(&rusqlite::Row) -> Value| -> Vec<Value> {
+        let mut stmt = conn.prepare(sql).unwrap();
+        stmt.query_map([], |r| Ok(f(r)))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
+    };
+    let hex = |r: &rusqlite::Row, i| {
+        let b: Vec<u8> = r.get(i).unwrap();
+        Value::from(b.iter().map(|x| format!("{x:02x}")).collect::<String>())
+    };
+    let int = |r: &rusqlite::Row, i| Value::from(r.get::<_, i64>(i).unwrap());
+    let text = |r: &rusqlite::Row, i| Value::from(r.get::<_, Option<String>>(i).unwrap());
+    let ids = rows("SELECT kind, storage_id, email_id, hash FROM ids", &|r| {
+        json!([text(r, 0), text(r, 1), text(r, 2), hex(r, 3)])
+    });
+    let inodes = rows(
+        "SELECT dev, ino, size, mtime_ns, ctime_ns, hash FROM inodes",
+        &|r| json!([int(r, 0), int(r, 1), int(r, 2), int(r, 3), int(r, 4), hex(r, 5)]),
+    );
+    let maildirs = rows("SELECT id, path, agreed_count FROM maildirs ORDER BY id", &|r| {
+        json!([int(r, 0), text(r, 1), int(r, 2)])
+    });
+    let folders = rows("SELECT id, key, cursor FROM folders ORDER BY id", &|r| {
+        json!([int(r, 0), text(r, 1), text(r, 2)])
+    });
+    let pos = |list: &[Value], id: &Value| list.iter().position(|m| &m[0] == id).unwrap();
+    let mut entries = serde_json::Map::new();
+    for e in rows("SELECT hash, flags, maildir, local FROM agreement", &|r| {
+        json!([hex(r, 0), int(r, 1), int(r, 2), int(r, 3)])
+    }) {
+        let cloud: Vec<Value> = rows(
+            &format!(
+                "SELECT folder, id, flags FROM agreement_cloud WHERE hex(hash) = upper('{}')",
+                e[0].as_str().unwrap()
+            ),
+            &|r| json!([int(r, 0), text(r, 1), int(r, 2)]),
+        )
+        .into_iter()
+        .map(|c| json!({"mailbox": pos(&folders, &c[0]), "id": c[1], "flags": c[2]}))
+        .collect();
+        entries.insert(
+            e[0].as_str().unwrap().to_string(),
+            json!({"flags": e[1], "maildir": pos(&maildirs, &e[2]), "local": e[3], "cloud": cloud}),
+        );
+    }
+    let cursors: serde_json::Map<String, Value> = folders
+        .iter()
+        .filter_map(|f| {
+            let c = f[2].as_str()?;
+            Some((f[1].as_str()?.to_string(), serde_json::from_str(c).unwrap()))
+        })
+        .collect();
+    let sync = json!({
+        "maildirs": maildirs.iter().map(|m| m[1].clone()).collect::<Vec<_>>(),
+        "mailboxes": folders.iter().map(|f| f[1].clone()).collect::<Vec<_>>(),
+        "state": {
+            "entries": entries,
+            "maildir_counts": maildirs.iter().map(|m| m[2].clone()).collect::<Vec<_>>(),
+        },
+        "cursors": cursors,
+    });
+    drop(conn);
+    for (name, kind, body) in [
+        ("ids.json", "ids", Value::from(ids)),
+        ("inodes.json", "inodes", Value::from(inodes)),
+        ("sync.json", "sync", sync),
+    ] {
+        let body = serde_json::to_vec(&body).unwrap();
+        let mut file = format!(
+            "CMS-STATE 1 {kind} {} {}\n",
+            body.len(),
+            blake3::hash(&body).to_hex()
+        )
+        .into_bytes();
+        file.extend_from_slice(&body);
+        std::fs::write(state.join(name), file).unwrap();
+    }
+    for f in ["state.db", "state.db-wal", "state.db-shm"] {
+        let _ = std::fs::remove_file(state.join(f));
+    }
+}
+
+#[tokio::test]
+async fn v01_state_directory_is_imported_without_downloads_or_rehash() {
+    let w = World::new();
+    for n in 0..30 {
+        let flags = if n % 2 == 0 { Flags::READ } else { Flags::NONE };
+        w.cloud.add(&msg(n, n % 3 == 0), flags);
+    }
+    let mut e = w.engine(false).await;
+    let r = e.cycle().await.unwrap();
+    assert_eq!(r.downloads, 30);
+    let agreed = e.last_state().clone();
+    drop(e);
+    let state = w.home.path().join("mail/.cms/state");
+    downgrade_to_v01(&state);
+
+    let downloads = w.cloud.counters().downloads;
+    let (store, maildirs) = daemon::prepare(&w.loaded).await.expect("prepare");
+    let mut e = Engine::new(
+        store.clone(),
+        w.loaded.router.clone(),
+        w.folders(),
+        maildirs,
+        false,
+    )
+    .expect("engine");
+    assert_eq!(e.last_state(), &agreed, "the same agreement");
+    let r = e.cycle().await.unwrap();
+    assert_eq!((r.downloads, r.actions), (0, 0), "{r:?}");
+    assert_eq!(w.cloud.counters().downloads, downloads);
+    assert_eq!(store.hashes_performed(), 0, "no maildir file hashed again");
+    assert_eq!(e.last_state(), &agreed);
+    for f in ["ids.json", "inodes.json", "sync.json"] {
+        assert!(!state.join(f).exists(), "{f} removed after the import");
+    }
+    assert!(state.join("state.db").exists());
+}
