@@ -278,7 +278,7 @@ async fn run_with_logins(
         // are confirmed and their files go now, not in the next run.
         if report.touched.iter().any(|t| *t) && !*shutdown.borrow() {
             let touched = report.touched.clone();
-            let again = engine.cycle_with(&touched).await?;
+            let again = engine.settle(&touched).await?;
             log_report(&again);
             report.failed += again.failed;
             report.cloud_errors.extend(again.cloud_errors);
@@ -352,11 +352,16 @@ async fn run_with_logins(
             (None, Some(p)) => p,
             (None, None) => now + Duration::from_secs(3600),
         };
+        // Listings and downloads still running in the background wake the
+        // loop when a batch of them is ready to be taken in.
+        let busy = engine.background_busy();
+        let background = engine.background_ready();
         tokio::select! {
             _ = shutdown.changed() => {
                 tracing::info!("stopping");
                 return Ok(());
             }
+            () = background, if busy => {}
             Ok(()) = logins.changed() => {
                 // A login finished (or an account needs one): list again.
                 relist = vec![true; n];

@@ -151,6 +151,9 @@ struct Inner {
     inode_ops: Vec<InodeOp>,
     /// Blobs were linked since the last commit (`blobs/` needs an fsync).
     new_blobs: bool,
+    /// Downloads committed but not yet seen by a sync cycle: kept by
+    /// [`Store::retain`] whatever its `live` set says.
+    pinned: HashSet<ContentHash>,
 }
 
 /// The content-addressed message store; see the module documentation.
@@ -219,6 +222,7 @@ impl Store {
                 id_ops: Vec::new(),
                 inode_ops: Vec::new(),
                 new_blobs: false,
+                pinned: HashSet::new(),
             }),
             db: Mutex::new(db),
             hashes_performed: AtomicU64::new(0),
@@ -286,6 +290,33 @@ impl Store {
         let hash = tmp.hasher.finalize();
         self.adopt_temp(&tmp.path, hash)?;
         Ok(hash)
+    }
+
+    /// Makes a finished download durable at once: adopts `tmp` (see
+    /// [`Store::insert_temp`]), records `cid -> hash` and commits, so a
+    /// crash after this returns never downloads the message again. The blob
+    /// is pinned (kept by [`Store::retain`]) until [`Store::release`].
+    /// Blocking.
+    pub fn adopt_download(&self, tmp: TempBlob, cid: Cid) -> Result<ContentHash, StoreError> {
+        let hash = self.insert_temp(tmp)?;
+        {
+            let mut inner = lock(&self.inner);
+            inner.pinned.insert(hash);
+            if inner.ids.insert(cid.clone(), hash) {
+                inner.id_ops.push(IdOp::Put(cid, hash));
+            }
+        }
+        self.save()?;
+        Ok(hash)
+    }
+
+    /// Unpins downloads a sync cycle has seen (they are in its `live` set
+    /// from now on).
+    pub fn release(&self, hashes: &[ContentHash]) {
+        let mut inner = lock(&self.inner);
+        for h in hashes {
+            inner.pinned.remove(h);
+        }
     }
 
     /// Adopts a fully written temporary file (normally from
@@ -475,13 +506,21 @@ impl Store {
         lock(&self.inner).inodes.len()
     }
 
-    /// Keeps only what `live` references: removes other blobs from
-    /// `blobs/` and other entries from both caches (nothing outside our own
-    /// `blobs/` and state). Returns the number of blobs removed. An empty
-    /// `live` empties the store, so pass the complete set. Blocking.
+    /// Keeps only what `live` references (and pinned downloads): removes
+    /// other blobs from `blobs/` and other entries from both caches
+    /// (nothing outside our own `blobs/` and state). Returns the number of
+    /// blobs removed. An empty `live` empties the store, so pass the
+    /// complete set. Blocking.
     pub fn retain(&self, live: &HashSet<ContentHash>) -> Result<usize, StoreError> {
         let doomed: Vec<ContentHash> = {
             let mut inner = lock(&self.inner);
+            let with_pinned;
+            let live = if inner.pinned.is_empty() {
+                live
+            } else {
+                with_pinned = live.union(&inner.pinned).copied().collect();
+                &with_pinned
+            };
             for h in inner.ids.retain(live) {
                 inner.id_ops.push(IdOp::DropHash(h));
             }

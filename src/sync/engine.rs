@@ -8,8 +8,10 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::Notify;
 use tokio::task::JoinSet;
+
+use super::background::{Background, Finished, LIST_GRACE, stopping};
 
 use super::plan::{
     Action, CloudEffect, CloudMsg, LastState, LocalFile, MailboxInfo, MaildirInfo, Mode, Outcome,
@@ -22,10 +24,6 @@ use crate::config::{DeleteAction, Router};
 use crate::maildir::{Entry, Maildir, MaildirError};
 use crate::store::{Store, StoreError};
 use crate::types::{Cid, ContentHash, Flags};
-
-/// Downloads in flight at once across all folders (each backend throttles
-/// its own mailbox further).
-const DOWNLOAD_CONCURRENCY: usize = 8;
 
 /// Errors that stop a cycle (cloud errors do not: they are reported and
 /// the affected folder is treated as incomplete).
@@ -77,17 +75,12 @@ impl Stop {
     }
 
     /// `fut`, unless the stop comes first (then `None`).
-    async fn unless<F: std::future::Future>(&self, fut: F) -> Option<F::Output> {
+    pub(crate) async fn unless<F: std::future::Future>(&self, fut: F) -> Option<F::Output> {
         tokio::select! {
             r = fut => Some(r),
             () = self.stopped() => None,
         }
     }
-}
-
-/// The error a cloud call interrupted by a stop reports.
-fn stopping(folder: &str) -> CloudError {
-    CloudError::new(folder, crate::cloud::ErrorKind::Retry, "stopping")
 }
 
 /// A cloud folder as the engine drives it.
@@ -128,6 +121,23 @@ impl CycleReport {
     pub fn is_clean(&self) -> bool {
         self.failed == 0 && self.cloud_errors.is_empty()
     }
+
+    /// Adds a later cycle's report to this one.
+    pub fn merge(&mut self, later: CycleReport) {
+        self.downloads += later.downloads;
+        self.actions += later.actions;
+        self.failed += later.failed;
+        self.cloud_errors.extend(later.cloud_errors);
+        self.warnings.extend(later.warnings);
+        self.routing_failures += later.routing_failures;
+        self.held = later.held;
+        if self.touched.len() < later.touched.len() {
+            self.touched.resize(later.touched.len(), false);
+        }
+        for (t, l) in self.touched.iter_mut().zip(later.touched) {
+            *t |= l;
+        }
+    }
 }
 
 /// Drives sync cycles over a fixed set of folders and maildirs.
@@ -150,6 +160,8 @@ pub struct Engine {
     mode: Mode,
     stop: Stop,
     sizes: std::sync::Mutex<HashMap<ContentHash, u64>>,
+    /// Listings and downloads running per folder, across cycles.
+    background: Background,
 }
 
 /// A folder's messages as the engine knows them: what the last list call
@@ -207,6 +219,7 @@ impl Engine {
             .map(|m| m.path().display().to_string())
             .collect();
         let fd_keys: Vec<String> = folders.iter().map(|f| f.key.clone()).collect();
+        let n_folders = folders.len();
         let (state, (last, cursors)) = SyncState::open(&store, &md_keys, &fd_keys)?;
         for f in &folders {
             if let Some(c) = cursors.get(&f.key) {
@@ -231,6 +244,7 @@ impl Engine {
             },
             stop: Stop::default(),
             sizes: std::sync::Mutex::new(HashMap::new()),
+            background: Background::new(n_folders),
         })
     }
 
@@ -251,16 +265,58 @@ impl Engine {
         &self.last
     }
 
-    /// Run one full cycle, listing every folder again.
+    /// Sync until settled, listing every folder again: see [`Engine::settle`].
     pub async fn cycle(&mut self) -> Result<CycleReport, SyncError> {
         let all = vec![true; self.folders.len()];
-        self.cycle_with(&all).await
+        self.settle(&all).await
+    }
+
+    /// One cycle listing the folders in `relist`, then more cycles without
+    /// listing, each taking in a batch of finished downloads, until no
+    /// listing or download is left in the background (or a stop). The
+    /// reports are merged.
+    pub async fn settle(&mut self, relist: &[bool]) -> Result<CycleReport, SyncError> {
+        let mut report = self.cycle_with(relist).await?;
+        let none = vec![false; self.folders.len()];
+        while self.background_busy() && !self.stop.is_stopped() {
+            let ready = self.background_ready();
+            if self.stop.unless(ready).await.is_none() {
+                break;
+            }
+            report.merge(self.cycle_with(&none).await?);
+        }
+        Ok(report)
+    }
+
+    /// True while listings or downloads run in the background (or wait to
+    /// be taken in by a cycle).
+    pub fn background_busy(&self) -> bool {
+        self.background.busy()
+    }
+
+    /// Resolves when a cycle has background results to take in: a finished
+    /// listing, or a batch of finished downloads (100, or what finished in
+    /// the last second, or the last of them); batches are spaced by a few
+    /// times the last cycle's duration. Never resolves when nothing runs in
+    /// the background. The future owns what it needs.
+    pub fn background_ready(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        self.background.ready()
     }
 
     /// Run one cycle, listing again only the folders marked in `relist`
-    /// (the others use their previous listing). A cycle woken by a local
-    /// change lists nothing: it only pushes what changed.
+    /// (the others use their previous listing), and taking in whatever the
+    /// background finished. Downloads it starts run on in the background;
+    /// a listing that takes longer than a short grace is taken in by a
+    /// later cycle. A cycle woken by a local change lists nothing: it only
+    /// pushes what changed.
     pub async fn cycle_with(&mut self, relist: &[bool]) -> Result<CycleReport, SyncError> {
+        let started = std::time::Instant::now();
+        let r = self.one_cycle(relist).await;
+        self.background.cycle_done(started.elapsed());
+        r
+    }
+
+    async fn one_cycle(&mut self, relist: &[bool]) -> Result<CycleReport, SyncError> {
         let mut report = CycleReport::default();
         let mut complete = self.list_some(relist, &mut report).await;
         // The picture each folder is planned with; checked against the
@@ -270,7 +326,7 @@ impl Engine {
             .iter()
             .map(|l| l.as_ref().map(|l| l.version))
             .collect();
-        let cloud = self.resolve_hashes(&mut report, &mut complete).await?;
+        let cloud = self.resolve_hashes(&mut report, &mut complete)?;
         let scanned = self.scan_all().await?;
         let routes = self.route(&cloud, &mut report).await;
 
@@ -377,11 +433,14 @@ impl Engine {
         Ok(report)
     }
 
-    /// List the chosen folders concurrently (and any never listed); a failed
-    /// listing falls back to the previous one and marks the folder
+    /// Start listings of the chosen folders (and any never listed or
+    /// stale) in the background, wait a short grace for them, and take in
+    /// every listing that finished. A listing started before the agreement
+    /// it would be planned against is dropped and started again; a failed
+    /// one leaves the previous listing in place and marks the folder
     /// incomplete.
     async fn list_some(&mut self, relist: &[bool], report: &mut CycleReport) -> Vec<bool> {
-        let mut set = JoinSet::new();
+        let mut started = false;
         for (i, f) in self.folders.iter().enumerate() {
             let stale = self.listings[i]
                 .as_ref()
@@ -391,28 +450,35 @@ impl Engine {
             }
             let wanted =
                 relist.get(i).copied().unwrap_or(true) || self.listings[i].is_none() || stale;
-            if !wanted {
+            if !wanted || self.background.listing(i) {
                 continue;
             }
-            let cloud = f.cloud.clone();
-            let stop = self.stop.clone();
-            let key = f.key.clone();
-            set.spawn(async move {
-                let r = stop.unless(cloud.list()).await;
-                (i, r.unwrap_or_else(|| Err(stopping(&key))))
-            });
+            self.versions += 1;
+            self.background
+                .start_listing(i, self.versions, f.cloud.clone(), self.stop.clone());
+            started = true;
+        }
+        if started {
+            self.background.await_listings(LIST_GRACE, &self.stop).await;
         }
         let mut complete = vec![true; self.folders.len()];
-        while let Some(joined) = set.join_next().await {
-            let Ok((i, result)) = joined else {
+        for i in 0..self.folders.len() {
+            let Some(done) = self.background.take_listing(i) else {
                 continue;
             };
-            match result {
-                Ok(entries) => {
+            match done.result {
+                // Started before this folder's last agreement: it may not
+                // show what that cycle did. List again.
+                Ok(_) if done.version < self.agreed_versions[i] => {
+                    tracing::debug!(folder = %self.folders[i].key, "listing predates the last actions; listing again");
                     self.versions += 1;
+                    let (cloud, stop) = (self.folders[i].cloud.clone(), self.stop.clone());
+                    self.background.start_listing(i, self.versions, cloud, stop);
+                }
+                Ok(entries) => {
                     self.listings[i] = Some(Listing {
                         entries,
-                        version: self.versions,
+                        version: done.version,
                         sent_deletions: HashSet::new(),
                     });
                 }
@@ -436,21 +502,46 @@ impl Engine {
         complete
     }
 
-    /// Map every listed message to its content hash, downloading the ones
-    /// the id cache does not know. A failed download marks its folder
-    /// incomplete and leaves the message out of this cycle.
-    async fn resolve_hashes(
-        &self,
+    /// Map every listed message to its content hash through the id cache;
+    /// the ones it does not know are downloaded in the background and left
+    /// out of this cycle (their folder is incomplete until they are in).
+    /// Downloads finished since the last cycle are counted here; a failed
+    /// one is tried again after the folder's next listing.
+    fn resolve_hashes(
+        &mut self,
         report: &mut CycleReport,
         complete: &mut [bool],
     ) -> Result<Vec<(usize, CloudEntry, ContentHash)>, SyncError> {
+        let mut stored = Vec::new();
+        let mut store_error = None;
+        for f in self.background.take_finished() {
+            match f {
+                Finished::Stored { hash } => {
+                    report.downloads += 1;
+                    stored.push(hash);
+                }
+                Finished::Failed { folder, id, error } => {
+                    tracing::warn!(folder = %self.folders[folder].key, id = %id, "download failed: {error}");
+                    report.cloud_errors.push(error);
+                }
+                Finished::StoreFailed { folder, id, error } => {
+                    tracing::error!(folder = %self.folders[folder].key, id = %id, "cannot store a download: {error}");
+                    store_error.get_or_insert(error);
+                }
+            }
+        }
+        // Listed entries find them through the id cache from now on.
+        self.store.release(&stored);
+        if let Some(e) = store_error {
+            return Err(SyncError::Task(format!("storing downloads: {e}")));
+        }
         let mut known = Vec::new();
-        let mut missing = Vec::new();
         for (i, listing) in self.listings.iter().enumerate() {
             let kind = self.folders[i].cloud.storage_kind();
             let fresh = listing
                 .as_ref()
                 .filter(|l| l.version >= self.agreed_versions[i]);
+            let mut missing = Vec::new();
             for entry in fresh.iter().flat_map(|l| l.entries.iter()) {
                 let cid = Cid {
                     kind,
@@ -463,50 +554,22 @@ impl Engine {
                     .or_else(|| self.store.lookup_storage_id(kind, &entry.id));
                 match hash {
                     Some(h) => known.push((i, entry.clone(), h)),
-                    None => missing.push((i, entry.clone(), cid)),
+                    None => {
+                        complete[i] = false;
+                        if self.background.state_of(i, &entry.id).is_none()
+                            && !self.stop.is_stopped()
+                        {
+                            missing.push((entry.id.clone(), cid));
+                        }
+                    }
                 }
             }
-        }
-        if missing.is_empty() {
-            return Ok(known);
-        }
-        let sem = Arc::new(Semaphore::new(DOWNLOAD_CONCURRENCY));
-        let mut set = JoinSet::new();
-        for (i, entry, cid) in missing {
-            let cloud = self.folders[i].cloud.clone();
-            let store = self.store.clone();
-            let sem = sem.clone();
-            let stop = self.stop.clone();
-            let name = self.folders[i].key.clone();
-            set.spawn(async move {
-                let r = stop
-                    .unless(async {
-                        let _permit = sem.acquire_owned().await;
-                        download(&store, cloud.as_ref(), &entry.id).await
-                    })
-                    .await
-                    .unwrap_or_else(|| Err(DownloadError::Cloud(stopping(&name))));
-                (i, entry, cid, r)
-            });
-        }
-        while let Some(joined) = set.join_next().await {
-            let (i, entry, cid, r) = joined.map_err(|e| SyncError::Task(e.to_string()))?;
-            match r {
-                Ok(hash) => {
-                    self.store.record_id(cid, hash);
-                    report.downloads += 1;
-                    known.push((i, entry, hash));
-                }
-                Err(DownloadError::Cloud(e)) => {
-                    tracing::warn!(folder = %self.folders[i].key, id = %entry.id, "download failed: {e}");
-                    complete[i] = false;
-                    report.cloud_errors.push(e);
-                }
-                Err(DownloadError::Store(e)) => return Err(e),
+            if !missing.is_empty() {
+                let cloud = self.folders[i].cloud.clone();
+                self.background
+                    .download(i, missing, &cloud, &self.store, &self.stop);
             }
         }
-        // Deterministic order whatever order downloads finished in.
-        known.sort_by(|a, b| (a.0, &a.1.id).cmp(&(b.0, &b.1.id)));
         Ok(known)
     }
 
@@ -779,35 +842,6 @@ impl Engine {
             }
         }
     }
-}
-
-/// Why a download failed.
-enum DownloadError {
-    /// The cloud call failed: the folder is incomplete this cycle.
-    Cloud(CloudError),
-    /// The store failed: the cycle stops.
-    Store(SyncError),
-}
-
-/// Stream one message into a store temp file and adopt it; nothing reaches
-/// the store unless the backend reported a complete transfer.
-async fn download(
-    store: &Arc<Store>,
-    cloud: &dyn CloudMailbox,
-    id: &str,
-) -> Result<ContentHash, DownloadError> {
-    let mut tmp = store
-        .temp_file()
-        .map_err(|e| DownloadError::Store(e.into()))?;
-    cloud
-        .fetch(id, &mut tmp)
-        .await
-        .map_err(DownloadError::Cloud)?;
-    let store = store.clone();
-    tokio::task::spawn_blocking(move || store.insert_temp(tmp))
-        .await
-        .map_err(|e| DownloadError::Store(SyncError::Task(e.to_string())))?
-        .map_err(|e| DownloadError::Store(e.into()))
 }
 
 /// Apply local actions in order; returns (action index, outcome).

@@ -3,6 +3,7 @@
 //! agreement; [`next_state()`] computes the agreement to persist once the
 //! actions ran. Semantics: `docs/sync.md`.
 
+mod background;
 pub mod engine;
 pub mod plan;
 pub mod state;

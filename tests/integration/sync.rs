@@ -454,11 +454,21 @@ fn downgrade_to_v01(state: &Path) {
     });
     let inodes = rows(
         "SELECT dev, ino, size, mtime_ns, ctime_ns, hash FROM inodes",
-        &|r| json!([int(r, 0), int(r, 1), int(r, 2), int(r, 3), int(r, 4), hex(r, 5)]),
+        &|r| {
+            json!([
+                int(r, 0),
+                int(r, 1),
+                int(r, 2),
+                int(r, 3),
+                int(r, 4),
+                hex(r, 5)
+            ])
+        },
     );
-    let maildirs = rows("SELECT id, path, agreed_count FROM maildirs ORDER BY id", &|r| {
-        json!([int(r, 0), text(r, 1), int(r, 2)])
-    });
+    let maildirs = rows(
+        "SELECT id, path, agreed_count FROM maildirs ORDER BY id",
+        &|r| json!([int(r, 0), text(r, 1), int(r, 2)]),
+    );
     let folders = rows("SELECT id, key, cursor FROM folders ORDER BY id", &|r| {
         json!([int(r, 0), text(r, 1), text(r, 2)])
     });

@@ -1,0 +1,407 @@
+//! The engine's background work, one pipeline per cloud folder: listings
+//! and downloads run as tasks that outlive the cycle that started them, so
+//! a folder waiting for its request window, a long `Retry-After` or a slow
+//! listing never holds up another folder's cycle. Each finished download
+//! is committed to the store at once (a crash re-downloads only what was in
+//! flight); cycles pick up what finished, in batches ([`Background::ready`]).
+
+use std::collections::{HashSet, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use tokio::sync::Notify;
+use tokio::task::JoinSet;
+
+use super::engine::Stop;
+use crate::cloud::{CloudEntry, CloudError, CloudMailbox, ErrorKind};
+use crate::store::Store;
+use crate::types::{Cid, ContentHash};
+
+/// Downloads in flight at once per folder (each backend throttles its
+/// mailbox further: Graph allows 4 concurrent requests).
+const DOWNLOAD_CONCURRENCY: usize = 8;
+
+/// A batch is ready for a cycle at this many finished downloads...
+const BATCH_MESSAGES: usize = 100;
+
+/// ...or this long after the first of them finished.
+const BATCH_WAIT: Duration = Duration::from_secs(1);
+
+/// A cycle waits this long for the listings it started; one still running
+/// then is picked up by a later cycle.
+pub(super) const LIST_GRACE: Duration = Duration::from_secs(2);
+
+/// Batches are spaced by at least this many times the last cycle's
+/// duration, so cycles (whose cost grows with the mailbox) take a bounded
+/// share of the time while a large mailbox downloads.
+const SPACING_FACTOR: u32 = 4;
+
+/// A download that finished.
+pub(super) enum Finished {
+    /// Stored and committed.
+    Stored {
+        /// Its content.
+        hash: ContentHash,
+    },
+    /// The cloud call failed; not tried again until the folder is listed.
+    Failed {
+        /// Folder index.
+        folder: usize,
+        /// Message id.
+        id: String,
+        /// Why.
+        error: CloudError,
+    },
+    /// The store failed (full disk, ...): the cycle reports it.
+    StoreFailed {
+        /// Folder index.
+        folder: usize,
+        /// Message id.
+        id: String,
+        /// Why.
+        error: String,
+    },
+}
+
+/// A listing that finished, with the version it was started at.
+pub(super) struct ListDone {
+    /// The version assigned when the call started: the listing shows the
+    /// cloud as it was at that point or later.
+    pub version: u64,
+    /// What the call returned.
+    pub result: Result<Vec<CloudEntry>, CloudError>,
+}
+
+/// Per-folder pipeline state.
+#[derive(Default)]
+struct Pipe {
+    /// Waiting to be downloaded.
+    queue: VecDeque<(String, Cid)>,
+    /// Ids queued or being downloaded.
+    wanted: HashSet<String>,
+    /// Ids whose download failed since the folder was last listed.
+    failed: HashSet<String>,
+    /// Download workers running.
+    workers: usize,
+    /// A listing call is running.
+    listing: bool,
+    /// A finished listing not yet collected.
+    listed: Option<ListDone>,
+}
+
+#[derive(Default)]
+struct Shared {
+    pipes: Vec<Pipe>,
+    /// Downloads finished since the last collection.
+    finished: Vec<Finished>,
+    /// When the oldest of them finished.
+    first_finished: Option<Instant>,
+}
+
+/// Locks ignoring poisoning: every critical section leaves the state whole.
+fn lock(m: &Mutex<Shared>) -> MutexGuard<'_, Shared> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The background tasks of one engine (aborted when it is dropped).
+pub(super) struct Background {
+    shared: Arc<Mutex<Shared>>,
+    notify: Arc<Notify>,
+    tasks: JoinSet<()>,
+    /// When the last cycle ended and how long it took (batch spacing).
+    last_cycle: Option<(Instant, Duration)>,
+}
+
+/// Decrements a folder's worker count however the worker ends.
+struct WorkerSlot {
+    shared: Arc<Mutex<Shared>>,
+    folder: usize,
+}
+
+impl Drop for WorkerSlot {
+    fn drop(&mut self) {
+        let mut s = lock(&self.shared);
+        let pipe = &mut s.pipes[self.folder];
+        pipe.workers = pipe.workers.saturating_sub(1);
+    }
+}
+
+impl Background {
+    /// Background state for `folders` folders.
+    pub(super) fn new(folders: usize) -> Background {
+        let shared = Shared {
+            pipes: (0..folders).map(|_| Pipe::default()).collect(),
+            ..Shared::default()
+        };
+        Background {
+            shared: Arc::new(Mutex::new(shared)),
+            notify: Arc::new(Notify::new()),
+            tasks: JoinSet::new(),
+            last_cycle: None,
+        }
+    }
+
+    /// True while a listing or download runs or waits to be collected.
+    pub(super) fn busy(&self) -> bool {
+        let s = lock(&self.shared);
+        !s.finished.is_empty()
+            || s.pipes
+                .iter()
+                .any(|p| p.listing || p.listed.is_some() || p.workers > 0 || !p.queue.is_empty())
+    }
+
+    /// True while folder `i` has a listing running or uncollected.
+    pub(super) fn listing(&self, i: usize) -> bool {
+        let s = lock(&self.shared);
+        s.pipes[i].listing || s.pipes[i].listed.is_some()
+    }
+
+    /// Starts a listing of folder `i` at `version` unless one is running.
+    pub(super) fn start_listing(
+        &mut self,
+        i: usize,
+        version: u64,
+        cloud: Arc<dyn CloudMailbox>,
+        stop: Stop,
+    ) {
+        {
+            let mut s = lock(&self.shared);
+            if s.pipes[i].listing {
+                return;
+            }
+            s.pipes[i].listing = true;
+        }
+        let (shared, notify) = (self.shared.clone(), self.notify.clone());
+        self.tasks.spawn(async move {
+            let result = stop
+                .unless(cloud.list())
+                .await
+                .unwrap_or_else(|| Err(stopping(cloud.name())));
+            let mut s = lock(&shared);
+            s.pipes[i].listing = false;
+            s.pipes[i].listed = Some(ListDone { version, result });
+            drop(s);
+            notify.notify_waiters();
+        });
+    }
+
+    /// Waits until no listing is running or `grace` has passed (or a stop).
+    pub(super) async fn await_listings(&self, grace: Duration, stop: &Stop) {
+        let deadline = tokio::time::Instant::now() + grace;
+        loop {
+            let notified = self.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if !lock(&self.shared).pipes.iter().any(|p| p.listing) || stop.is_stopped() {
+                return;
+            }
+            tokio::select! {
+                () = notified => {}
+                () = tokio::time::sleep_until(deadline) => return,
+                () = stop.stopped() => return,
+            }
+        }
+    }
+
+    /// The finished listing of folder `i`, if any. A successful one also
+    /// forgets the folder's failed downloads (they are tried again).
+    pub(super) fn take_listing(&self, i: usize) -> Option<ListDone> {
+        let mut s = lock(&self.shared);
+        let done = s.pipes[i].listed.take()?;
+        if done.result.is_ok() {
+            s.pipes[i].failed.clear();
+        }
+        Some(done)
+    }
+
+    /// The downloads finished since the last call.
+    pub(super) fn take_finished(&self) -> Vec<Finished> {
+        let mut s = lock(&self.shared);
+        s.first_finished = None;
+        std::mem::take(&mut s.finished)
+    }
+
+    /// Whether message `id` of folder `i` is being fetched (`Some(true)`),
+    /// failed since the last listing (`Some(false)`), or neither.
+    pub(super) fn state_of(&self, i: usize, id: &str) -> Option<bool> {
+        let s = lock(&self.shared);
+        let p = &s.pipes[i];
+        if p.wanted.contains(id) {
+            Some(true)
+        } else if p.failed.contains(id) {
+            Some(false)
+        } else {
+            None
+        }
+    }
+
+    /// Queues downloads for folder `i` and starts workers for them.
+    pub(super) fn download(
+        &mut self,
+        i: usize,
+        missing: Vec<(String, Cid)>,
+        cloud: &Arc<dyn CloudMailbox>,
+        store: &Arc<Store>,
+        stop: &Stop,
+    ) {
+        let start = {
+            let mut s = lock(&self.shared);
+            let pipe = &mut s.pipes[i];
+            for (id, cid) in missing {
+                if pipe.wanted.insert(id.clone()) {
+                    pipe.queue.push_back((id, cid));
+                }
+            }
+            let n = DOWNLOAD_CONCURRENCY
+                .saturating_sub(pipe.workers)
+                .min(pipe.queue.len());
+            pipe.workers += n;
+            n
+        };
+        for _ in 0..start {
+            let slot = WorkerSlot {
+                shared: self.shared.clone(),
+                folder: i,
+            };
+            let (cloud, store, stop) = (cloud.clone(), store.clone(), stop.clone());
+            let notify = self.notify.clone();
+            self.tasks
+                .spawn(async move { worker(slot, cloud, store, stop, notify).await });
+        }
+        // Reap finished tasks so the set does not grow.
+        while self.tasks.try_join_next().is_some() {}
+    }
+
+    /// Records when a cycle ended and how long it took.
+    pub(super) fn cycle_done(&mut self, took: Duration) {
+        self.last_cycle = Some((Instant::now(), took));
+    }
+
+    /// A future that resolves when a cycle has background results to take
+    /// in: a listing finished, [`BATCH_MESSAGES`] downloads finished, or
+    /// some finished [`BATCH_WAIT`] ago or with nothing left in flight. It
+    /// then waits out the spacing after the last cycle. Never resolves
+    /// when there is nothing in the background. Owns what it needs.
+    pub(super) fn ready(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let (shared, notify) = (self.shared.clone(), self.notify.clone());
+        let not_before = self
+            .last_cycle
+            .map(|(end, took)| end + took * SPACING_FACTOR);
+        async move {
+            loop {
+                let notified = notify.notified();
+                tokio::pin!(notified);
+                notified.as_mut().enable();
+                let deadline = {
+                    let s = lock(&shared);
+                    let idle = s.pipes.iter().all(|p| p.workers == 0 && p.queue.is_empty());
+                    if s.pipes.iter().any(|p| p.listed.is_some())
+                        || s.finished.len() >= BATCH_MESSAGES
+                        || (!s.finished.is_empty() && idle)
+                    {
+                        None
+                    } else {
+                        match s.first_finished {
+                            Some(t) if t + BATCH_WAIT <= Instant::now() => None,
+                            Some(t) => Some(t + BATCH_WAIT),
+                            None => Some(Instant::now() + Duration::from_secs(3600)),
+                        }
+                    }
+                };
+                match deadline {
+                    None => break,
+                    Some(d) => {
+                        tokio::select! {
+                            () = notified => {}
+                            () = tokio::time::sleep_until(d.into()) => {}
+                        }
+                    }
+                }
+            }
+            if let Some(t) = not_before {
+                tokio::time::sleep_until(t.into()).await;
+            }
+        }
+    }
+}
+
+/// One download worker: fetches queued messages of one folder until its
+/// queue is empty or a stop is asked for.
+async fn worker(
+    slot: WorkerSlot,
+    cloud: Arc<dyn CloudMailbox>,
+    store: Arc<Store>,
+    stop: Stop,
+    notify: Arc<Notify>,
+) {
+    let folder = slot.folder;
+    loop {
+        if stop.is_stopped() {
+            break;
+        }
+        let Some((id, cid)) = lock(&slot.shared).pipes[folder].queue.pop_front() else {
+            break;
+        };
+        let result = stop.unless(fetch(&store, cloud.as_ref(), &id, cid)).await;
+        let mut s = lock(&slot.shared);
+        s.pipes[folder].wanted.remove(&id);
+        let Some(result) = result else {
+            // Stopped mid-transfer: nothing was stored.
+            break;
+        };
+        let done = match result {
+            Ok(hash) => Finished::Stored { hash },
+            Err(Fail::Cloud(error)) => {
+                s.pipes[folder].failed.insert(id.clone());
+                Finished::Failed { folder, id, error }
+            }
+            Err(Fail::Store(error)) => {
+                s.pipes[folder].failed.insert(id.clone());
+                Finished::StoreFailed { folder, id, error }
+            }
+        };
+        s.finished.push(done);
+        s.first_finished.get_or_insert_with(Instant::now);
+        drop(s);
+        notify.notify_waiters();
+    }
+    if stop.is_stopped() {
+        // What is still queued is planned again by the next run.
+        let mut s = lock(&slot.shared);
+        let pipe = &mut s.pipes[folder];
+        for (id, _) in pipe.queue.drain(..) {
+            pipe.wanted.remove(&id);
+        }
+    }
+    drop(slot);
+    notify.notify_waiters();
+}
+
+/// Why a download failed.
+enum Fail {
+    Cloud(CloudError),
+    Store(String),
+}
+
+/// Streams one message into a store temp file and commits it with its id;
+/// nothing reaches the store unless the backend reported a complete
+/// transfer.
+async fn fetch(
+    store: &Arc<Store>,
+    cloud: &dyn CloudMailbox,
+    id: &str,
+    cid: Cid,
+) -> Result<ContentHash, Fail> {
+    let mut tmp = store.temp_file().map_err(|e| Fail::Store(e.to_string()))?;
+    cloud.fetch(id, &mut tmp).await.map_err(Fail::Cloud)?;
+    let store = store.clone();
+    tokio::task::spawn_blocking(move || store.adopt_download(tmp, cid))
+        .await
+        .map_err(|e| Fail::Store(e.to_string()))?
+        .map_err(|e| Fail::Store(e.to_string()))
+}
+
+/// The error a cloud call interrupted by a stop reports.
+pub(super) fn stopping(folder: &str) -> CloudError {
+    CloudError::new(folder, ErrorKind::Retry, "stopping")
+}
