@@ -462,7 +462,7 @@ impl Engine {
             self.background.await_listings(LIST_GRACE, &self.stop).await;
         }
         let mut complete = vec![true; self.folders.len()];
-        for i in 0..self.folders.len() {
+        for (i, complete) in complete.iter_mut().enumerate() {
             let Some(done) = self.background.take_listing(i) else {
                 continue;
             };
@@ -484,7 +484,7 @@ impl Engine {
                 }
                 Err(e) => {
                     tracing::warn!(folder = %self.folders[i].key, "listing failed: {e}");
-                    complete[i] = false;
+                    *complete = false;
                     report.cloud_errors.push(e);
                 }
             }
