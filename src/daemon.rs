@@ -108,6 +108,10 @@ pub async fn prepare(loaded: &Loaded) -> Result<(Arc<Store>, Vec<Maildir>), Daem
             .map(|m| Maildir::create(&m.path))
             .collect::<Result<Vec<_>, _>>()?;
         let store = Store::open(&cfg.message_db_dir)?;
+        // Under the store's lock: no delivery of ours is running.
+        for md in &maildirs {
+            md.clear_interrupted_deliveries();
+        }
         Ok((Arc::new(store), maildirs))
     })
     .await

@@ -289,6 +289,38 @@ impl Maildir {
         )
     }
 
+    /// Removes what a delivery of ours that was interrupted (a crash, kill
+    /// -9) left in `tmp/`: files named by [`Maildir::new_base_name`] on this
+    /// host by a process that is no longer running. Other programs' files
+    /// are left alone. Returns how many went. Blocking.
+    pub fn clear_interrupted_deliveries(&self) -> usize {
+        let host = format!(".{}", hostname());
+        let Ok(dir) = fs::read_dir(&self.tmp) else {
+            return 0;
+        };
+        let mut removed = 0;
+        for dirent in dir.flatten() {
+            let name = dirent.file_name();
+            let Some(name) = name.to_str() else { continue };
+            let Some(pid) = our_delivery_pid(name, &host) else {
+                continue;
+            };
+            if pid == std::process::id() || process_alive(pid) {
+                continue;
+            }
+            match fs::remove_file(dirent.path()) {
+                Ok(()) => removed += 1,
+                Err(e) => {
+                    tracing::warn!(path = %dirent.path().display(), error = %e, "cannot remove an interrupted delivery")
+                }
+            }
+        }
+        if removed > 0 {
+            tracing::info!(maildir = %self.root.display(), removed, "removed interrupted deliveries from tmp/");
+        }
+        removed
+    }
+
     /// Delivers a hard link to `src` (normally a store blob, on the same
     /// filesystem) as a message with this base name and flags: linked into
     /// `tmp/`, then into `new/` or `cur/`. Returns the delivered entry with
@@ -474,6 +506,28 @@ fn stat_err(path: &Path, source: io::Error) -> MaildirError {
 
 /// This host's name, made safe for a maildir file name ('/' and ':'
 /// replaced), or `localhost` when it cannot be read.
+/// The pid in a `tmp/` name made by [`Maildir::new_base_name`] on the host
+/// whose suffix is `host` (`.<hostname>`), if it is one.
+fn our_delivery_pid(name: &str, host: &str) -> Option<u32> {
+    let rest = name.strip_suffix(host)?;
+    let (secs, rest) = rest.split_once(".M")?;
+    let (usec, rest) = rest.split_once('P')?;
+    let (pid, n) = rest.split_once('Q')?;
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    (digits(secs) && digits(usec) && digits(n)).then_some(())?;
+    pid.parse().ok()
+}
+
+/// True when a process with this pid exists.
+fn process_alive(pid: u32) -> bool {
+    let Ok(pid) = libc::pid_t::try_from(pid) else {
+        return false;
+    };
+    // SAFETY: signal 0 only checks that the process exists; nothing is sent.
+    let rc = unsafe { libc::kill(pid, 0) };
+    rc == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+}
+
 fn hostname() -> String {
     let mut buf = [0u8; 256];
     // SAFETY: the buffer is valid for `buf.len()` bytes; gethostname writes

@@ -257,3 +257,31 @@ fn watch_event_mapping_ignores_dotfiles() {
     assert_eq!(watch::maildir_of(Path::new("/m/a/tmp/x"), &roots), None);
     assert_eq!(watch::maildir_of(Path::new("/m/a/cur"), &roots), Some(0));
 }
+
+#[test]
+fn interrupted_deliveries_of_dead_processes_are_cleared() {
+    let (_dir, md) = new_maildir();
+    let tmp = md.path().join("tmp");
+    let ours = Maildir::new_base_name();
+    let host = ours
+        .split_once('Q')
+        .unwrap()
+        .1
+        .split_once('.')
+        .unwrap()
+        .1
+        .to_string();
+    // A pid no process has (beyond the kernel's pid_max).
+    let dead = format!("1700000000.M1P4999999Q3.{host}");
+    let other_host = "1700000000.M1P4999999Q3.elsewhere".to_string();
+    let mutt = "1700000000.12345_1.somehost".to_string();
+    for n in [&ours, &dead, &other_host, &mutt] {
+        fs::write(tmp.join(n), b"x").unwrap();
+    }
+    assert_eq!(md.clear_interrupted_deliveries(), 1);
+    let mut left = names(&tmp);
+    left.sort();
+    let mut want = vec![ours, other_host, mutt];
+    want.sort();
+    assert_eq!(left, want, "only the dead process's delivery goes");
+}
