@@ -107,6 +107,14 @@ pub trait CloudMailbox: Send + Sync {
     /// caller throws away.
     fn fetch<'a>(&'a self, id: &'a str, out: &'a mut Sink) -> BoxFut<'a, Result<(), CloudError>>;
 
+    /// What the backend knows about message `id` after fetching it, when a
+    /// fetch can teach more than the listing said (Gmail lists new mail
+    /// without its date and Message-ID; its raw download carries them).
+    /// `None` when the listing's entry is as good as it gets.
+    fn fetched_entry(&self, _id: &str) -> Option<CloudEntry> {
+        None
+    }
+
     /// Apply flag changes; one result per change, in order.
     fn set_flags(&self, changes: Vec<FlagChange>) -> BoxFut<'_, Vec<Result<(), CloudError>>>;
 

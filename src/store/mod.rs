@@ -164,6 +164,8 @@ pub struct Store {
     tmp_dir: PathBuf,
     inner: Mutex<Inner>,
     db: Mutex<Db>,
+    /// Serialises adding blobs with removing them ([`Store::retain`]).
+    links: Mutex<()>,
     hashes_performed: AtomicU64,
     tmp_counter: AtomicU64,
     /// Holds the exclusive `flock` on `state/lock` for the store's lifetime.
@@ -225,6 +227,7 @@ impl Store {
                 pinned: HashSet::new(),
             }),
             db: Mutex::new(db),
+            links: Mutex::new(()),
             hashes_performed: AtomicU64::new(0),
             tmp_counter: AtomicU64::new(0),
             _lock: lock_file,
@@ -298,10 +301,19 @@ impl Store {
     /// is pinned (kept by [`Store::retain`]) until [`Store::release`].
     /// Blocking.
     pub fn adopt_download(&self, tmp: TempBlob, cid: Cid) -> Result<ContentHash, StoreError> {
-        let hash = self.insert_temp(tmp)?;
+        tmp.file.sync_all().map_err(|source| StoreError::Write {
+            path: tmp.path.clone(),
+            source,
+        })?;
+        let hash = tmp.hasher.finalize();
+        // Pinned before the blob exists, so no retain can take it between.
+        lock(&self.inner).pinned.insert(hash);
+        if let Err(e) = self.adopt_temp(&tmp.path, hash) {
+            lock(&self.inner).pinned.remove(&hash);
+            return Err(e);
+        }
         {
             let mut inner = lock(&self.inner);
-            inner.pinned.insert(hash);
             if inner.ids.insert(cid.clone(), hash) {
                 inner.id_ops.push(IdOp::Put(cid, hash));
             }
@@ -354,6 +366,9 @@ impl Store {
     /// Links the complete, synced file `tmp_path` to the blob name of
     /// `hash` (unless present), removes `tmp_path` and records the blob.
     fn adopt_temp(&self, tmp_path: &Path, hash: ContentHash) -> Result<(), StoreError> {
+        // Not while a retain removes blobs: an "already there" answer must
+        // not meet a blob about to go.
+        let _links = lock(&self.links);
         let blob = self.blob_path(&hash);
         let linked = match fs::hard_link(tmp_path, &blob) {
             Ok(()) => Ok(true),
@@ -412,6 +427,7 @@ impl Store {
         if self.have(hash) {
             return Ok(false);
         }
+        let _links = lock(&self.links);
         let blob = self.blob_path(hash);
         let linked = match fs::hard_link(path, &blob) {
             Ok(()) => true,
@@ -512,6 +528,7 @@ impl Store {
     /// blobs removed. An empty `live` empties the store, so pass the
     /// complete set. Blocking.
     pub fn retain(&self, live: &HashSet<ContentHash>) -> Result<usize, StoreError> {
+        let _links = lock(&self.links);
         let doomed: Vec<ContentHash> = {
             let mut inner = lock(&self.inner);
             let with_pinned;

@@ -373,3 +373,27 @@ fn stale_temp_files_are_cleared_on_open() {
             .is_none()
     );
 }
+
+#[test]
+fn downloads_stay_until_released() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("cms");
+    let store = Store::open(&root).unwrap();
+    let mut tmp = store.temp_file().unwrap();
+    tmp.write_all(b"Subject: d\n\nbody\n").unwrap();
+    let h = store.adopt_download(tmp, cid("d1")).unwrap();
+    // Committed at once: a new process (after a crash) knows it.
+    drop(store);
+    let store = Store::open(&root).unwrap();
+    assert_eq!(store.lookup_id(&cid("d1")), Some(h));
+    let mut tmp = store.temp_file().unwrap();
+    tmp.write_all(b"Subject: d2\n\nbody\n").unwrap();
+    let h2 = store.adopt_download(tmp, cid("d2")).unwrap();
+    // Pinned: a retain that does not know it yet keeps it.
+    assert_eq!(store.retain(&[h].into()).unwrap(), 0);
+    assert!(store.blob_path(&h2).exists());
+    assert_eq!(store.lookup_id(&cid("d2")), Some(h2));
+    store.release(&[h2]);
+    assert_eq!(store.retain(&[h].into()).unwrap(), 1);
+    assert!(!store.blob_path(&h2).exists());
+}

@@ -40,6 +40,10 @@ const SPACING_FACTOR: u32 = 4;
 pub(super) enum Finished {
     /// Stored and committed.
     Stored {
+        /// Folder index.
+        folder: usize,
+        /// Message id.
+        id: String,
         /// Its content.
         hash: ContentHash,
     },
@@ -350,7 +354,7 @@ async fn worker(
             break;
         };
         let done = match result {
-            Ok(hash) => Finished::Stored { hash },
+            Ok(hash) => Finished::Stored { folder, id, hash },
             Err(Fail::Cloud(error)) => {
                 s.pipes[folder].failed.insert(id.clone());
                 Finished::Failed { folder, id, error }

@@ -514,11 +514,16 @@ impl Engine {
     ) -> Result<Vec<(usize, CloudEntry, ContentHash)>, SyncError> {
         let mut stored = Vec::new();
         let mut store_error = None;
+        let mut fetched: Vec<HashMap<String, CloudEntry>> =
+            self.folders.iter().map(|_| HashMap::new()).collect();
         for f in self.background.take_finished() {
             match f {
-                Finished::Stored { hash } => {
+                Finished::Stored { folder, id, hash } => {
                     report.downloads += 1;
                     stored.push(hash);
+                    if let Some(e) = self.folders[folder].cloud.fetched_entry(&id) {
+                        fetched[folder].insert(id, e);
+                    }
                 }
                 Finished::Failed { folder, id, error } => {
                     tracing::warn!(folder = %self.folders[folder].key, id = %id, "download failed: {error}");
@@ -527,6 +532,21 @@ impl Engine {
                 Finished::StoreFailed { folder, id, error } => {
                     tracing::error!(folder = %self.folders[folder].key, id = %id, "cannot store a download: {error}");
                     store_error.get_or_insert(error);
+                }
+            }
+        }
+        // What the downloads taught the backends (Gmail's date and
+        // Message-ID) fills in the listings' entries.
+        for (listing, fetched) in self.listings.iter_mut().zip(&fetched) {
+            let Some(l) = listing.as_mut().filter(|_| !fetched.is_empty()) else {
+                continue;
+            };
+            for entry in &mut l.entries {
+                if let Some(f) = fetched.get(&entry.id) {
+                    entry.received_time = entry.received_time.or(f.received_time);
+                    if entry.email_id.is_none() {
+                        entry.email_id.clone_from(&f.email_id);
+                    }
                 }
             }
         }

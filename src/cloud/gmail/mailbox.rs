@@ -25,6 +25,7 @@ use super::throttle::Method;
 use super::wire;
 use crate::cloud::{BoxFut, CloudEntry, CloudError, CloudMailbox, ErrorKind, FlagChange, Sink};
 use crate::config::DeleteAction;
+use crate::config::headers::HeaderBlock;
 use crate::types::{Flags, StorageKind};
 
 /// Most ids in one `batchModify` call.
@@ -238,8 +239,22 @@ impl GmailMailbox {
             }
             _ => self.full(&base).await?,
         };
+        let mut next = next;
+        let mut st = self.lock();
+        // Downloads finished while this listing ran filled in the date and
+        // Message-ID of messages it lists without them: keep those.
+        for (id, k) in next.messages.iter_mut() {
+            if k.received_ms.is_none()
+                && k.email_id.is_none()
+                && let Some(cur) = st.messages.get(id)
+            {
+                k.received_ms = cur.received_ms;
+                k.email_id.clone_from(&cur.email_id);
+            }
+        }
         let out = entries(&next.messages);
-        *self.lock() = next;
+        *st = next;
+        drop(st);
         self.meta().clear();
         Ok(out)
     }
@@ -276,10 +291,13 @@ impl GmailMailbox {
         }
     }
 
-    /// A full listing: ids of the label, flags from two more listings
-    /// (label+UNREAD, label+STARRED) for messages known from before, and
-    /// metadata (labels, date, Message-ID) for the others. Current as of
-    /// the profile's history id read first.
+    /// A full listing: ids of the label and flags from two more listings
+    /// (label+UNREAD, label+STARRED), 15 units per 500 messages. The date
+    /// and Message-ID come from the last listing when it knew the message;
+    /// for a new one they come with its content (`format=raw` carries
+    /// `internalDate`, the content the Message-ID), so new mail costs the 5
+    /// units of its download and no metadata call. Current as of the
+    /// profile's history id read first.
     async fn full(&self, base: &Listing) -> Result<Listing, ApiError> {
         let label = self.lookup_label().await?;
         let lb = LabelBits { label: &label };
@@ -300,50 +318,39 @@ impl GmailMailbox {
                 .collect()
         };
         let known = meta.len();
-        let (unread, starred) = if known > 0 {
-            let u: BTreeSet<String> = self
-                .list_ids(&[&label, "UNREAD"])
-                .await?
-                .into_iter()
-                .collect();
-            let s: BTreeSet<String> = self
-                .list_ids(&[&label, "STARRED"])
-                .await?
-                .into_iter()
-                .collect();
-            (u, s)
-        } else {
-            Default::default()
-        };
+        let unread: BTreeSet<String> = self
+            .list_ids(&[&label, "UNREAD"])
+            .await?
+            .into_iter()
+            .collect();
+        let starred: BTreeSet<String> = self
+            .list_ids(&[&label, "STARRED"])
+            .await?
+            .into_iter()
+            .collect();
         let mut messages = BTreeMap::new();
-        let mut to_fetch = Vec::new();
         for id in ids {
-            match meta.remove(&id) {
-                Some((received_ms, email_id)) => {
-                    let mut bits = lb.mask(&label);
-                    if unread.contains(&id) {
-                        bits |= UNREAD;
-                    }
-                    if starred.contains(&id) {
-                        bits |= STARRED;
-                    }
-                    let k = Known {
-                        bits,
-                        received_ms,
-                        email_id,
-                    };
-                    messages.insert(id, k);
-                }
-                None => to_fetch.push(id),
+            let (received_ms, email_id) = meta.remove(&id).unwrap_or_default();
+            let mut bits = lb.mask(&label);
+            if unread.contains(&id) {
+                bits |= UNREAD;
             }
+            if starred.contains(&id) {
+                bits |= STARRED;
+            }
+            let k = Known {
+                bits,
+                received_ms,
+                email_id,
+            };
+            messages.insert(id, k);
         }
         tracing::info!(
             mailbox = %self.name,
-            listed = messages.len() + to_fetch.len(),
-            new = to_fetch.len(),
+            listed = messages.len(),
+            new = messages.len() - known,
             "gmail: full listing"
         );
-        self.fill_metadata(&lb, &mut messages, to_fetch).await?;
         Ok(Listing {
             label_id: Some(label),
             history_id: Some(since),
@@ -427,17 +434,18 @@ impl GmailMailbox {
             match bits {
                 Some(b) if lb.contains(b) => match messages.get_mut(&id) {
                     Some(k) => k.bits = b,
-                    None => match self.meta().get(&id).cloned() {
-                        Some((received_ms, email_id)) => {
-                            let k = Known {
-                                bits: b,
-                                received_ms,
-                                email_id,
-                            };
-                            messages.insert(id, k);
-                        }
-                        None => to_fetch.push(id),
-                    },
+                    None => {
+                        // A new message with known labels: its date and
+                        // Message-ID come with its content.
+                        let (received_ms, email_id) =
+                            self.meta().get(&id).cloned().unwrap_or_default();
+                        let k = Known {
+                            bits: b,
+                            received_ms,
+                            email_id,
+                        };
+                        messages.insert(id, k);
+                    }
                 },
                 Some(_) => {
                     messages.remove(&id);
@@ -624,16 +632,17 @@ fn message_id(m: &wire::Message) -> Option<String> {
 }
 
 fn entries(messages: &BTreeMap<String, Known>) -> Vec<CloudEntry> {
-    messages
-        .iter()
-        .map(|(id, k)| CloudEntry {
-            id: id.clone(),
-            email_id: k.email_id.clone(),
-            flags: flags_of(k.bits),
-            received_time: k.received_ms.map(|ms| ms.div_euclid(1000)),
-            size: None,
-        })
-        .collect()
+    messages.iter().map(|(id, k)| entry(id, k)).collect()
+}
+
+fn entry(id: &str, k: &Known) -> CloudEntry {
+    CloudEntry {
+        id: id.to_string(),
+        email_id: k.email_id.clone(),
+        flags: flags_of(k.bits),
+        received_time: k.received_ms.map(|ms| ms.div_euclid(1000)),
+        size: None,
+    }
 }
 
 /// Decode Gmail's base64url `raw` (padded or not) and turn CRLF into LF.
@@ -703,8 +712,25 @@ impl CloudMailbox for GmailMailbox {
             let content = decode_raw(raw).map_err(|e| bad(format!("message {id}: {e}")))?;
             out.write_all(&content)
                 .map_err(|e| bad(format!("writing message {id}: {e}")))?;
+            // The answer also tells what a metadata call would have.
+            let received_ms = m.internal_date.as_deref().and_then(|d| d.parse().ok());
+            let email_id = HeaderBlock::parse(&content).message_id();
+            if let Some(k) = self.lock().messages.get_mut(id)
+                && k.received_ms.is_none()
+                && k.email_id.is_none()
+            {
+                k.received_ms = received_ms;
+                k.email_id.clone_from(&email_id);
+            }
+            self.meta().insert(id.to_string(), (received_ms, email_id));
             Ok(())
         })
+    }
+
+    fn fetched_entry(&self, id: &str) -> Option<CloudEntry> {
+        let st = self.lock();
+        let k = st.messages.get(id)?;
+        Some(entry(id, k))
     }
 
     fn set_flags(&self, changes: Vec<FlagChange>) -> BoxFut<'_, Vec<Result<(), CloudError>>> {

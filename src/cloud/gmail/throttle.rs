@@ -1,7 +1,8 @@
-//! Per-user pacing of Gmail API calls: a token bucket of quota units (the
-//! per-method costs of the quota table), a cap on requests in flight, and a
-//! shared pause with exponential backoff and jitter when Google answers with
-//! a rate-limit error. Waiting is always a timed sleep, never a spin.
+//! Per-user pacing of Gmail API calls: a sliding window of quota units (the
+//! per-method costs of the quota table) that spends what the window allows
+//! and no more, a cap on requests in flight, and a shared pause with
+//! exponential backoff and jitter when Google answers with a rate-limit
+//! error. Waiting is always a timed sleep, never a spin.
 
 use std::hash::{BuildHasher, Hasher};
 use std::sync::Mutex;
@@ -42,16 +43,21 @@ impl Method {
     }
 }
 
-/// Pacing knobs. The defaults keep a user well under Google's documented
-/// 15,000 units per minute (at most 12,500 units in any minute) and the
-/// per-user concurrency limit.
+/// Google's documented per-user quota: 15,000 units in any minute
+/// (cloud-api-facts §3.7).
+pub const USER_QUOTA_UNITS: u32 = 15_000;
+
+/// Pacing knobs. The defaults spend up to 98 % of Google's per-user quota
+/// in any minute (as fast as the requests go while the window has room,
+/// then as the oldest spending leaves it) and respect the per-user
+/// concurrency limit.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Limits {
-    /// Sustained quota units per minute; 0 turns unit pacing off (tests
-    /// against an emulator without quotas).
-    pub units_per_minute: u32,
-    /// Units that may be spent at once after an idle period.
-    pub burst_units: u32,
+    /// Quota units that may be spent in any `window`; 0 turns unit pacing
+    /// off (tests against an emulator without quotas).
+    pub window_units: u32,
+    /// The quota's window.
+    pub window: Duration,
     /// HTTP requests in flight at once (a batch counts as one).
     pub max_concurrency: usize,
     /// First backoff after a rate-limit or transient error.
@@ -62,23 +68,30 @@ pub struct Limits {
 
 impl Limits {
     /// The limits of an emulator run with `--quota xK` (`CMS_QUOTA_SCALE`):
-    /// its unit window and budget are divided by `k`, which keeps the
-    /// sustained rate and shrinks what may be spent at once, so the burst is
-    /// divided by `k` too.
+    /// its unit window and budget are divided by `k`, so ours are too (the
+    /// sustained rate stays the same).
     pub fn scaled(self, k: u32) -> Limits {
         let k = k.max(1);
         Limits {
-            burst_units: (self.burst_units / k).max(1),
+            window_units: (self.window_units / k).max(1),
+            window: self.window / k,
             ..self
         }
+    }
+
+    /// How long a spending counts against the window here: the window plus
+    /// a thirtieth (2 s a minute), because Google counts a request when it
+    /// arrives, a little after we send it.
+    fn span(&self) -> Duration {
+        self.window + self.window / 30
     }
 }
 
 impl Default for Limits {
     fn default() -> Self {
         Limits {
-            units_per_minute: 10_000,
-            burst_units: 2_500,
+            window_units: USER_QUOTA_UNITS / 50 * 49,
+            window: Duration::from_secs(60),
             max_concurrency: 4,
             backoff_base: Duration::from_secs(1),
             backoff_max: Duration::from_secs(64),
@@ -100,9 +113,11 @@ pub struct Usage {
 }
 
 struct Bucket {
-    /// Units available now; negative while callers wait for reserved units.
-    level: f64,
-    updated: Instant,
+    /// Spending granted, in time order (times may lie in the future: a
+    /// caller granted them waits until then).
+    log: std::collections::VecDeque<(Instant, u32)>,
+    /// Units in `log`.
+    in_log: u64,
     paused_until: Option<Instant>,
     /// Consecutive rate-limit answers, for the backoff's growth.
     strikes: u32,
@@ -130,8 +145,8 @@ impl Throttle {
         Throttle {
             slots: Semaphore::new(limits.max_concurrency.max(1)),
             bucket: Mutex::new(Bucket {
-                level: f64::from(limits.burst_units),
-                updated: Instant::now(),
+                log: std::collections::VecDeque::new(),
+                in_log: 0,
                 paused_until: None,
                 strikes: 0,
             }),
@@ -156,25 +171,42 @@ impl Throttle {
     }
 
     /// Reserve `units` at `now`; returns how long the caller must wait
-    /// before spending them (reserve now, pay by waiting: callers are served
-    /// in turn and the sustained rate never exceeds the budget).
+    /// before spending them: the first moment, no earlier than any grant
+    /// before it (callers are served in turn), when the spending in the
+    /// window ending then leaves room for them.
     fn reserve(&self, units: u32, now: Instant) -> Duration {
-        if self.limits.units_per_minute == 0 {
+        if self.limits.window_units == 0 {
             return Duration::ZERO;
         }
+        let span = self.limits.span();
+        let budget = u64::from(self.limits.window_units);
         let mut b = self.lock();
-        let rate = f64::from(self.limits.units_per_minute) / 60.0;
-        let elapsed = now.saturating_duration_since(b.updated).as_secs_f64();
-        b.level = (b.level + elapsed * rate).min(f64::from(self.limits.burst_units));
-        if now > b.updated {
-            b.updated = now;
+        while let Some(&(t, u)) = b.log.front() {
+            if t + span > now {
+                break;
+            }
+            b.log.pop_front();
+            b.in_log -= u64::from(u);
         }
-        b.level -= f64::from(units);
-        if b.level < 0.0 {
-            Duration::from_secs_f64(-b.level / rate)
-        } else {
-            Duration::ZERO
+        let mut at = b.log.back().map_or(now, |&(t, _)| t.max(now));
+        let (mut i, mut sum) = (0, b.in_log);
+        loop {
+            while let Some(&(t, u)) = b.log.get(i) {
+                if t + span > at {
+                    break;
+                }
+                sum -= u64::from(u);
+                i += 1;
+            }
+            // A call dearer than the whole budget goes alone.
+            if sum + u64::from(units) <= budget || i == b.log.len() {
+                break;
+            }
+            at = b.log[i].0 + span;
         }
+        b.log.push_back((at, units));
+        b.in_log += u64::from(units);
+        at.saturating_duration_since(now)
     }
 
     /// Wait until `units` may be spent and a request slot is free.
@@ -200,7 +232,7 @@ impl Throttle {
 
     /// Google said "too many requests": pause every caller of this user for
     /// `retry_after` (or an exponential backoff with jitter, capped at
-    /// `backoff_max`) and empty the bucket. Returns how long the caller
+    /// `backoff_max`). Returns how long the caller
     /// should wait before retrying.
     pub fn rate_limited(&self, retry_after: Option<Duration>) -> Duration {
         self.rate_limited.fetch_add(1, Ordering::Relaxed);
@@ -217,8 +249,6 @@ impl Throttle {
         if b.paused_until.is_none_or(|t| t < until) {
             b.paused_until = Some(until);
         }
-        b.level = b.level.min(0.0);
-        b.updated = Instant::now();
         pause
     }
 
@@ -269,17 +299,15 @@ fn jitter() -> f64 {
 
 #[cfg(test)]
 mod tests {
-    #[test]
-    fn quota_scale_keeps_the_rate_and_divides_the_burst() {
-        let l = super::Limits::default().scaled(10);
-        assert_eq!(
-            l.units_per_minute,
-            super::Limits::default().units_per_minute
-        );
-        assert_eq!(l.burst_units, 250);
-    }
-
     use super::*;
+
+    #[test]
+    fn quota_scale_divides_window_and_budget() {
+        let d = Limits::default();
+        let l = d.clone().scaled(10);
+        assert_eq!(l.window, Duration::from_secs(6));
+        assert_eq!(l.window_units, d.window_units / 10);
+    }
 
     #[test]
     fn units_follow_the_quota_table() {
@@ -290,10 +318,11 @@ mod tests {
     }
 
     #[test]
-    fn defaults_stay_well_under_the_per_user_limit() {
+    fn defaults_stay_under_the_per_user_limit() {
         let l = Limits::default();
-        // Worst case in any minute: a full bucket plus a minute of refill.
-        assert!(l.units_per_minute + l.burst_units <= 12_500);
+        assert!(l.window_units < USER_QUOTA_UNITS);
+        assert!(u64::from(l.window_units) * 100 >= u64::from(USER_QUOTA_UNITS) * 95);
+        assert_eq!(l.window, Duration::from_secs(60));
         assert!(l.max_concurrency < 10);
     }
 
@@ -306,22 +335,28 @@ mod tests {
     }
 
     #[test]
-    fn bucket_paces_to_the_budget() {
+    fn window_spends_what_it_allows_then_waits_for_the_oldest() {
         let t = Throttle::new(Limits {
-            units_per_minute: 600,
-            burst_units: 50,
+            window_units: 50,
+            window: Duration::from_secs(30),
             ..Limits::default()
         });
+        let span = Duration::from_secs(31);
         let now = Instant::now();
-        // The burst is free, then 10 units per second.
-        let waits: Vec<Duration> = (0..30).map(|_| t.reserve(5, now)).collect();
-        assert!(waits[..10].iter().all(|w| w.is_zero()));
-        assert_eq!(waits[10], Duration::from_millis(500));
-        assert_eq!(waits[29], Duration::from_secs(10));
-        // A minute later the debt is paid and the bucket is full again.
-        let later = now + Duration::from_secs(70);
+        // The whole budget at once, then each call waits for the spending
+        // a window before it to leave.
+        let waits: Vec<Duration> = (0..25).map(|_| t.reserve(5, now)).collect();
+        assert!(waits[..10].iter().all(|w| w.is_zero()), "{waits:?}");
+        assert!(waits[10..20].iter().all(|w| *w == span), "{waits:?}");
+        assert!(waits[20..].iter().all(|w| *w == span * 2), "{waits:?}");
+        // In no window of `span` are more than 50 units granted.
+        let later = now + span * 3;
         assert!(t.reserve(50, later).is_zero());
-        assert!(!t.reserve(5, later).is_zero());
+        assert_eq!(t.reserve(5, later), span);
+        // A call dearer than the budget still goes, alone.
+        let much_later = later + span * 5;
+        assert!(t.reserve(80, much_later).is_zero());
+        assert_eq!(t.reserve(1, much_later), span);
     }
 
     #[test]
