@@ -87,6 +87,9 @@ pub enum DaemonError {
 
 /// How long the watcher waits for a burst of maildir changes to settle.
 const WATCH_DEBOUNCE: Duration = Duration::from_millis(200);
+/// Maildirs are scanned in full at least this often even without a watcher
+/// event: the watcher is a hint, never the only truth.
+const RESCAN_INTERVAL: Duration = Duration::from_secs(3600);
 /// First retry delay after a failed cycle; doubles up to [`MAX_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_secs(10);
 /// Longest retry delay.
@@ -313,8 +316,22 @@ async fn run_with_logins(
     let mut relist = vec![true; n];
     let mut backoff: Option<Duration> = None;
     let mut rng = Jitter::new();
+    // Whether a maildir may have changed since the last cycle that scanned
+    // them: a watcher event (an overflow is one too), or the periodic
+    // rescan, the safety net for anything the watcher missed.
+    let mut local_changed = true;
+    let mut last_scan = Instant::now();
     loop {
-        let result = engine.cycle_with(&relist).await;
+        if last_scan.elapsed() >= RESCAN_INTERVAL {
+            local_changed = true;
+        }
+        let result = if local_changed {
+            last_scan = Instant::now();
+            engine.cycle_with(&relist).await
+        } else {
+            engine.poll(&relist).await
+        };
+        local_changed = false;
         if *shutdown.borrow() {
             tracing::info!("stopping; state saved");
             return Ok(());
@@ -365,7 +382,10 @@ async fn run_with_logins(
                 tracing::info!("stopping");
                 return Ok(());
             }
-            () = background, if busy => {}
+            () = background, if busy => {
+                // New content to deliver: the maildirs are scanned with it.
+                local_changed = true;
+            }
             Ok(()) = logins.changed() => {
                 // A login finished (or an account needs one): list again.
                 relist = vec![true; n];
@@ -373,6 +393,7 @@ async fn run_with_logins(
             Some(_) = events.recv() => {
                 // A local change: push it without listing again, unless a
                 // retry is due anyway.
+                local_changed = true;
                 if retry_at.is_some_and(|r| r <= Instant::now()) {
                     relist = vec![true; n];
                 }

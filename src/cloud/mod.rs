@@ -101,6 +101,14 @@ pub trait CloudMailbox: Send + Sync {
     /// before.
     fn list(&self) -> BoxFut<'_, Result<Vec<CloudEntry>, CloudError>>;
 
+    /// Like [`CloudMailbox::list`], but `Ok(None)` when the folder is known
+    /// not to have changed since the last successful listing call (an empty
+    /// delta, an unchanged history id): a poll that finds nothing costs its
+    /// request and no copy of the folder.
+    fn list_changes(&self) -> BoxFut<'_, Result<Option<Vec<CloudEntry>>, CloudError>> {
+        Box::pin(async move { self.list().await.map(Some) })
+    }
+
     /// Stream the message's content, with LF line ends, into `out`. The
     /// backend verifies the transfer was complete (length, framing) and
     /// returns an error otherwise; on error `out` holds a partial copy the

@@ -72,8 +72,9 @@ pub(super) struct ListDone {
     /// The version assigned when the call started: the listing shows the
     /// cloud as it was at that point or later.
     pub version: u64,
-    /// What the call returned.
-    pub result: Result<Vec<CloudEntry>, CloudError>,
+    /// What the call returned: `None` when the folder did not change since
+    /// the previous listing (asked for with `changes_only`).
+    pub result: Result<Option<Vec<CloudEntry>>, CloudError>,
 }
 
 /// Per-folder pipeline state.
@@ -160,11 +161,13 @@ impl Background {
         s.pipes[i].listing || s.pipes[i].listed.is_some()
     }
 
-    /// Starts a listing of folder `i` at `version` unless one is running.
+    /// Starts a listing of folder `i` at `version` unless one is running;
+    /// with `changes_only` an unchanged folder answers `None`.
     pub(super) fn start_listing(
         &mut self,
         i: usize,
         version: u64,
+        changes_only: bool,
         cloud: Arc<dyn CloudMailbox>,
         stop: Stop,
     ) {
@@ -177,8 +180,15 @@ impl Background {
         }
         let (shared, notify) = (self.shared.clone(), self.notify.clone());
         self.tasks.spawn(async move {
+            let call = async {
+                if changes_only {
+                    cloud.list_changes().await
+                } else {
+                    cloud.list().await.map(Some)
+                }
+            };
             let result = stop
-                .unless(cloud.list())
+                .unless(call)
                 .await
                 .unwrap_or_else(|| Err(stopping(cloud.name())));
             let mut s = lock(&shared);

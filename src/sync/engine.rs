@@ -114,6 +114,8 @@ pub struct CycleReport {
     /// Per folder: this cycle's actions changed it in the cloud (a listing
     /// of it confirms them and lets the local side follow).
     pub touched: Vec<bool>,
+    /// A poll that found nothing changed and stopped after listing.
+    pub skipped: bool,
 }
 
 impl CycleReport {
@@ -162,6 +164,12 @@ pub struct Engine {
     sizes: std::sync::Mutex<HashMap<ContentHash, u64>>,
     /// Listings and downloads running per folder, across cycles.
     background: Background,
+    /// The cycle being run took in something new (a changed listing, a
+    /// failed one, a listing to redo).
+    news: bool,
+    /// The last cycle reached a fixed point: nothing to do, nothing failed,
+    /// every folder complete, nothing held or pending.
+    quiet: bool,
 }
 
 /// A folder's messages as the engine knows them: what the last list call
@@ -245,6 +253,8 @@ impl Engine {
             stop: Stop::default(),
             sizes: std::sync::Mutex::new(HashMap::new()),
             background: Background::new(n_folders),
+            news: false,
+            quiet: false,
         })
     }
 
@@ -310,15 +320,47 @@ impl Engine {
     /// later cycle. A cycle woken by a local change lists nothing: it only
     /// pushes what changed.
     pub async fn cycle_with(&mut self, relist: &[bool]) -> Result<CycleReport, SyncError> {
+        self.timed_cycle(relist, false).await
+    }
+
+    /// A poll: list the folders in `relist` and, when none of them changed,
+    /// nothing waits in the background and the last cycle left nothing to
+    /// do, stop there: no maildir scan, no planning, no write. The caller
+    /// vouches that no maildir changed since the last cycle (no watcher
+    /// event); otherwise it calls [`Engine::cycle_with`].
+    pub async fn poll(&mut self, relist: &[bool]) -> Result<CycleReport, SyncError> {
+        self.timed_cycle(relist, true).await
+    }
+
+    async fn timed_cycle(
+        &mut self,
+        relist: &[bool],
+        may_skip: bool,
+    ) -> Result<CycleReport, SyncError> {
         let started = std::time::Instant::now();
-        let r = self.one_cycle(relist).await;
-        self.background.cycle_done(started.elapsed());
+        let r = self.one_cycle(relist, may_skip).await;
+        match &r {
+            // A skipped poll leaves the spacing of batches alone.
+            Ok(report) if report.skipped => {}
+            _ => self.background.cycle_done(started.elapsed()),
+        }
         r
     }
 
-    async fn one_cycle(&mut self, relist: &[bool]) -> Result<CycleReport, SyncError> {
+    async fn one_cycle(
+        &mut self,
+        relist: &[bool],
+        may_skip: bool,
+    ) -> Result<CycleReport, SyncError> {
         let mut report = CycleReport::default();
+        self.news = false;
         let mut complete = self.list_some(relist, &mut report).await;
+        if may_skip && self.quiet && !self.news && !self.background.busy() {
+            report.skipped = true;
+            report.touched = vec![false; self.folders.len()];
+            return Ok(report);
+        }
+        self.quiet = false;
         // The picture each folder is planned with; checked against the
         // agreement's by list_some, so a stale pair cannot be planned.
         let planned_versions: Vec<Option<u64>> = self
@@ -427,9 +469,18 @@ impl Engine {
             .chain(new_last.entries.keys().copied())
             .collect();
         self.persist(new_last, live).await?;
-        if report.is_clean() && complete.iter().all(|c| *c) {
+        let all_complete = complete.iter().all(|c| *c);
+        if report.is_clean() && all_complete {
             self.mode = Mode::Online;
         }
+        self.quiet = report.is_clean()
+            && all_complete
+            && report.actions == 0
+            && report.held == 0
+            && report.warnings.is_empty()
+            && report.routing_failures == 0
+            && report.downloads == 0
+            && !self.background.busy();
         Ok(report)
     }
 
@@ -454,8 +505,12 @@ impl Engine {
                 continue;
             }
             self.versions += 1;
+            // A poll of a folder whose picture is current only needs to
+            // know whether it changed.
+            let changes_only = self.listings[i].is_some() && !stale;
+            let (cloud, stop) = (f.cloud.clone(), self.stop.clone());
             self.background
-                .start_listing(i, self.versions, f.cloud.clone(), self.stop.clone());
+                .start_listing(i, self.versions, changes_only, cloud, stop);
             started = true;
         }
         if started {
@@ -473,17 +528,23 @@ impl Engine {
                     tracing::debug!(folder = %self.folders[i].key, "listing predates the last actions; listing again");
                     self.versions += 1;
                     let (cloud, stop) = (self.folders[i].cloud.clone(), self.stop.clone());
-                    self.background.start_listing(i, self.versions, cloud, stop);
+                    self.background
+                        .start_listing(i, self.versions, false, cloud, stop);
+                    self.news = true;
                 }
-                Ok(entries) => {
+                // Unchanged since the listing the engine holds.
+                Ok(None) => {}
+                Ok(Some(entries)) => {
                     self.listings[i] = Some(Listing {
                         entries,
                         version: done.version,
                         sent_deletions: HashSet::new(),
                     });
+                    self.news = true;
                 }
                 Err(e) => {
                     tracing::warn!(folder = %self.folders[i].key, "listing failed: {e}");
+                    self.news = true;
                     *complete = false;
                     report.cloud_errors.push(e);
                 }

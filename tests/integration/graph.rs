@@ -1117,3 +1117,65 @@ async fn tokens_never_reach_the_logs() {
         assert!(!e.contains(&token), "token in error: {e}");
     }
 }
+
+/// The state database's files: (name, size, modification time).
+fn db_files(home: &Home) -> Vec<(String, u64, std::time::SystemTime)> {
+    let dir = home.path().join("mail/.cms/state");
+    let mut out: Vec<_> = std::fs::read_dir(&dir)
+        .expect("state dir")
+        .filter_map(Result::ok)
+        .filter(|d| d.file_name().to_string_lossy().starts_with("state.db"))
+        .map(|d| {
+            let m = d.metadata().expect("stat");
+            (
+                d.file_name().to_string_lossy().into_owned(),
+                m.len(),
+                m.modified().expect("mtime"),
+            )
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+#[tokio::test]
+async fn an_idle_poll_lists_once_and_does_nothing_else() {
+    let c = Cloud::start().await;
+    c.populate("Inbox", 200).await;
+    let (home, loaded) = engine_world();
+    let mut e = engine(&c, &loaded).await;
+    assert!(e.cycle().await.expect("cycle").is_clean());
+    // The cycle after the initial sync confirms it (it had actions).
+    let r = e.poll(&[true]).await.expect("poll");
+    assert!(!r.skipped, "{r:?}");
+    let before = db_files(&home);
+    c.reset_stats().await;
+    for _ in 0..5 {
+        let r = e.poll(&[true]).await.expect("poll");
+        assert!(r.skipped, "{r:?}");
+        assert_eq!(r.actions, 0);
+    }
+    let s = c.stats().await;
+    assert_eq!(s["requests"], 5, "one delta request per poll: {s}");
+    assert_eq!(db_files(&home), before, "an idle poll writes nothing");
+
+    // A cloud change is not skipped, and is followed.
+    let id = c
+        .deliver(
+            "Inbox",
+            "Subject: new\r\nMessage-ID: <idle-new@x>\r\n\r\nhi\r\n",
+        )
+        .await;
+    let r = e.poll(&[true]).await.expect("poll");
+    assert!(!r.skipped);
+    let r2 = e.settle(&[false]).await.expect("settle");
+    assert_eq!(r.downloads + r2.downloads, 1, "{r:?} {r2:?}");
+    assert_eq!(maildir_files(&home).len(), 201);
+    assert!(!id.is_empty());
+    // A local change seen by the watcher goes through cycle_with, which
+    // always scans: here a file removed by the user.
+    let (gone, _) = maildir_files(&home).remove(0);
+    std::fs::remove_file(&gone).expect("rm");
+    let r = e.cycle_with(&[false]).await.expect("cycle");
+    assert_eq!(r.actions, 1, "the removal is pushed: {r:?}");
+}

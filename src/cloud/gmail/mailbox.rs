@@ -214,13 +214,15 @@ impl GmailMailbox {
         Ok(l)
     }
 
-    async fn list_inner(&self) -> Result<Vec<CloudEntry>, ApiError> {
+    /// The label's entries, or `None` when the history shows no change
+    /// since the last listing.
+    async fn list_inner(&self) -> Result<Option<Vec<CloudEntry>>, ApiError> {
         let _one = self.list_lock.lock().await;
         let base = self.lock().clone();
         let next = match (&base.label_id, base.history_id) {
             (Some(label), Some(since)) => {
                 if self.account.history_id(&self.profile_seen).await? == since {
-                    return Ok(entries(&base.messages));
+                    return Ok(None);
                 }
                 match self.incremental(&base, label, since).await {
                     Ok(l) => l,
@@ -252,11 +254,12 @@ impl GmailMailbox {
                 k.email_id.clone_from(&cur.email_id);
             }
         }
+        let changed = next.messages != st.messages || st.label_id.is_none();
         let out = entries(&next.messages);
         *st = next;
         drop(st);
         self.meta().clear();
-        Ok(out)
+        Ok(changed.then_some(out))
     }
 
     /// Every id carrying all of `labels` (`messages.list`, all pages).
@@ -689,6 +692,15 @@ impl CloudMailbox for GmailMailbox {
     }
 
     fn list(&self) -> BoxFut<'_, Result<Vec<CloudEntry>, CloudError>> {
+        Box::pin(async move {
+            match self.list_inner().await.map_err(|e| self.err(e))? {
+                Some(entries) => Ok(entries),
+                None => Ok(entries(&self.lock().messages)),
+            }
+        })
+    }
+
+    fn list_changes(&self) -> BoxFut<'_, Result<Option<Vec<CloudEntry>>, CloudError>> {
         Box::pin(async move { self.list_inner().await.map_err(|e| self.err(e)) })
     }
 

@@ -423,7 +423,9 @@ impl GraphMailbox {
             .collect()
     }
 
-    async fn list_impl(&self) -> Result<Vec<CloudEntry>, CloudError> {
+    /// One delta round: the folder's entries, or `None` when the round was
+    /// incremental and brought no change.
+    async fn list_impl(&self) -> Result<Option<Vec<CloudEntry>>, CloudError> {
         let mut pending = self.listing.lock().await;
         let folder = self.folder_id().await?;
         let mut resyncs = 0;
@@ -482,7 +484,10 @@ impl GraphMailbox {
                         "delta round done"
                     );
                     drop(c);
-                    return Ok(self.snapshot());
+                    if !full && n == 0 {
+                        return Ok(None);
+                    }
+                    return Ok(Some(self.snapshot()));
                 }
                 Err(Failure::Api { status, code, .. }) if needs_resync(status, &code) => {
                     resyncs += 1;
@@ -771,6 +776,10 @@ impl CloudMailbox for GraphMailbox {
     }
 
     fn list(&self) -> BoxFut<'_, Result<Vec<CloudEntry>, CloudError>> {
+        Box::pin(async move { Ok(self.list_impl().await?.unwrap_or_else(|| self.snapshot())) })
+    }
+
+    fn list_changes(&self) -> BoxFut<'_, Result<Option<Vec<CloudEntry>>, CloudError>> {
         Box::pin(self.list_impl())
     }
 
