@@ -133,6 +133,14 @@ pub trait CloudMailbox: Send + Sync {
         None
     }
 
+    /// The field of the cursor object holding one record per message (an
+    /// array whose items are arrays with the message id first). The state
+    /// database stores those records as rows, so a changed cursor costs
+    /// the rows of the messages that changed, not the whole listing.
+    fn cursor_records_field(&self) -> Option<&'static str> {
+        None
+    }
+
     /// Restore what [`CloudMailbox::save_cursor`] returned in an earlier
     /// run; an unusable value is ignored (the next listing is then full).
     fn load_cursor(&self, _cursor: serde_json::Value) {}

@@ -73,6 +73,14 @@ const MIGRATIONS: &[&str] = &[
          flags  INTEGER NOT NULL,
          PRIMARY KEY (hash, folder, id)
      ) WITHOUT ROWID;",
+    // 2: a folder cursor's per-message records as rows, so a change
+    // rewrites its messages' rows, not the whole listing.
+    "CREATE TABLE cursor_records (
+         folder INTEGER NOT NULL,
+         id     TEXT NOT NULL,
+         record TEXT NOT NULL,
+         PRIMARY KEY (folder, id)
+     ) WITHOUT ROWID;",
 ];
 
 /// The schema version this build writes.

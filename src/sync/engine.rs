@@ -17,7 +17,7 @@ use super::plan::{
     Action, CloudEffect, CloudMsg, LastState, LocalFile, MailboxInfo, MaildirInfo, Mode, Outcome,
     Plan, PlanInput, Route, SYNCED, Warning, cloud_effects, next_state, plan,
 };
-use super::state::SyncState;
+use super::state::{CursorChange, SyncState};
 use crate::cloud::{CloudEntry, CloudError, CloudMailbox, FlagChange};
 use crate::config::router::RouteRequest;
 use crate::config::{DeleteAction, Router};
@@ -228,7 +228,11 @@ impl Engine {
             .collect();
         let fd_keys: Vec<String> = folders.iter().map(|f| f.key.clone()).collect();
         let n_folders = folders.len();
-        let (state, (last, cursors)) = SyncState::open(&store, &md_keys, &fd_keys)?;
+        let fields: Vec<Option<&'static str>> = folders
+            .iter()
+            .map(|f| f.cloud.cursor_records_field())
+            .collect();
+        let (state, (last, cursors)) = SyncState::open(&store, &md_keys, &fd_keys, &fields)?;
         for f in &folders {
             if let Some(c) = cursors.get(&f.key) {
                 f.cloud.load_cursor(c.clone());
@@ -900,21 +904,29 @@ impl Engine {
         let store = self.store.clone();
         let state = self.state.clone();
         let old = std::mem::take(&mut self.last);
-        let to_write = moved.clone();
-        let (old, new_last, result) = tokio::task::spawn_blocking(move || {
+        // What the database holds for each moved cursor, lent to the write.
+        let changes: Vec<CursorChange> = moved
+            .into_iter()
+            .map(|(i, c)| (i, self.cursors.remove(&self.folders[i].key), c))
+            .collect();
+        let (old, new_last, changes, result) = tokio::task::spawn_blocking(move || {
             let r = store
                 .retain(&live)
-                .and_then(|_| store.commit(|tx| state.write(tx, &old, &new_last, &to_write)));
-            (old, new_last, r)
+                .and_then(|_| store.commit(|tx| state.write(tx, &old, &new_last, &changes)));
+            (old, new_last, changes, r)
         })
         .await
         .map_err(|e| SyncError::Task(e.to_string()))?;
+        let ok = result.is_ok();
+        for (i, was, new) in changes {
+            let keep = if ok { Some(new) } else { was };
+            if let Some(c) = keep {
+                self.cursors.insert(self.folders[i].key.clone(), c);
+            }
+        }
         match result {
             Ok(_) => {
                 self.last = new_last;
-                for (i, c) in moved {
-                    self.cursors.insert(self.folders[i].key.clone(), c);
-                }
                 Ok(())
             }
             Err(e) => {

@@ -35,12 +35,18 @@ struct V01 {
 /// backends' cursors by folder key.
 pub type Loaded = (LastState, BTreeMap<String, serde_json::Value>);
 
-/// The database ids of the configured maildirs and folders, in config order.
+/// The database ids of the configured maildirs and folders, in config order,
+/// and the field of each folder's cursor stored as rows.
 #[derive(Clone, Debug)]
 pub struct SyncState {
     maildir_ids: Vec<i64>,
     folder_ids: Vec<i64>,
+    record_fields: Vec<Option<&'static str>>,
 }
+
+/// A cursor change to write: folder index, what the database holds, the
+/// new cursor.
+pub type CursorChange = (usize, Option<serde_json::Value>, serde_json::Value);
 
 impl SyncState {
     /// Opens the agreement for the given maildir and folder keys (in config
@@ -51,6 +57,7 @@ impl SyncState {
         store: &Store,
         maildirs: &[String],
         mailboxes: &[String],
+        record_fields: &[Option<&'static str>],
     ) -> Result<(SyncState, Loaded), StoreError> {
         let state_dir = store.dir().join("state");
         store.with_db(|db| {
@@ -62,11 +69,19 @@ impl SyncState {
                 let md = register(tx, "maildirs", "path", maildirs)?;
                 let fd = register(tx, "folders", "key", mailboxes)?;
                 forget_unconfigured(tx, &md, &fd)?;
+                for (i, id) in fd.iter().enumerate() {
+                    if let Some(field) = record_fields.get(i).copied().flatten() {
+                        split_stored(tx, *id, field)?;
+                    }
+                }
                 Ok((md, fd))
             })?;
             let st = SyncState {
                 maildir_ids: md_ids,
                 folder_ids: fd_ids,
+                record_fields: (0..mailboxes.len())
+                    .map(|i| record_fields.get(i).copied().flatten())
+                    .collect(),
             };
             let loaded = st.load(db.conn()).map_err(|e| db.err(e))?;
             Ok((st, loaded))
@@ -127,8 +142,14 @@ impl SyncState {
                 continue;
             }
             let text: String = r.get(2)?;
+            let folder: i64 = r.get(0)?;
             match serde_json::from_str(&text) {
                 Ok(v) => {
+                    let field = fd.get(&folder).and_then(|&i| self.record_fields[i]);
+                    let v = match field {
+                        Some(field) => join(conn, folder, v, field)?,
+                        None => v,
+                    };
                     cursors.insert(r.get(1)?, v);
                 }
                 Err(e) => tracing::warn!(
@@ -154,7 +175,7 @@ impl SyncState {
         tx: &Transaction<'_>,
         old: &LastState,
         new: &LastState,
-        cursors: &[(usize, serde_json::Value)],
+        cursors: &[CursorChange],
     ) -> rusqlite::Result<usize> {
         let mut rows = 0;
         for (hash, e) in &new.entries {
@@ -175,13 +196,11 @@ impl SyncState {
                     .execute(params![n as i64, id])?;
             }
         }
-        for (i, cursor) in cursors {
-            let Some(id) = self.folder_ids.get(*i) else {
+        for (i, was, cursor) in cursors {
+            let Some(&id) = self.folder_ids.get(*i) else {
                 continue;
             };
-            rows += tx
-                .prepare_cached("UPDATE folders SET cursor = ?1 WHERE id = ?2")?
-                .execute(params![cursor.to_string(), id])?;
+            rows += write_cursor(tx, id, self.record_fields[*i], was.as_ref(), cursor)?;
         }
         Ok(rows)
     }
@@ -203,6 +222,127 @@ impl SyncState {
             .collect();
         put_rows(tx, hash, e, *maildir, &folders)
     }
+}
+
+/// A cursor split for storage: the object without its records, and the
+/// records by message id (serialised).
+fn split(cursor: &serde_json::Value, field: &str) -> (serde_json::Value, BTreeMap<String, String>) {
+    let mut head = cursor.clone();
+    let mut records = BTreeMap::new();
+    if let Some(serde_json::Value::Array(items)) = head.get_mut(field).map(std::mem::take) {
+        for item in items {
+            if let Some(id) = item.get(0).and_then(serde_json::Value::as_str) {
+                records.insert(id.to_string(), item.to_string());
+            }
+        }
+        head[field] = serde_json::Value::Array(Vec::new());
+    }
+    (head, records)
+}
+
+/// The records of `cursor`'s `field` (without splitting the rest).
+fn records_of(cursor: &serde_json::Value, field: &str) -> BTreeMap<String, String> {
+    let mut records = BTreeMap::new();
+    if let Some(items) = cursor.get(field).and_then(serde_json::Value::as_array) {
+        for item in items {
+            if let Some(id) = item.get(0).and_then(serde_json::Value::as_str) {
+                records.insert(id.to_string(), item.to_string());
+            }
+        }
+    }
+    records
+}
+
+/// Writes a folder's cursor: its head, and with a records field only the
+/// records that differ from `was` (what the database holds).
+fn write_cursor(
+    tx: &Transaction<'_>,
+    folder: i64,
+    field: Option<&str>,
+    was: Option<&serde_json::Value>,
+    cursor: &serde_json::Value,
+) -> rusqlite::Result<usize> {
+    let Some(field) = field else {
+        return tx
+            .prepare_cached("UPDATE folders SET cursor = ?1 WHERE id = ?2")?
+            .execute(params![cursor.to_string(), folder]);
+    };
+    let (head, records) = split(cursor, field);
+    let old = was.map(|w| records_of(w, field)).unwrap_or_default();
+    let mut rows = tx
+        .prepare_cached("UPDATE folders SET cursor = ?1 WHERE id = ?2")?
+        .execute(params![head.to_string(), folder])?;
+    if was.is_none() {
+        // Nothing known about the rows: start from none.
+        rows += tx
+            .prepare_cached("DELETE FROM cursor_records WHERE folder = ?1")?
+            .execute([folder])?;
+    }
+    for (id, record) in &records {
+        if old.get(id) != Some(record) {
+            rows += tx
+                .prepare_cached(
+                    "INSERT OR REPLACE INTO cursor_records (folder, id, record) VALUES (?1, ?2, ?3)",
+                )?
+                .execute(params![folder, id, record])?;
+        }
+    }
+    for id in old.keys() {
+        if !records.contains_key(id) {
+            rows += tx
+                .prepare_cached("DELETE FROM cursor_records WHERE folder = ?1 AND id = ?2")?
+                .execute(params![folder, id])?;
+        }
+    }
+    Ok(rows)
+}
+
+/// Splits a cursor stored whole (imported from v0.1, or written before its
+/// backend declared a records field) into its head and rows.
+fn split_stored(tx: &Transaction<'_>, folder: i64, field: &str) -> rusqlite::Result<()> {
+    let text: Option<String> = tx
+        .prepare_cached("SELECT cursor FROM folders WHERE id = ?1")?
+        .query_row([folder], |r| r.get(0))?;
+    let Some(cursor) = text.and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok()) else {
+        return Ok(());
+    };
+    if cursor
+        .get(field)
+        .and_then(serde_json::Value::as_array)
+        .is_none_or(Vec::is_empty)
+    {
+        return Ok(());
+    }
+    write_cursor(tx, folder, Some(field), None, &cursor).map(|_| ())
+}
+
+/// A stored cursor head with its records put back (in id order), plus any
+/// records the head itself still holds (a cursor stored whole).
+fn join(
+    conn: &rusqlite::Connection,
+    folder: i64,
+    mut head: serde_json::Value,
+    field: &str,
+) -> rusqlite::Result<serde_json::Value> {
+    let mut stmt =
+        conn.prepare_cached("SELECT record FROM cursor_records WHERE folder = ?1 ORDER BY id")?;
+    let rows: Vec<String> = stmt
+        .query_map([folder], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    if rows.is_empty() {
+        return Ok(head);
+    }
+    let mut items = Vec::with_capacity(rows.len());
+    for text in rows {
+        match serde_json::from_str(&text) {
+            Ok(v) => items.push(v),
+            Err(e) => tracing::warn!(folder, "skipping an unreadable cursor record: {e}"),
+        }
+    }
+    if let Some(obj) = head.as_object_mut() {
+        obj.insert(field.to_string(), serde_json::Value::Array(items));
+    }
+    Ok(head)
 }
 
 /// Writes one agreement entry with database ids for its maildir and folders.
@@ -277,6 +417,7 @@ fn forget_unconfigured(tx: &Transaction<'_>, md: &[i64], fd: &[i64]) -> rusqlite
     }
     for id in &old_fd {
         tx.execute("DELETE FROM agreement_cloud WHERE folder = ?1", [id])?;
+        tx.execute("DELETE FROM cursor_records WHERE folder = ?1", [id])?;
         tx.execute("DELETE FROM folders WHERE id = ?1", [id])?;
     }
     if !old_md.is_empty() {
@@ -354,26 +495,26 @@ mod tests {
         let store = Store::open(dir.path()).unwrap();
         let md = vec!["/m/a".to_string(), "/m/b".to_string()];
         let fd = vec!["gmail:u/INBOX".to_string(), "office365:u/inbox".to_string()];
-        let (st, (empty, _)) = SyncState::open(&store, &md, &fd).unwrap();
+        let (st, (empty, _)) = SyncState::open(&store, &md, &fd, &[]).unwrap();
         let mut last = LastState::default();
         last.entries.insert(ContentHash([1; 32]), entry(0, 0));
         last.entries.insert(ContentHash([2; 32]), entry(1, 1));
         last.maildir_counts = vec![1, 1];
         let cursors = vec![
-            (0, serde_json::json!("h1")),
-            (1, serde_json::json!({"d": 1})),
+            (0, None, serde_json::json!("h1")),
+            (1, None, serde_json::json!({"d": 1})),
         ];
         store
             .commit(|tx| st.write(tx, &empty, &last, &cursors))
             .unwrap();
-        let (_, (again, c)) = SyncState::open(&store, &md, &fd).unwrap();
+        let (_, (again, c)) = SyncState::open(&store, &md, &fd, &[]).unwrap();
         assert_eq!(again, last);
         assert_eq!(c.len(), 2);
 
         // Maildir b first now, maildir a gone; the Gmail folder removed.
         let md2 = vec!["/m/b".to_string(), "/m/c".to_string()];
         let fd2 = vec!["office365:u/inbox".to_string()];
-        let (_, (got, cursors)) = SyncState::open(&store, &md2, &fd2).unwrap();
+        let (_, (got, cursors)) = SyncState::open(&store, &md2, &fd2, &[]).unwrap();
         assert_eq!(got.entries.len(), 1);
         let e = &got.entries[&ContentHash([2; 32])];
         assert_eq!(e.maildir, 0);
@@ -396,7 +537,7 @@ mod tests {
         let store = Store::open(dir.path()).unwrap();
         let md = vec!["/m/a".to_string()];
         let fd = vec!["office365:u/inbox".to_string()];
-        let (st, (empty, _)) = SyncState::open(&store, &md, &fd).unwrap();
+        let (st, (empty, _)) = SyncState::open(&store, &md, &fd, &[]).unwrap();
         let mut last = LastState::default();
         for i in 0..100u8 {
             last.entries.insert(ContentHash([i; 32]), entry(0, 0));
@@ -416,7 +557,7 @@ mod tests {
             store.commit(|tx| st.write(tx, &next, &next, &[])).unwrap(),
             0
         );
-        let (_, (got, _)) = SyncState::open(&store, &md, &fd).unwrap();
+        let (_, (got, _)) = SyncState::open(&store, &md, &fd, &[]).unwrap();
         assert_eq!(got, next);
     }
 
@@ -440,7 +581,8 @@ mod tests {
             "gmail:demo@gmail.example/INBOX".to_string(),
             "office365:demo@contoso.example/inbox".to_string(),
         ];
-        let (_, (last, cursors)) = SyncState::open(&store, &md, &fd).unwrap();
+        let fields = [Some("messages"), Some("entries")];
+        let (_, (last, cursors)) = SyncState::open(&store, &md, &fd, &fields).unwrap();
         assert!(!dir.path().join("state/sync.json").exists());
         assert_eq!(last.entries.len(), 12);
         assert_eq!(last.maildir_counts, vec![3, 2, 1, 6]);
@@ -455,8 +597,48 @@ mod tests {
         // Every imported entry names content the id cache knows.
         let known = store.known_cloud_hashes();
         assert!(last.entries.keys().all(|h| known.contains(h)));
-        // Opening again reads the same from the database alone.
-        let (_, (again, _)) = SyncState::open(&store, &md, &fd).unwrap();
+        // The imported cursors were split into rows; opening again reads the
+        // same from the database alone.
+        let rows: i64 = store.with_db(|db| {
+            db.conn()
+                .query_row("SELECT count(*) FROM cursor_records", [], |r| r.get(0))
+                .unwrap()
+        });
+        assert_eq!(rows, 12);
+        let (_, (again, cursors2)) = SyncState::open(&store, &md, &fd, &fields).unwrap();
         assert_eq!(again, last);
+        assert_eq!(cursors2, cursors);
+    }
+
+    #[test]
+    fn cursor_records_are_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let md = vec!["/m/a".to_string()];
+        let fd = vec!["office365:u/inbox".to_string()];
+        let fields = [Some("entries")];
+        let (st, (empty, _)) = SyncState::open(&store, &md, &fd, &fields).unwrap();
+        let items: Vec<serde_json::Value> = (0..1000)
+            .map(|i| serde_json::json!([format!("id{i:04}"), null, 2, 1_700_000_000 + i, false]))
+            .collect();
+        let c1 = serde_json::json!({"v": 1, "delta_link": "d1", "entries": items});
+        let rows = store
+            .commit(|tx| st.write(tx, &empty, &empty, &[(0, None, c1.clone())]))
+            .unwrap();
+        assert_eq!(rows, 1 + 1000);
+        let (_, (_, loaded)) = SyncState::open(&store, &md, &fd, &fields).unwrap();
+        assert_eq!(loaded["office365:u/inbox"], c1, "joined back in id order");
+        // One message's flags changed, one gone, a new delta link: the
+        // head and two rows, not the listing.
+        let mut c2 = c1.clone();
+        c2["delta_link"] = serde_json::json!("d2");
+        c2["entries"][5][2] = serde_json::json!(3);
+        c2["entries"].as_array_mut().unwrap().remove(9);
+        let rows = store
+            .commit(|tx| st.write(tx, &empty, &empty, &[(0, Some(c1), c2.clone())]))
+            .unwrap();
+        assert_eq!(rows, 1 + 2);
+        let (_, (_, loaded)) = SyncState::open(&store, &md, &fd, &fields).unwrap();
+        assert_eq!(loaded["office365:u/inbox"], c2);
     }
 }

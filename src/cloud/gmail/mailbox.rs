@@ -776,6 +776,10 @@ impl CloudMailbox for GmailMailbox {
         })
     }
 
+    fn cursor_records_field(&self) -> Option<&'static str> {
+        Some("messages")
+    }
+
     fn save_cursor(&self) -> Option<serde_json::Value> {
         let st = self.lock();
         let cursor = Cursor {

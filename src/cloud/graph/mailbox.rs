@@ -791,6 +791,10 @@ impl CloudMailbox for GraphMailbox {
         Box::pin(self.set_flags_impl(changes))
     }
 
+    fn cursor_records_field(&self) -> Option<&'static str> {
+        Some("entries")
+    }
+
     fn save_cursor(&self) -> Option<Value> {
         self.cursor()
     }
