@@ -201,10 +201,21 @@ class World:
             return 0
 
     def _spawn(self, extra):
+        """Starts the binary; its output reaches the log file through a pipe
+        copied by this process, so the daemon's write_bytes count its state
+        and maildir writes, not the log the harness reads."""
         self.log_n += 1
         log = open(os.path.join(self.dir, f"daemon-{self.log_n}.log"), "w+")
         p = subprocess.Popen([os.path.join(self.bins, "cloud-mdir-sync"), "-c", self.cfg, *extra],
-                             env=self.env, stdout=log, stderr=subprocess.STDOUT)
+                             env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+        def copy():
+            for line in iter(p.stdout.readline, b""):
+                log.write(line.decode(errors="replace"))
+                log.flush()
+
+        p.copier = threading.Thread(target=copy, daemon=True)
+        p.copier.start()
         return p, log
 
     def once(self, sampler=None):
@@ -219,6 +230,7 @@ class World:
         _, status, ru = os.wait4(p.pid, 0)
         p.returncode = os.waitstatus_to_exitcode(status)
         wall = time.time() - t
+        p.copier.join(timeout=30)
         stop.set()
         if th:
             th.join()

@@ -85,8 +85,9 @@ pub enum DaemonError {
     Incomplete(String),
 }
 
-/// How long the watcher waits for a burst of maildir changes to settle.
-const WATCH_DEBOUNCE: Duration = Duration::from_millis(200);
+/// How long the watcher waits for a burst of maildir changes to settle (a
+/// mail client's renames come within milliseconds of each other).
+const WATCH_DEBOUNCE: Duration = Duration::from_millis(50);
 /// Maildirs are scanned in full at least this often even without a watcher
 /// event: the watcher is a hint, never the only truth.
 const RESCAN_INTERVAL: Duration = Duration::from_secs(3600);

@@ -154,6 +154,15 @@ impl Db {
         db.conn
             .pragma_update(None, "synchronous", "NORMAL")
             .map_err(err)?;
+        // Closing does not checkpoint: a stop must not wait for copying the
+        // log into the database and an fsync (the next open reads the log;
+        // commits checkpoint as the log grows).
+        db.conn
+            .set_db_config(
+                rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE,
+                true,
+            )
+            .map_err(err)?;
         db.migrate()?;
         // The state directory is 0700; the files inside are ours alone too.
         for ext in ["", "-wal", "-shm"] {

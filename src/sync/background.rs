@@ -67,6 +67,17 @@ pub(super) enum Finished {
     },
 }
 
+impl Finished {
+    /// The folder it belongs to.
+    fn folder(&self) -> usize {
+        match self {
+            Finished::Stored { folder, .. }
+            | Finished::Failed { folder, .. }
+            | Finished::StoreFailed { folder, .. } => *folder,
+        }
+    }
+}
+
 /// A listing that finished, with the version it was started at.
 pub(super) struct ListDone {
     /// The version assigned when the call started: the listing shows the
@@ -113,8 +124,10 @@ pub(super) struct Background {
     shared: Arc<Mutex<Shared>>,
     notify: Arc<Notify>,
     tasks: JoinSet<()>,
-    /// When the last cycle ended and how long it took (batch spacing).
+    /// When the last cycle ended and how long it worked (batch spacing).
     last_cycle: Option<(Instant, Duration)>,
+    /// Time the running cycle spent waiting for listings.
+    waited: Duration,
 }
 
 /// Decrements a folder's worker count however the worker ends.
@@ -143,6 +156,7 @@ impl Background {
             notify: Arc::new(Notify::new()),
             tasks: JoinSet::new(),
             last_cycle: None,
+            waited: Duration::ZERO,
         }
     }
 
@@ -199,9 +213,15 @@ impl Background {
         });
     }
 
-    /// Waits until no listing is running or `grace` has passed (or a stop).
-    pub(super) async fn await_listings(&self, grace: Duration, stop: &Stop) {
-        let deadline = tokio::time::Instant::now() + grace;
+    /// Waits until no listing is running or `grace` has passed (or a
+    /// stop). The time waited does not count as the cycle's own duration.
+    pub(super) async fn await_listings(&mut self, grace: Duration, stop: &Stop) {
+        let start = tokio::time::Instant::now();
+        self.wait_until_listed(start + grace, stop).await;
+        self.waited += start.elapsed();
+    }
+
+    async fn wait_until_listed(&self, deadline: tokio::time::Instant, stop: &Stop) {
         loop {
             let notified = self.notify.notified();
             tokio::pin!(notified);
@@ -286,9 +306,11 @@ impl Background {
         while self.tasks.try_join_next().is_some() {}
     }
 
-    /// Records when a cycle ended and how long it took.
+    /// Records when a cycle ended and how long it took, less the time it
+    /// waited for listings (spacing bounds the cycles' own work).
     pub(super) fn cycle_done(&mut self, took: Duration) {
-        self.last_cycle = Some((Instant::now(), took));
+        let worked = took.saturating_sub(std::mem::take(&mut self.waited));
+        self.last_cycle = Some((Instant::now(), worked));
     }
 
     /// A future that resolves when a cycle has background results to take
@@ -308,10 +330,15 @@ impl Background {
                 notified.as_mut().enable();
                 let deadline = {
                     let s = lock(&shared);
-                    let idle = s.pipes.iter().all(|p| p.workers == 0 && p.queue.is_empty());
+                    // A folder whose downloads are all done need not wait
+                    // for the others' batches.
+                    let folder_done = s.finished.iter().any(|f| {
+                        let p = &s.pipes[f.folder()];
+                        p.workers == 0 && p.queue.is_empty()
+                    });
                     if s.pipes.iter().any(|p| p.listed.is_some())
                         || s.finished.len() >= BATCH_MESSAGES
-                        || (!s.finished.is_empty() && idle)
+                        || folder_done
                     {
                         None
                     } else {

@@ -374,7 +374,11 @@ impl Engine {
             .collect();
         let cloud = self.resolve_hashes(&mut report, &mut complete)?;
         let scanned = self.scan_all().await?;
-        let routes = self.route(&cloud, &mut report).await;
+        // Stopping: nothing is planned, so nothing changes; what was
+        // downloaded is committed already.
+        let Some(routes) = self.stop.unless(self.route(&cloud, &mut report)).await else {
+            return Ok(report);
+        };
 
         let input = PlanInput {
             mode: self.mode,
