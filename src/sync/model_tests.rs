@@ -81,6 +81,16 @@ enum Op {
     /// A cycle woken by a local change: no listing, the previous one with
     /// the effects of the daemon's actions since.
     WatcherCycle { fail: u64 },
+    /// A batch cycle while folder `mailbox` downloads: it is listed in
+    /// full, but only the messages whose content is stored so far (those
+    /// whose id falls under `keep` / 256, a random split of the folder) are
+    /// in the picture, and the folder counts as incomplete.
+    BatchCycle {
+        fail: u64,
+        mailbox: usize,
+        keep: u8,
+        salt: u8,
+    },
     /// The daemon stops and starts again.
     Restart { keep_state: bool, offline: bool },
 }
@@ -102,7 +112,9 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (0..2usize).prop_map(|maildir| Op::RemoveMaildir { maildir }),
         1 => (any::<u8>(), 0..3u8).prop_map(|(pick, route)| Op::Reroute { pick, route }),
         5 => (fail.clone(), incomplete).prop_map(|(fail, incomplete)| Op::Cycle { fail, incomplete }),
-        3 => fail.prop_map(|fail| Op::WatcherCycle { fail }),
+        3 => fail.clone().prop_map(|fail| Op::WatcherCycle { fail }),
+        3 => (fail, 0..2usize, any::<u8>(), any::<u8>())
+            .prop_map(|(fail, mailbox, keep, salt)| Op::BatchCycle { fail, mailbox, keep, salt }),
         1 => (any::<bool>(), any::<bool>())
             .prop_map(|(keep_state, offline)| Op::Restart { keep_state, offline }),
     ]
@@ -429,6 +441,12 @@ impl Model {
             }
             Op::Cycle { fail, incomplete } => self.cycle(fail, incomplete),
             Op::WatcherCycle { fail } => self.watcher_cycle(fail),
+            Op::BatchCycle {
+                fail,
+                mailbox,
+                keep,
+                salt,
+            } => self.batch_cycle(fail, mailbox, keep, salt),
             Op::Restart {
                 keep_state,
                 offline,
@@ -541,6 +559,34 @@ impl Model {
                 self.sent.retain(|k| k.0 != m);
             }
         }
+        self.run_cycle(input, fail, false);
+    }
+
+    /// A batch cycle: `mailbox` is listed (its picture cached in full), but
+    /// only a random part of it has content yet; it is incomplete.
+    fn batch_cycle(&mut self, fail: u64, mailbox: usize, keep: u8, salt: u8) {
+        let mut input = self.input(None);
+        for m in 0..2 {
+            self.cached[m] = Some(
+                input
+                    .cloud
+                    .iter()
+                    .filter(|c| c.mailbox == m)
+                    .map(|c| (c.id.clone(), (content(&c.hash), c.flags)))
+                    .collect(),
+            );
+            self.sent.retain(|k| k.0 != m);
+        }
+        let stored = |id: &str| {
+            let h = id.bytes().fold(u32::from(salt), |a, b| {
+                a.wrapping_mul(31).wrapping_add(u32::from(b))
+            });
+            (h % 256) < u32::from(keep)
+        };
+        input
+            .cloud
+            .retain(|c| c.mailbox != mailbox || stored(&c.id));
+        input.mailboxes[mailbox].complete = false;
         self.run_cycle(input, fail, false);
     }
 
@@ -863,5 +909,37 @@ proptest! {
             m.apply(op);
         }
         m.check_converged();
+    }
+
+    /// An initial sync fed to the planner in random batches (random splits
+    /// of each folder, in random order, with failing actions) ends where one
+    /// big cycle ends: the same files, in the same maildirs, with the same
+    /// flags, and the same cloud.
+    #[test]
+    fn batches_reach_the_state_of_one_big_cycle(
+        mails in proptest::collection::vec((0..2usize, proptest::option::of(any::<u8>()), any::<u8>()), 1..40),
+        batches in proptest::collection::vec((any::<u64>(), 0..2usize, any::<u8>(), any::<u8>()), 1..8),
+    ) {
+        let world = |batched: bool| {
+            let mut m = Model::new();
+            for (mailbox, reuse, flags) in &mails {
+                m.apply(&Op::NewMail { mailbox: *mailbox, reuse: *reuse, flags: *flags });
+            }
+            if batched {
+                for (fail, mailbox, keep, salt) in &batches {
+                    m.apply(&Op::BatchCycle { fail: *fail, mailbox: *mailbox, keep: *keep, salt: *salt });
+                }
+            }
+            for _ in 0..3 {
+                m.cycle(0, None);
+            }
+            let mut files: Vec<(Content, usize, Flags)> =
+                m.files.iter().map(|(k, v)| (v.0, k.0, v.1)).collect();
+            files.sort();
+            let cloud: Vec<((usize, String), (Content, Flags))> =
+                m.cloud.iter().map(|(k, v)| (k.clone(), *v)).collect();
+            (files, cloud)
+        };
+        prop_assert_eq!(world(true), world(false));
     }
 }

@@ -557,14 +557,16 @@ fn three_way(input: &PlanInput, g: &Group<'_>, s: &LastEntry) -> Flags {
     for c in &g.cloud {
         let sup = supported(input, c.mailbox);
         // A copy moved to another synced folder keeps its id (Graph
-        // immutable ids, Gmail labels); a truly new copy is compared with
-        // the agreed flags.
+        // immutable ids, Gmail labels); a truly new copy (another folder's
+        // duplicate, or one a batch showed later) brings the bits it has
+        // beyond the agreed flags, as at first sight (union over copies),
+        // and takes none away.
         let base = s
             .cloud
             .iter()
             .find(|b| b.mailbox == c.mailbox && b.id == c.id)
             .or_else(|| s.cloud.iter().find(|b| b.id == c.id))
-            .map_or(s.flags, |b| b.flags);
+            .map_or(s.flags & c.flags, |b| b.flags);
         let changed = (c.flags ^ base) & sup;
         set |= c.flags & changed;
         cleared |= !c.flags & changed;
