@@ -228,6 +228,15 @@ pub fn fsync_dir(path: &Path) -> Result<(), FsError> {
         })
 }
 
+/// Removes the file at `path`; one that is already gone is no error.
+/// Blocking.
+pub fn remove_if_present(path: &Path) -> io::Result<()> {
+    match fs::remove_file(path) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        r => r,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

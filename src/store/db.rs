@@ -189,19 +189,10 @@ impl Db {
             });
         }
         for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
-            let path = self.path.clone();
-            let err = |source| StoreError::Db {
-                path: path.clone(),
-                source,
-            };
-            let tx = self
-                .conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(err)?;
-            tx.execute_batch(sql).map_err(err)?;
-            tx.pragma_update(None, "user_version", i as i64 + 1)
-                .map_err(err)?;
-            tx.commit().map_err(err)?;
+            self.commit(|tx| {
+                tx.execute_batch(sql)?;
+                tx.pragma_update(None, "user_version", i as i64 + 1)
+            })?;
             tracing::info!(path = %self.path.display(), version = i + 1, "state database schema updated");
         }
         Ok(())

@@ -5,7 +5,6 @@
 //! commit leaves the files in place for the next start; a crash after it
 //! leaves them to be removed without importing again.
 
-use std::io;
 use std::path::Path;
 
 use rusqlite::Transaction;
@@ -13,7 +12,7 @@ use rusqlite::Transaction;
 use super::db::{Db, set_meta};
 use super::statefile::StateFile;
 use super::{IdOp, InodeOp, StoreError, write_ops};
-use crate::fsutil::InodeKey;
+use crate::fsutil::{self, InodeKey};
 use crate::types::{Cid, ContentHash, StorageKind};
 
 /// v0.1's `ids.json` record: `[kind, storage_id, email_id, hash]`.
@@ -94,16 +93,10 @@ pub(crate) fn once(
     }
     for f in files {
         for p in [f.path(), f.prev_path()] {
-            match std::fs::remove_file(p) {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(source) => {
-                    return Err(StoreError::Remove {
-                        path: p.to_path_buf(),
-                        source,
-                    });
-                }
-            }
+            fsutil::remove_if_present(p).map_err(|source| StoreError::Remove {
+                path: p.to_path_buf(),
+                source,
+            })?;
         }
     }
     Ok(())

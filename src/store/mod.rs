@@ -286,11 +286,7 @@ impl Store {
     /// hash computed while writing (no re-read): fsyncs it and links it to
     /// its hash name. Blocking.
     pub fn insert_temp(&self, tmp: TempBlob) -> Result<ContentHash, StoreError> {
-        tmp.file.sync_all().map_err(|source| StoreError::Write {
-            path: tmp.path.clone(),
-            source,
-        })?;
-        let hash = tmp.hasher.finalize();
+        let hash = tmp.finish()?;
         self.adopt_temp(&tmp.path, hash)?;
         Ok(hash)
     }
@@ -301,23 +297,14 @@ impl Store {
     /// is pinned (kept by [`Store::retain`]) until [`Store::release`].
     /// Blocking.
     pub fn adopt_download(&self, tmp: TempBlob, cid: Cid) -> Result<ContentHash, StoreError> {
-        tmp.file.sync_all().map_err(|source| StoreError::Write {
-            path: tmp.path.clone(),
-            source,
-        })?;
-        let hash = tmp.hasher.finalize();
+        let hash = tmp.finish()?;
         // Pinned before the blob exists, so no retain can take it between.
         lock(&self.inner).pinned.insert(hash);
         if let Err(e) = self.adopt_temp(&tmp.path, hash) {
             lock(&self.inner).pinned.remove(&hash);
             return Err(e);
         }
-        {
-            let mut inner = lock(&self.inner);
-            if inner.ids.insert(cid.clone(), hash) {
-                inner.id_ops.push(IdOp::Put(cid, hash));
-            }
-        }
+        lock(&self.inner).put_id(cid, hash);
         self.save()?;
         Ok(hash)
     }
@@ -495,10 +482,7 @@ impl Store {
 
     /// Records that cloud id `cid` has content `hash`.
     pub fn record_id(&self, cid: Cid, hash: ContentHash) {
-        let mut inner = lock(&self.inner);
-        if inner.ids.insert(cid.clone(), hash) {
-            inner.id_ops.push(IdOp::Put(cid, hash));
-        }
+        lock(&self.inner).put_id(cid, hash);
     }
 
     /// Every content hash the id cache maps some cloud id to: content known
@@ -557,14 +541,10 @@ impl Store {
         };
         for h in &doomed {
             let path = self.blob_path(h);
-            match fs::remove_file(&path) {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(source) => {
-                    // Still there: keep it known so `have` stays truthful.
-                    lock(&self.inner).blobs.insert(*h);
-                    return Err(StoreError::Remove { path, source });
-                }
+            if let Err(source) = fsutil::remove_if_present(&path) {
+                // Still there: keep it known so `have` stays truthful.
+                lock(&self.inner).blobs.insert(*h);
+                return Err(StoreError::Remove { path, source });
             }
         }
         Ok(doomed.len())
@@ -627,6 +607,13 @@ impl Store {
 }
 
 impl Inner {
+    /// Caches `cid -> hash`, queueing the row when it changed.
+    fn put_id(&mut self, cid: Cid, hash: ContentHash) {
+        if self.ids.insert(cid.clone(), hash) {
+            self.id_ops.push(IdOp::Put(cid, hash));
+        }
+    }
+
     /// Caches `key -> hash`, queueing the row when it changed.
     fn put_inode(&mut self, key: InodeKey, hash: ContentHash) {
         if self.inodes.insert(key, hash) {
@@ -662,10 +649,7 @@ fn write_ops(
                     &hash.0[..]
                 ])?;
             }
-            IdOp::DropHash(hash) => {
-                tx.prepare_cached("DELETE FROM ids WHERE hash = ?1")?
-                    .execute([&hash.0[..]])?;
-            }
+            IdOp::DropHash(hash) => drop_hash(tx, "ids", hash)?,
         }
     }
     for op in inode_ops {
@@ -684,13 +668,21 @@ fn write_ops(
                     &hash.0[..]
                 ])?;
             }
-            InodeOp::DropHash(hash) => {
-                tx.prepare_cached("DELETE FROM inodes WHERE hash = ?1")?
-                    .execute([&hash.0[..]])?;
-            }
+            InodeOp::DropHash(hash) => drop_hash(tx, "inodes", hash)?,
         }
     }
     Ok(())
+}
+
+/// Deletes the rows of `table` (`ids` or `inodes`) naming `hash`.
+fn drop_hash(
+    tx: &rusqlite::Transaction<'_>,
+    table: &str,
+    hash: &ContentHash,
+) -> rusqlite::Result<()> {
+    tx.prepare_cached(&format!("DELETE FROM {table} WHERE hash = ?1"))?
+        .execute([&hash.0[..]])
+        .map(|_| ())
 }
 
 /// Reads both caches from the database.
@@ -744,6 +736,15 @@ pub struct TempBlob {
 }
 
 impl TempBlob {
+    /// Fsyncs the file and returns the hash of what was written.
+    fn finish(&self) -> Result<ContentHash, StoreError> {
+        self.file.sync_all().map_err(|source| StoreError::Write {
+            path: self.path.clone(),
+            source,
+        })?;
+        Ok(self.hasher.finalize())
+    }
+
     /// The temporary file's path.
     pub fn path(&self) -> &Path {
         &self.path
@@ -765,12 +766,8 @@ impl Write for TempBlob {
 impl Drop for TempBlob {
     fn drop(&mut self) {
         // Already gone after a successful insert; otherwise it is garbage.
-        match fs::remove_file(&self.path) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => {
-                tracing::warn!(path = %self.path.display(), error = %e, "cannot remove temp file")
-            }
+        if let Err(e) = fsutil::remove_if_present(&self.path) {
+            tracing::warn!(path = %self.path.display(), error = %e, "cannot remove temp file");
         }
     }
 }
@@ -815,12 +812,8 @@ fn clear_dir(dir: &Path) -> Result<(), StoreError> {
     };
     for dirent in fs::read_dir(dir).map_err(read_err)? {
         let path = dirent.map_err(read_err)?.path();
-        match fs::remove_file(&path) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => {
-                tracing::warn!(path = %path.display(), error = %e, "cannot remove stale temp file")
-            }
+        if let Err(e) = fsutil::remove_if_present(&path) {
+            tracing::warn!(path = %path.display(), error = %e, "cannot remove stale temp file");
         }
     }
     Ok(())

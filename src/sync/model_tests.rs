@@ -543,20 +543,26 @@ impl Model {
         input
     }
 
+    /// Folder `m` was listed as `input` shows it: cache the picture; sent
+    /// deletions are confirmed or not by it.
+    fn listed(&mut self, input: &PlanInput, m: usize) {
+        self.cached[m] = Some(
+            input
+                .cloud
+                .iter()
+                .filter(|c| c.mailbox == m)
+                .map(|c| (c.id.clone(), (content(&c.hash), c.flags)))
+                .collect(),
+        );
+        self.sent.retain(|k| k.0 != m);
+    }
+
     /// One full daemon cycle: list, plan, execute (some actions fail), persist.
     fn cycle(&mut self, fail: u64, incomplete: Option<usize>) {
         let input = self.input(incomplete);
         for m in 0..2 {
             if incomplete != Some(m) {
-                self.cached[m] = Some(
-                    input
-                        .cloud
-                        .iter()
-                        .filter(|c| c.mailbox == m)
-                        .map(|c| (c.id.clone(), (content(&c.hash), c.flags)))
-                        .collect(),
-                );
-                self.sent.retain(|k| k.0 != m);
+                self.listed(&input, m);
             }
         }
         self.run_cycle(input, fail, false);
@@ -567,15 +573,7 @@ impl Model {
     fn batch_cycle(&mut self, fail: u64, mailbox: usize, keep: u8, salt: u8) {
         let mut input = self.input(None);
         for m in 0..2 {
-            self.cached[m] = Some(
-                input
-                    .cloud
-                    .iter()
-                    .filter(|c| c.mailbox == m)
-                    .map(|c| (c.id.clone(), (content(&c.hash), c.flags)))
-                    .collect(),
-            );
-            self.sent.retain(|k| k.0 != m);
+            self.listed(&input, m);
         }
         let stored = |id: &str| {
             let h = id.bytes().fold(u32::from(salt), |a, b| {

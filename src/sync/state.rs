@@ -224,23 +224,28 @@ impl SyncState {
     }
 }
 
-/// A cursor split for storage: the object without its records, and the
-/// records by message id (serialised).
+/// A cursor split for storage: the object with its records field emptied,
+/// and the records by message id (serialised).
 fn split(cursor: &serde_json::Value, field: &str) -> (serde_json::Value, BTreeMap<String, String>) {
-    let mut head = cursor.clone();
-    let mut records = BTreeMap::new();
-    if let Some(serde_json::Value::Array(items)) = head.get_mut(field).map(std::mem::take) {
-        for item in items {
-            if let Some(id) = item.get(0).and_then(serde_json::Value::as_str) {
-                records.insert(id.to_string(), item.to_string());
-            }
-        }
-        head[field] = serde_json::Value::Array(Vec::new());
-    }
-    (head, records)
+    let head = match cursor.as_object() {
+        Some(obj) => serde_json::Value::Object(
+            obj.iter()
+                .map(|(k, v)| {
+                    let v = if k == field {
+                        serde_json::Value::Array(Vec::new())
+                    } else {
+                        v.clone()
+                    };
+                    (k.clone(), v)
+                })
+                .collect(),
+        ),
+        None => cursor.clone(),
+    };
+    (head, records_of(cursor, field))
 }
 
-/// The records of `cursor`'s `field` (without splitting the rest).
+/// The records of `cursor`'s `field`, by message id (serialised).
 fn records_of(cursor: &serde_json::Value, field: &str) -> BTreeMap<String, String> {
     let mut records = BTreeMap::new();
     if let Some(items) = cursor.get(field).and_then(serde_json::Value::as_array) {
@@ -476,6 +481,14 @@ fn index_of(ids: &[i64]) -> HashMap<i64, usize> {
 mod tests {
     use super::*;
 
+    fn rows(store: &Store, table: &str) -> i64 {
+        store.with_db(|db| {
+            db.conn()
+                .query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0))
+                .unwrap()
+        })
+    }
+
     fn entry(maildir: usize, mailbox: usize) -> LastEntry {
         LastEntry {
             flags: Flags::READ,
@@ -523,12 +536,7 @@ mod tests {
         assert_eq!(cursors.len(), 1);
         assert_eq!(cursors["office365:u/inbox"], serde_json::json!({"d": 1}));
         // The dropped rows are gone from the database, not just hidden.
-        let n: i64 = store.with_db(|db| {
-            db.conn()
-                .query_row("SELECT count(*) FROM agreement_cloud", [], |r| r.get(0))
-                .unwrap()
-        });
-        assert_eq!(n, 1);
+        assert_eq!(rows(&store, "agreement_cloud"), 1);
     }
 
     #[test]
@@ -599,12 +607,7 @@ mod tests {
         assert!(last.entries.keys().all(|h| known.contains(h)));
         // The imported cursors were split into rows; opening again reads the
         // same from the database alone.
-        let rows: i64 = store.with_db(|db| {
-            db.conn()
-                .query_row("SELECT count(*) FROM cursor_records", [], |r| r.get(0))
-                .unwrap()
-        });
-        assert_eq!(rows, 12);
+        assert_eq!(rows(&store, "cursor_records"), 12);
         let (_, (again, cursors2)) = SyncState::open(&store, &md, &fd, &fields).unwrap();
         assert_eq!(again, last);
         assert_eq!(cursors2, cursors);
