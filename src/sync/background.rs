@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
 
-use super::engine::Stop;
+use super::engine::{Stop, SyncError};
 use crate::cloud::{CloudEntry, CloudError, CloudMailbox, ErrorKind};
 use crate::store::Store;
 use crate::types::{Cid, ContentHash};
@@ -63,7 +63,7 @@ pub(super) enum Finished {
         /// Message id.
         id: String,
         /// Why.
-        error: String,
+        error: SyncError,
     },
 }
 
@@ -421,7 +421,7 @@ async fn worker(
 /// Why a download failed.
 enum Fail {
     Cloud(CloudError),
-    Store(String),
+    Store(SyncError),
 }
 
 /// Streams one message into a store temp file and commits it with its id;
@@ -433,13 +433,13 @@ async fn fetch(
     id: &str,
     cid: Cid,
 ) -> Result<ContentHash, Fail> {
-    let mut tmp = store.temp_file().map_err(|e| Fail::Store(e.to_string()))?;
+    let mut tmp = store.temp_file().map_err(|e| Fail::Store(e.into()))?;
     cloud.fetch(id, &mut tmp).await.map_err(Fail::Cloud)?;
     let store = store.clone();
     tokio::task::spawn_blocking(move || store.adopt_download(tmp, cid))
         .await
-        .map_err(|e| Fail::Store(e.to_string()))?
-        .map_err(|e| Fail::Store(e.to_string()))
+        .map_err(|e| Fail::Store(SyncError::Task(e.to_string())))?
+        .map_err(|e| Fail::Store(e.into()))
 }
 
 /// The error a cloud call interrupted by a stop reports.

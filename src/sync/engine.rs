@@ -164,9 +164,6 @@ pub struct Engine {
     sizes: std::sync::Mutex<HashMap<ContentHash, u64>>,
     /// Listings and downloads running per folder, across cycles.
     background: Background,
-    /// The cycle being run took in something new (a changed listing, a
-    /// failed one, a listing to redo).
-    news: bool,
     /// The last cycle reached a fixed point: nothing to do, nothing failed,
     /// every folder complete, nothing held or pending.
     quiet: bool,
@@ -257,7 +254,6 @@ impl Engine {
             stop: Stop::default(),
             sizes: std::sync::Mutex::new(HashMap::new()),
             background: Background::new(n_folders),
-            news: false,
             quiet: false,
         })
     }
@@ -357,9 +353,8 @@ impl Engine {
         may_skip: bool,
     ) -> Result<CycleReport, SyncError> {
         let mut report = CycleReport::default();
-        self.news = false;
-        let mut complete = self.list_some(relist, &mut report).await;
-        if may_skip && self.quiet && !self.news && !self.background.busy() {
+        let (mut complete, news) = self.list_some(relist, &mut report).await;
+        if may_skip && self.quiet && !news && !self.background.busy() {
             report.skipped = true;
             report.touched = vec![false; self.folders.len()];
             return Ok(report);
@@ -497,9 +492,12 @@ impl Engine {
     /// every listing that finished. A listing started before the agreement
     /// it would be planned against is dropped and started again; a failed
     /// one leaves the previous listing in place and marks the folder
-    /// incomplete.
-    async fn list_some(&mut self, relist: &[bool], report: &mut CycleReport) -> Vec<bool> {
+    /// incomplete. Returns per folder whether it is complete, and whether
+    /// anything new was taken in (a changed listing, a failed one, one to
+    /// redo).
+    async fn list_some(&mut self, relist: &[bool], report: &mut CycleReport) -> (Vec<bool>, bool) {
         let mut started = false;
+        let mut news = false;
         for (i, f) in self.folders.iter().enumerate() {
             let stale = self.listings[i]
                 .as_ref()
@@ -538,7 +536,7 @@ impl Engine {
                     let (cloud, stop) = (self.folders[i].cloud.clone(), self.stop.clone());
                     self.background
                         .start_listing(i, self.versions, false, cloud, stop);
-                    self.news = true;
+                    news = true;
                 }
                 // Unchanged since the listing the engine holds.
                 Ok(None) => {}
@@ -548,11 +546,11 @@ impl Engine {
                         version: done.version,
                         sent_deletions: HashSet::new(),
                     });
-                    self.news = true;
+                    news = true;
                 }
                 Err(e) => {
                     tracing::warn!(folder = %self.folders[i].key, "listing failed: {e}");
-                    self.news = true;
+                    news = true;
                     *complete = false;
                     report.cloud_errors.push(e);
                 }
@@ -568,7 +566,7 @@ impl Engine {
                 Some(_) => {}
             }
         }
-        complete
+        (complete, news)
     }
 
     /// Map every listed message to its content hash through the id cache;
@@ -622,7 +620,7 @@ impl Engine {
         // Listed entries find them through the id cache from now on.
         self.store.release(&stored);
         if let Some(e) = store_error {
-            return Err(SyncError::Task(format!("storing downloads: {e}")));
+            return Err(e);
         }
         let mut known = Vec::new();
         for (i, listing) in self.listings.iter().enumerate() {
