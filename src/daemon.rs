@@ -317,22 +317,17 @@ async fn run_with_logins(
     let mut relist = vec![true; n];
     let mut backoff: Option<Duration> = None;
     let mut rng = Jitter::new();
-    // Whether a maildir may have changed since the last cycle that scanned
-    // them: a watcher event (an overflow is one too), or the periodic
-    // rescan, the safety net for anything the watcher missed.
-    let mut local_changed = true;
+    // The first cycle scans every maildir; so does one every
+    // RESCAN_INTERVAL, the safety net for anything the watcher missed (an
+    // overflow asks for one too). Other cycles handle the files the
+    // watcher names.
     let mut last_scan = Instant::now();
     loop {
         if last_scan.elapsed() >= RESCAN_INTERVAL {
-            local_changed = true;
-        }
-        let result = if local_changed {
             last_scan = Instant::now();
-            engine.cycle_with(&relist).await
-        } else {
-            engine.poll(&relist).await
-        };
-        local_changed = false;
+            engine.request_rescan();
+        }
+        let result = engine.poll(&relist).await;
         if *shutdown.borrow() {
             tracing::info!("stopping; state saved");
             return Ok(());
@@ -384,17 +379,16 @@ async fn run_with_logins(
                 return Ok(());
             }
             () = background, if busy => {
-                // New content to deliver: the maildirs are scanned with it.
-                local_changed = true;
+                // New content to deliver, or a listing to take in.
             }
             Ok(()) = logins.changed() => {
                 // A login finished (or an account needs one): list again.
                 relist = vec![true; n];
             }
-            Some(_) = events.recv() => {
+            Some(event) = events.recv() => {
                 // A local change: push it without listing again, unless a
                 // retry is due anyway.
-                local_changed = true;
+                engine.files_changed(event);
                 if retry_at.is_some_and(|r| r <= Instant::now()) {
                     relist = vec![true; n];
                 }
@@ -409,6 +403,11 @@ async fn run_with_logins(
                     }
                 }
             }
+        }
+        // Everything else the watcher reported meanwhile goes into the
+        // same cycle.
+        while let Ok(event) = events.try_recv() {
+            engine.files_changed(event);
         }
         if *shutdown.borrow() {
             return Ok(());

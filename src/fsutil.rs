@@ -80,7 +80,7 @@ pub enum FsError {
 /// Identifies one version of a file without reading it: device, inode, size
 /// and change times. Any write, rename or link of the file changes `ctime`,
 /// so an unchanged key means unchanged content.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct InodeKey {
     /// Device number of the filesystem holding the inode.
     pub dev: u64,

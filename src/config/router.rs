@@ -117,6 +117,20 @@ impl Router {
         self.state.lock().map(|s| s.memo.len()).unwrap_or(0)
     }
 
+    /// Forget the answers for messages that left the cloud, as (mailbox,
+    /// storage id).
+    pub fn forget(&self, gone: &[(usize, String)]) {
+        if gone.is_empty() {
+            return;
+        }
+        let gone: HashSet<(usize, &str)> = gone.iter().map(|(m, id)| (*m, id.as_str())).collect();
+        let mut st = match self.state.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        st.memo.retain(|k, _| !gone.contains(&(k.0, k.2.as_str())));
+    }
+
     /// Route a batch; one result per request, in order. Answers not asked
     /// for in the last two batches are forgotten, so the memo holds what
     /// the cloud lists, not everything it ever listed.

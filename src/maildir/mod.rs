@@ -9,6 +9,7 @@ mod watch;
 pub use flags::{Subdir, encode_name, parse_name};
 pub use watch::{WatchEvent, WatchGuard, watch};
 
+use std::collections::HashMap;
 use std::fs::{self, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
@@ -152,6 +153,19 @@ pub struct Maildir {
     new: PathBuf,
 }
 
+/// The entry for a regular file `name` of `sub` with metadata `meta`.
+fn entry_of(path: PathBuf, sub: Subdir, name: &str, meta: &fs::Metadata) -> Entry {
+    let (base, flags, other) = parse_name(name);
+    Entry {
+        base: base.to_string(),
+        path,
+        subdir: sub,
+        flags,
+        other,
+        key: InodeKey::from_metadata(meta),
+    }
+}
+
 impl Maildir {
     /// Opens an existing maildir, checking that its three directories exist.
     pub fn open(root: &Path) -> Result<Maildir, MaildirError> {
@@ -258,17 +272,67 @@ impl Maildir {
             if !meta.file_type().is_file() {
                 continue;
             }
-            let (base, flags, other) = parse_name(name);
-            scan.entries.push(Entry {
-                base: base.to_string(),
-                path,
-                subdir: sub,
-                flags,
-                other,
-                key: InodeKey::from_metadata(&meta),
-            });
+            scan.entries.push(entry_of(path, sub, name, &meta));
         }
         Ok(())
+    }
+
+    /// The files of `cur/` and `new/` (dot files left out) by base name
+    /// (the name without its `:2,` info): where a message went after
+    /// renames the caller has not heard of yet. Reads the directories'
+    /// names only (no `stat`), again if they changed while being read.
+    pub fn names_by_base(&self) -> Result<HashMap<String, Vec<PathBuf>>, MaildirError> {
+        let mut found: HashMap<String, Vec<PathBuf>> = HashMap::new();
+        for _ in 0..3 {
+            found.clear();
+            let before = self.dir_mtimes()?;
+            for dir in [&self.cur, &self.new] {
+                let read_err = |source| MaildirError::Read {
+                    path: dir.to_path_buf(),
+                    source,
+                };
+                for dirent in fs::read_dir(dir).map_err(read_err)? {
+                    let name = dirent.map_err(read_err)?.file_name();
+                    let Some(name) = name.to_str() else { continue };
+                    if !name.starts_with('.') {
+                        let base = parse_name(name).0.to_string();
+                        found.entry(base).or_default().push(dir.join(name));
+                    }
+                }
+            }
+            if self.dir_mtimes()? == before {
+                break;
+            }
+        }
+        Ok(found)
+    }
+
+    /// What one file of `cur/` or `new/` is now, as [`Maildir::scan`] would
+    /// list it: `None` when it is gone, not a regular file (symlinks are not
+    /// followed), a dot file, or not in this maildir's `cur/` or `new/`.
+    pub fn look(&self, path: &Path) -> Result<Option<Entry>, MaildirError> {
+        let sub = match path.parent() {
+            Some(p) if p == self.cur => Subdir::Cur,
+            Some(p) if p == self.new => Subdir::New,
+            _ => return Ok(None),
+        };
+        let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+            return Ok(None);
+        };
+        if name.starts_with('.') {
+            return Ok(None);
+        }
+        match fs::symlink_metadata(path) {
+            Ok(meta) if meta.file_type().is_file() => {
+                Ok(Some(entry_of(path.to_path_buf(), sub, name, &meta)))
+            }
+            Ok(_) => Ok(None),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(source) => Err(MaildirError::Read {
+                path: path.to_path_buf(),
+                source,
+            }),
+        }
     }
 
     /// A fresh base name, unique across processes and hosts:

@@ -232,6 +232,12 @@ fn watcher_reports_rename_in_cur() {
             .expect("no watch event within 10 s")
             .expect("watch channel closed");
         assert_eq!(ev.maildir, md.path());
+        assert!(!ev.rescan);
+        // Both names of the rename, not the dot file.
+        let renamed = md.scan().unwrap().entries.pop().unwrap().path;
+        let mut want = vec![e.path.clone(), renamed];
+        want.sort();
+        assert_eq!(ev.paths, want);
         drop(guard);
         // After the guard goes, the channel closes (eventually).
         let end = tokio::time::timeout(Duration::from_secs(10), async {
@@ -247,15 +253,14 @@ fn watcher_reports_rename_in_cur() {
 
 #[test]
 fn watch_event_mapping_ignores_dotfiles() {
+    use watch::Place;
     let roots = vec![PathBuf::from("/m/a"), PathBuf::from("/m/b")];
-    assert_eq!(
-        watch::maildir_of(Path::new("/m/b/cur/x:2,S"), &roots),
-        Some(1)
-    );
-    assert_eq!(watch::maildir_of(Path::new("/m/a/new/x"), &roots), Some(0));
-    assert_eq!(watch::maildir_of(Path::new("/m/a/new/.x"), &roots), None);
-    assert_eq!(watch::maildir_of(Path::new("/m/a/tmp/x"), &roots), None);
-    assert_eq!(watch::maildir_of(Path::new("/m/a/cur"), &roots), Some(0));
+    let place = |p: &str| watch::place_of(Path::new(p), &roots);
+    assert_eq!(place("/m/b/cur/x:2,S"), Some(Place::File(1)));
+    assert_eq!(place("/m/a/new/x"), Some(Place::File(0)));
+    assert_eq!(place("/m/a/new/.x"), None);
+    assert_eq!(place("/m/a/tmp/x"), None);
+    assert_eq!(place("/m/a/cur"), Some(Place::Subdir(0)));
 }
 
 #[test]

@@ -2,15 +2,16 @@
 //! and `new/`, debounced so a burst of renames wakes the daemon once per
 //! maildir.
 //!
-//! The notify callback only marks a maildir dirty and pokes a bounded wake
-//! channel with `try_send`; a small debounce thread (not a tokio worker)
-//! waits for the burst to end and hands one [`WatchEvent`] per dirty
-//! maildir to the async side with `blocking_send`.
+//! The notify callback only records the paths an event names (or that a
+//! maildir needs a rescan) and pokes a bounded wake channel with
+//! `try_send`; a small debounce thread (not a tokio worker) waits for the
+//! burst to end and hands one [`WatchEvent`] per changed maildir, naming its
+//! changed files, to the async side with `blocking_send`.
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use notify::event::ModifyKind;
@@ -24,6 +25,51 @@ use super::MaildirError;
 pub struct WatchEvent {
     /// The maildir's root, as passed to [`watch`].
     pub maildir: PathBuf,
+    /// Files of `cur/` and `new/` created, renamed (both names) or removed
+    /// during the burst, in path order. The watcher is a hint: each named
+    /// file must be looked at to see what it is now.
+    pub paths: Vec<PathBuf>,
+    /// Events were lost (queue overflow, a watcher error, more files than
+    /// are kept, an event on `cur/` or `new/` itself): the maildir must be
+    /// scanned whole; `paths` is then empty.
+    pub rescan: bool,
+}
+
+/// Most files named per maildir and burst; a larger burst asks for a rescan.
+const MAX_PATHS: usize = 10_000;
+
+/// What one maildir's burst so far has named.
+#[derive(Default)]
+struct Changes {
+    paths: BTreeSet<PathBuf>,
+    rescan: bool,
+}
+
+impl Changes {
+    fn any(&self) -> bool {
+        self.rescan || !self.paths.is_empty()
+    }
+
+    fn add(&mut self, path: &Path) {
+        if self.rescan {
+            return;
+        }
+        self.paths.insert(path.to_path_buf());
+        if self.paths.len() > MAX_PATHS {
+            self.set_rescan();
+        }
+    }
+
+    fn set_rescan(&mut self) {
+        self.rescan = true;
+        self.paths.clear();
+    }
+}
+
+type Pending = Mutex<Vec<Changes>>;
+
+fn lock(p: &Pending) -> std::sync::MutexGuard<'_, Vec<Changes>> {
+    p.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// Keeps the watch alive; dropping it stops the notifications, after which
@@ -50,8 +96,9 @@ pub fn watch(
     dirs: Vec<PathBuf>,
     debounce: Duration,
 ) -> Result<(WatchGuard, mpsc::Receiver<WatchEvent>), MaildirError> {
-    let dirty: Arc<Vec<AtomicBool>> =
-        Arc::new(dirs.iter().map(|_| AtomicBool::new(false)).collect());
+    let dirty: Arc<Pending> = Arc::new(Mutex::new(
+        dirs.iter().map(|_| Changes::default()).collect(),
+    ));
     let (wake_tx, wake_rx) = sync_channel::<()>(1);
     let (out_tx, out_rx) = mpsc::channel(dirs.len().max(1) * 2);
 
@@ -89,12 +136,7 @@ pub fn watch(
 
 /// The notify callback: marks the maildirs an event touches and wakes the
 /// debounce thread. Never blocks.
-fn on_event(
-    res: notify::Result<Event>,
-    roots: &[PathBuf],
-    dirty: &[AtomicBool],
-    wake: &SyncSender<()>,
-) {
+fn on_event(res: notify::Result<Event>, roots: &[PathBuf], dirty: &Pending, wake: &SyncSender<()>) {
     let mut any = false;
     match res {
         Ok(event) if event.need_rescan() || event.paths.is_empty() => {
@@ -106,11 +148,15 @@ fn on_event(
             if !relevant(&event.kind) {
                 return;
             }
+            let mut pending = lock(dirty);
             for path in &event.paths {
-                if let Some(i) = maildir_of(path, roots) {
-                    dirty[i].store(true, Ordering::Release);
-                    any = true;
+                match place_of(path, roots) {
+                    Some(Place::File(i)) => pending[i].add(path),
+                    // The directory itself (removed, replaced): look again.
+                    Some(Place::Subdir(i)) => pending[i].set_rescan(),
+                    None => continue,
                 }
+                any = true;
             }
         }
         Err(e) => {
@@ -127,10 +173,10 @@ fn on_event(
     }
 }
 
-/// Marks every maildir dirty.
-fn mark_all(dirty: &[AtomicBool]) {
-    for d in dirty {
-        d.store(true, Ordering::Release);
+/// Asks for a rescan of every maildir.
+fn mark_all(dirty: &Pending) {
+    for c in lock(dirty).iter_mut() {
+        c.set_rescan();
     }
 }
 
@@ -142,28 +188,40 @@ fn relevant(kind: &EventKind) -> bool {
     )
 }
 
-/// The index of the maildir whose `cur/` or `new/` holds (or is) `path`,
-/// unless the file is a dot file.
-pub(super) fn maildir_of(path: &Path, roots: &[PathBuf]) -> Option<usize> {
+/// Where an event's path is, by maildir index.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Place {
+    /// A (non-dot) file of the maildir's `cur/` or `new/`.
+    File(usize),
+    /// The maildir's `cur/` or `new/` itself.
+    Subdir(usize),
+}
+
+/// Where `path` is: a file in, or one of, the `cur/` and `new/` of a root;
+/// `None` for dot files and anything else.
+pub(super) fn place_of(path: &Path, roots: &[PathBuf]) -> Option<Place> {
     let name = path.file_name()?.to_string_lossy();
     let is_subdir = |p: &Path, root: &Path| p == root.join("cur") || p == root.join("new");
     if let Some(i) = roots.iter().position(|r| is_subdir(path, r)) {
-        return Some(i);
+        return Some(Place::Subdir(i));
     }
     if name.starts_with('.') {
         return None;
     }
     let parent = path.parent()?;
-    roots.iter().position(|r| is_subdir(parent, r))
+    roots
+        .iter()
+        .position(|r| is_subdir(parent, r))
+        .map(Place::File)
 }
 
 /// The debounce thread: after a wake-up, waits until `debounce` passes with
 /// no further wake-up (at most [`MAX_DEBOUNCE_PERIODS`] periods), then
-/// reports each dirty maildir once. Ends when the watcher or the receiver
+/// reports each changed maildir once. Ends when the watcher or the receiver
 /// goes away.
 fn debounce_loop(
     wake: &Receiver<()>,
-    dirty: &[AtomicBool],
+    dirty: &Pending,
     roots: &[PathBuf],
     out: &mpsc::Sender<WatchEvent>,
     debounce: Duration,
@@ -181,14 +239,17 @@ fn debounce_loop(
                 Err(RecvTimeoutError::Disconnected) => return,
             }
         }
-        for (flag, root) in dirty.iter().zip(roots) {
-            if flag.swap(false, Ordering::AcqRel)
-                && out
-                    .blocking_send(WatchEvent {
-                        maildir: root.clone(),
-                    })
-                    .is_err()
-            {
+        let taken: Vec<Changes> = lock(dirty).iter_mut().map(std::mem::take).collect();
+        for (changes, root) in taken.into_iter().zip(roots) {
+            if !changes.any() {
+                continue;
+            }
+            let event = WatchEvent {
+                maildir: root.clone(),
+                paths: changes.paths.into_iter().collect(),
+                rescan: changes.rescan,
+            };
+            if out.blocking_send(event).is_err() {
                 return;
             }
         }

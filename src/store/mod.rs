@@ -550,6 +550,39 @@ impl Store {
         Ok(doomed.len())
     }
 
+    /// Removes the content of `hashes` (content a sync cycle found nothing
+    /// references any more), except pinned downloads: their blobs go, and
+    /// the cached ids and inodes naming them are dropped from the database
+    /// at the next commit. Cost in proportion to `hashes`, unlike
+    /// [`Store::retain`]; an id still cached in memory for a removed blob
+    /// is harmless, as a lookup is only trusted while the blob is there.
+    /// Returns the number of blobs removed. Blocking.
+    pub fn drop_unreferenced(&self, hashes: &[ContentHash]) -> Result<usize, StoreError> {
+        let _links = lock(&self.links);
+        let doomed: Vec<ContentHash> = {
+            let mut inner = lock(&self.inner);
+            let doomed: Vec<ContentHash> = hashes
+                .iter()
+                .filter(|h| !inner.pinned.contains(h) && inner.blobs.contains(h))
+                .copied()
+                .collect();
+            for h in &doomed {
+                inner.blobs.remove(h);
+                inner.id_ops.push(IdOp::DropHash(*h));
+                inner.inode_ops.push(InodeOp::DropHash(*h));
+            }
+            doomed
+        };
+        for h in &doomed {
+            let path = self.blob_path(h);
+            if let Err(source) = fsutil::remove_if_present(&path) {
+                lock(&self.inner).blobs.insert(*h);
+                return Err(StoreError::Remove { path, source });
+            }
+        }
+        Ok(doomed.len())
+    }
+
     /// Makes new blobs durable (fsync of `blobs/`), then writes the cache
     /// changes queued since the last commit as rows, in one transaction.
     /// Writes nothing when nothing changed. Blocking.

@@ -238,14 +238,17 @@ impl Background {
     }
 
     /// The finished listing of folder `i`, if any. A successful one also
-    /// forgets the folder's failed downloads (they are tried again).
-    pub(super) fn take_listing(&self, i: usize) -> Option<ListDone> {
+    /// forgets the folder's failed downloads, returned with it: they may
+    /// be tried again.
+    pub(super) fn take_listing(&self, i: usize) -> Option<(ListDone, Vec<String>)> {
         let mut s = lock(&self.shared);
         let done = s.pipes[i].listed.take()?;
-        if done.result.is_ok() {
-            s.pipes[i].failed.clear();
-        }
-        Some(done)
+        let failed = if done.result.is_ok() {
+            std::mem::take(&mut s.pipes[i].failed).into_iter().collect()
+        } else {
+            Vec::new()
+        };
+        Some((done, failed))
     }
 
     /// The downloads finished since the last call.

@@ -4,7 +4,8 @@
 //! the new agreement with one outcome per action. A failed cloud action leaves
 //! local state untouched and is planned again next cycle.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -12,16 +13,17 @@ use tokio::sync::Notify;
 use tokio::task::JoinSet;
 
 use super::background::{Background, Finished, LIST_GRACE, stopping};
+use super::index::{CloudIndex, Listing, LocalIndex};
 
 use super::plan::{
-    Action, CloudEffect, CloudMsg, LastState, LocalFile, MailboxInfo, MaildirInfo, Mode, Outcome,
-    Plan, PlanInput, Route, SYNCED, Warning, cloud_effects, next_state, plan,
+    Action, CloudEffect, CloudMsg, LastEntry, LastState, LocalFile, MailboxInfo, MaildirInfo, Mode,
+    Outcome, Plan, PlanInput, Route, SYNCED, Warning, cloud_effects, next_state, plan,
 };
 use super::state::{CursorChange, SyncState};
-use crate::cloud::{CloudEntry, CloudError, CloudMailbox, FlagChange};
+use crate::cloud::{CloudError, CloudMailbox, FlagChange};
 use crate::config::router::RouteRequest;
 use crate::config::{DeleteAction, Router};
-use crate::maildir::{Entry, Maildir, MaildirError};
+use crate::maildir::{Entry, Maildir, MaildirError, WatchEvent};
 use crate::store::{Store, StoreError};
 use crate::types::{Cid, ContentHash, Flags};
 
@@ -143,11 +145,19 @@ impl CycleReport {
 }
 
 /// Drives sync cycles over a fixed set of folders and maildirs.
+///
+/// Between cycles the engine keeps every listed message and every maildir
+/// file with its content hash ([`CloudIndex`], [`LocalIndex`]). A cycle
+/// plans only the hashes something touched since the last one: files the
+/// watcher named, listing entries that changed, finished downloads, actions
+/// to retry. A full rescan (at start, on request, after a watcher overflow)
+/// looks at every file again and plans everything.
 pub struct Engine {
     store: Arc<Store>,
     router: Router,
     folders: Vec<Folder>,
-    listings: Vec<Option<Listing>>,
+    cloud: CloudIndex,
+    local: LocalIndex,
     /// Per folder, the version of the cloud picture the agreement `last`
     /// was computed from (after the cycle's effects). A listing older than
     /// this is never planned against: the folder is listed again.
@@ -167,45 +177,35 @@ pub struct Engine {
     /// The last cycle reached a fixed point: nothing to do, nothing failed,
     /// every folder complete, nothing held or pending.
     quiet: bool,
+    /// The next cycle scans every maildir and plans every hash.
+    rescan: bool,
+    /// Files the watcher named since the last cycle.
+    paths: BTreeSet<PathBuf>,
+    /// Hashes to plan again next cycle (failed or held actions, a failed
+    /// commit, guard warnings).
+    pending: HashSet<ContentHash>,
+    /// What the last planned cycle saw: each folder complete, each maildir
+    /// present. A folder becoming complete, or a maildir coming or going,
+    /// has the next cycle plan every hash (decisions that waited on it).
+    last_complete: Vec<bool>,
+    last_present: Vec<bool>,
 }
 
-/// A folder's messages as the engine knows them: what the last list call
-/// returned, with the effects of the actions taken since applied.
-struct Listing {
-    entries: Vec<CloudEntry>,
-    /// Changes whenever the picture changes (a list call, applied effects).
-    version: u64,
-    /// Deletions sent since the last list call: not sent again until a
-    /// listing shows whether they took effect.
-    sent_deletions: HashSet<String>,
+/// How far a cycle looks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Scope {
+    /// Scan every maildir, plan every hash.
+    Full,
+    /// Plan what changed since the last cycle.
+    Changes,
 }
 
-impl Listing {
-    /// Apply this cycle's effects on the folder; returns the new version.
-    fn apply(&mut self, effects: &[&CloudEffect], version: u64) -> u64 {
-        for e in effects {
-            match e {
-                CloudEffect::Flags { id, set, clear, .. } => {
-                    for entry in self.entries.iter_mut().filter(|x| &x.id == id) {
-                        entry.flags = (entry.flags & !*clear) | *set;
-                    }
-                }
-                CloudEffect::DeletionSent { id, .. } => {
-                    self.sent_deletions.insert(id.clone());
-                }
-            }
-        }
-        self.version = version;
-        version
-    }
-}
-
-/// A maildir file found by the scan, with its content hash.
-struct Scanned {
-    maildir: usize,
-    name: String,
-    entry: Entry,
-    hash: ContentHash,
+/// A change a local action made to a maildir, for the index.
+enum LocalChange {
+    /// A file now exists with this content.
+    Put(usize, Entry, ContentHash),
+    /// A file is gone.
+    Remove(usize, String),
 }
 
 impl Engine {
@@ -238,10 +238,12 @@ impl Engine {
         Ok(Engine {
             store,
             router,
-            listings: folders.iter().map(|_| None).collect(),
-            agreed_versions: vec![0; folders.len()],
+            cloud: CloudIndex::new(n_folders),
+            local: LocalIndex::new(maildirs.len()),
+            agreed_versions: vec![0; n_folders],
             versions: 0,
             folders,
+            last_present: vec![true; maildirs.len()],
             maildirs,
             state,
             last,
@@ -255,6 +257,10 @@ impl Engine {
             sizes: std::sync::Mutex::new(HashMap::new()),
             background: Background::new(n_folders),
             quiet: false,
+            rescan: true,
+            paths: BTreeSet::new(),
+            pending: HashSet::new(),
+            last_complete: vec![false; n_folders],
         })
     }
 
@@ -275,15 +281,35 @@ impl Engine {
         &self.last
     }
 
+    /// Files of maildir `i` the engine knows (for tests and status).
+    pub fn known_files(&self, i: usize) -> usize {
+        self.local.counts().get(i).copied().unwrap_or(0)
+    }
+
+    /// Take in what the maildir watcher saw: the files it names are looked
+    /// at by the next cycle; a lost event has it scan every maildir.
+    pub fn files_changed(&mut self, event: WatchEvent) {
+        if event.rescan {
+            self.rescan = true;
+        }
+        self.paths.extend(event.paths);
+    }
+
+    /// Have the next cycle scan every maildir and plan every message (the
+    /// periodic safety net: the watcher is a hint, not the truth).
+    pub fn request_rescan(&mut self) {
+        self.rescan = true;
+    }
+
     /// Sync until settled, listing every folder again: see [`Engine::settle`].
     pub async fn cycle(&mut self) -> Result<CycleReport, SyncError> {
         let all = vec![true; self.folders.len()];
         self.settle(&all).await
     }
 
-    /// One cycle listing the folders in `relist`, then more cycles without
-    /// listing, each taking in a batch of finished downloads, until no
-    /// listing or download is left in the background (or a stop). The
+    /// One full cycle listing the folders in `relist`, then more cycles
+    /// without listing, each taking in a batch of finished downloads, until
+    /// no listing or download is left in the background (or a stop). The
     /// reports are merged.
     pub async fn settle(&mut self, relist: &[bool]) -> Result<CycleReport, SyncError> {
         let mut report = self.cycle_with(relist).await?;
@@ -293,7 +319,7 @@ impl Engine {
             if self.stop.unless(ready).await.is_none() {
                 break;
             }
-            report.merge(self.cycle_with(&none).await?);
+            report.merge(self.timed_cycle(&none, false).await?);
         }
         Ok(report)
     }
@@ -313,21 +339,21 @@ impl Engine {
         self.background.ready()
     }
 
-    /// Run one cycle, listing again only the folders marked in `relist`
-    /// (the others use their previous listing), and taking in whatever the
-    /// background finished. Downloads it starts run on in the background;
-    /// a listing that takes longer than a short grace is taken in by a
-    /// later cycle. A cycle woken by a local change lists nothing: it only
-    /// pushes what changed.
+    /// Run one full cycle: scan every maildir, list again the folders
+    /// marked in `relist` (the others use their previous listing), take in
+    /// whatever the background finished and plan every message. Downloads
+    /// it starts run on in the background; a listing that takes longer
+    /// than a short grace is taken in by a later cycle.
     pub async fn cycle_with(&mut self, relist: &[bool]) -> Result<CycleReport, SyncError> {
+        self.rescan = true;
         self.timed_cycle(relist, false).await
     }
 
-    /// A poll: list the folders in `relist` and, when none of them changed,
-    /// nothing waits in the background and the last cycle left nothing to
-    /// do, stop there: no maildir scan, no planning, no write. The caller
-    /// vouches that no maildir changed since the last cycle (no watcher
-    /// event); otherwise it calls [`Engine::cycle_with`].
+    /// A poll: list the folders in `relist`, look at the files the watcher
+    /// named ([`Engine::files_changed`]) and plan what changed. When
+    /// nothing did, nothing waits in the background and the last cycle
+    /// left nothing to do, stop there: no planning, no write. A rescan
+    /// asked for (or the first cycle) scans everything.
     pub async fn poll(&mut self, relist: &[bool]) -> Result<CycleReport, SyncError> {
         self.timed_cycle(relist, true).await
     }
@@ -353,70 +379,78 @@ impl Engine {
         may_skip: bool,
     ) -> Result<CycleReport, SyncError> {
         let mut report = CycleReport::default();
-        let (mut complete, news) = self.list_some(relist, &mut report).await;
-        if may_skip && self.quiet && !news && !self.background.busy() {
+        let scope = if self.rescan {
+            Scope::Full
+        } else {
+            Scope::Changes
+        };
+        let mut dirty = HashSet::new();
+        let (failed, news) = self.list_some(relist, &mut report, &mut dirty).await;
+        self.take_downloads(&mut report, &mut dirty)?;
+        match scope {
+            Scope::Full => {
+                self.rescan = false;
+                self.paths.clear();
+                self.scan_all().await?;
+            }
+            Scope::Changes => {
+                let paths = std::mem::take(&mut self.paths);
+                self.look_at(paths, &mut dirty).await?;
+            }
+        }
+        if may_skip
+            && scope == Scope::Changes
+            && self.quiet
+            && !news
+            && dirty.is_empty()
+            && !self.background.busy()
+        {
             report.skipped = true;
             report.touched = vec![false; self.folders.len()];
             return Ok(report);
         }
         self.quiet = false;
+        let complete: Vec<bool> = (0..self.folders.len())
+            .map(|i| !failed[i] && self.fresh(i).is_some_and(|l| l.unresolved.is_empty()))
+            .collect();
+        let present: Vec<bool> = self
+            .maildirs
+            .iter()
+            .map(|m| m.path().join("cur").is_dir() && m.path().join("new").is_dir())
+            .collect();
+        let plan_all = scope == Scope::Full
+            || present != self.last_present
+            || complete
+                .iter()
+                .zip(&self.last_complete)
+                .any(|(now, was)| *now && !*was);
+        self.last_present.clone_from(&present);
+        self.last_complete.clone_from(&complete);
+        let hashes: BTreeSet<ContentHash> = if plan_all {
+            self.pending.clear();
+            self.cloud
+                .hashes()
+                .chain(self.local.hashes())
+                .chain(self.last.entries.keys())
+                .copied()
+                .collect()
+        } else {
+            dirty.extend(self.pending.drain());
+            dirty.into_iter().collect()
+        };
         // The picture each folder is planned with; checked against the
         // agreement's by list_some, so a stale pair cannot be planned.
-        let planned_versions: Vec<Option<u64>> = self
-            .listings
-            .iter()
-            .map(|l| l.as_ref().map(|l| l.version))
+        let planned_versions: Vec<Option<u64>> = (0..self.folders.len())
+            .map(|i| self.cloud.listing(i).map(|l| l.version))
             .collect();
-        let cloud = self.resolve_hashes(&mut report, &mut complete)?;
-        let scanned = self.scan_all().await?;
         // Stopping: nothing is planned, so nothing changes; what was
         // downloaded is committed already.
-        let Some(routes) = self.stop.unless(self.route(&cloud, &mut report)).await else {
+        let stop = self.stop.clone();
+        let routed = stop.unless(self.route(&hashes, scope == Scope::Full, &mut report));
+        if routed.await.is_none() {
             return Ok(report);
-        };
-
-        let input = PlanInput {
-            mode: self.mode,
-            mailboxes: self
-                .folders
-                .iter()
-                .zip(&complete)
-                .map(|(f, &complete)| MailboxInfo {
-                    supported: f.cloud.supported_flags(),
-                    delete_action: f.delete_action,
-                    complete,
-                })
-                .collect(),
-            maildirs: self
-                .maildirs
-                .iter()
-                .map(|m| MaildirInfo {
-                    present: m.path().join("cur").is_dir() && m.path().join("new").is_dir(),
-                })
-                .collect(),
-            cloud: cloud
-                .iter()
-                .zip(routes)
-                .map(|((mailbox, entry, hash), route)| CloudMsg {
-                    mailbox: *mailbox,
-                    id: entry.id.clone(),
-                    hash: *hash,
-                    flags: entry.flags,
-                    route,
-                })
-                .collect(),
-            local: scanned
-                .iter()
-                .map(|s| LocalFile {
-                    maildir: s.maildir,
-                    name: s.name.clone(),
-                    hash: s.hash,
-                    flags: s.entry.flags,
-                })
-                .collect(),
-            last: self.last.clone(),
-            known_cloud_content: self.store.known_cloud_hashes(),
-        };
+        }
+        let input = self.input_for(&hashes, &complete, &present, plan_all);
         let plan = plan(&input);
         for w in &plan.warnings {
             tracing::error!("{}", describe_warning(w, &self.maildirs));
@@ -429,24 +463,33 @@ impl Engine {
             .actions
             .iter()
             .map(|a| match a {
-                Action::DeleteCloud { mailbox, id, .. } => self.listings[*mailbox]
-                    .as_ref()
+                Action::DeleteCloud { mailbox, id, .. } => self
+                    .cloud
+                    .listing(*mailbox)
                     .is_some_and(|l| l.sent_deletions.contains(id)),
                 _ => false,
             })
             .collect();
         report.held = held.iter().filter(|h| **h).count();
         let reasons = local_reasons(&plan, &input);
-        let (outcomes, attempted) = self
-            .execute(&plan, &held, reasons, scanned, &mut report)
-            .await?;
+        let (outcomes, attempted) = self.execute(&plan, &held, reasons, &mut report).await?;
         report.failed = outcomes
             .iter()
             .zip(&held)
             .filter(|(o, h)| **o == Outcome::Failed && !**h)
             .count();
+        // What did not happen is planned again next cycle.
+        for (i, a) in plan.actions.iter().enumerate() {
+            if outcomes[i] != Outcome::Done || held[i] {
+                self.pending.insert(a.hash());
+            }
+        }
+        if !plan.warnings.is_empty() {
+            self.pending.extend(hashes.iter().copied());
+        }
 
-        let new_last = next_state(&input, &plan, &outcomes);
+        let mut new_last = next_state(&input, &plan, &outcomes);
+        new_last.maildir_counts = self.local.counts().to_vec();
         // The listings now show what the agreement assumes the cloud holds.
         let effects = cloud_effects(&plan, &outcomes, &attempted);
         report.touched = vec![false; self.folders.len()];
@@ -459,19 +502,12 @@ impl Engine {
                 self.versions += 1;
                 let v = self.versions;
                 self.agreed_versions[i] = v;
-                if let Some(l) = self.listings[i].as_mut() {
-                    l.apply(&mine, v);
+                if let Some(l) = self.cloud.listing_mut(i) {
+                    apply_effects(l, &mine, v);
                 }
             }
         }
-        let live: HashSet<ContentHash> = input
-            .cloud
-            .iter()
-            .map(|c| c.hash)
-            .chain(input.local.iter().map(|l| l.hash))
-            .chain(new_last.entries.keys().copied())
-            .collect();
-        self.persist(new_last, live).await?;
+        self.persist(&hashes, new_last, scope).await?;
         let all_complete = complete.iter().all(|c| *c);
         if report.is_clean() && all_complete {
             self.mode = Mode::Online;
@@ -483,37 +519,52 @@ impl Engine {
             && report.warnings.is_empty()
             && report.routing_failures == 0
             && report.downloads == 0
+            && self.pending.is_empty()
             && !self.background.busy();
         Ok(report)
     }
 
+    /// Folder `i`'s listing, unless it is older than the agreement.
+    fn fresh(&self, i: usize) -> Option<&Listing> {
+        self.cloud
+            .listing(i)
+            .filter(|l| l.version >= self.agreed_versions[i])
+    }
+
     /// Start listings of the chosen folders (and any never listed or
     /// stale) in the background, wait a short grace for them, and take in
-    /// every listing that finished. A listing started before the agreement
-    /// it would be planned against is dropped and started again; a failed
-    /// one leaves the previous listing in place and marks the folder
-    /// incomplete. Returns per folder whether it is complete, and whether
-    /// anything new was taken in (a changed listing, a failed one, one to
-    /// redo).
-    async fn list_some(&mut self, relist: &[bool], report: &mut CycleReport) -> (Vec<bool>, bool) {
+    /// every listing that finished, adding the hashes whose cloud copies
+    /// changed to `dirty` and looking up (or downloading) new messages. A
+    /// listing started before the agreement it would be planned against is
+    /// dropped and started again; a failed one leaves the previous listing
+    /// in place. Returns per folder whether its listing failed this cycle,
+    /// and whether anything new was taken in (a changed listing, a failed
+    /// one, one to redo).
+    async fn list_some(
+        &mut self,
+        relist: &[bool],
+        report: &mut CycleReport,
+        dirty: &mut HashSet<ContentHash>,
+    ) -> (Vec<bool>, bool) {
         let mut started = false;
         let mut news = false;
         for (i, f) in self.folders.iter().enumerate() {
-            let stale = self.listings[i]
-                .as_ref()
+            let stale = self
+                .cloud
+                .listing(i)
                 .is_some_and(|l| l.version < self.agreed_versions[i]);
             if stale {
                 tracing::error!(folder = %f.key, "bug: listing older than the agreement; listing again");
             }
-            let wanted =
-                relist.get(i).copied().unwrap_or(true) || self.listings[i].is_none() || stale;
+            let never = self.cloud.listing(i).is_none();
+            let wanted = relist.get(i).copied().unwrap_or(true) || never || stale;
             if !wanted || self.background.listing(i) {
                 continue;
             }
             self.versions += 1;
             // A poll of a folder whose picture is current only needs to
             // know whether it changed.
-            let changes_only = self.listings[i].is_some() && !stale;
+            let changes_only = !never && !stale;
             let (cloud, stop) = (f.cloud.clone(), self.stop.clone());
             self.background
                 .start_listing(i, self.versions, changes_only, cloud, stop);
@@ -522,9 +573,9 @@ impl Engine {
         if started {
             self.background.await_listings(LIST_GRACE, &self.stop).await;
         }
-        let mut complete = vec![true; self.folders.len()];
-        for (i, complete) in complete.iter_mut().enumerate() {
-            let Some(done) = self.background.take_listing(i) else {
+        let mut failed = vec![false; self.folders.len()];
+        for (i, failed) in failed.iter_mut().enumerate() {
+            let Some((done, retry)) = self.background.take_listing(i) else {
                 continue;
             };
             match done.result {
@@ -538,59 +589,107 @@ impl Engine {
                         .start_listing(i, self.versions, false, cloud, stop);
                     news = true;
                 }
-                // Unchanged since the listing the engine holds.
-                Ok(None) => {}
+                // Unchanged since the listing the engine holds: only the
+                // downloads that failed are tried again.
+                Ok(None) => {
+                    let retry: Vec<String> = match self.cloud.listing(i) {
+                        Some(l) => retry
+                            .into_iter()
+                            .filter(|id| l.unresolved.contains(id))
+                            .collect(),
+                        None => Vec::new(),
+                    };
+                    self.resolve(i, retry, dirty);
+                }
                 Ok(Some(entries)) => {
-                    self.listings[i] = Some(Listing {
-                        entries,
-                        version: done.version,
-                        sent_deletions: HashSet::new(),
-                    });
+                    let r = self.cloud.relist(i, entries, done.version);
+                    dirty.extend(r.dirty);
+                    let gone: Vec<(usize, String)> =
+                        r.gone.into_iter().map(|(id, _)| (i, id)).collect();
+                    self.router.forget(&gone);
+                    self.resolve(i, r.unresolved, dirty);
                     news = true;
                 }
                 Err(e) => {
                     tracing::warn!(folder = %self.folders[i].key, "listing failed: {e}");
                     news = true;
-                    *complete = false;
+                    *failed = true;
                     report.cloud_errors.push(e);
                 }
             }
         }
-        for (i, l) in self.listings.iter().enumerate() {
-            match l {
-                None => complete[i] = false,
-                // Listing failed and the last one is stale: not planned.
-                Some(l) if l.version < self.agreed_versions[i] => {
-                    complete[i] = false;
-                }
-                Some(_) => {}
-            }
-        }
-        (complete, news)
+        (failed, news)
     }
 
-    /// Map every listed message to its content hash through the id cache;
-    /// the ones it does not know are downloaded in the background and left
-    /// out of this cycle (their folder is incomplete until they are in).
-    /// Downloads finished since the last cycle are counted here; a failed
-    /// one is tried again after the folder's next listing.
-    fn resolve_hashes(
+    /// Find the content of listed messages `ids` of folder `i` through the
+    /// id cache (adding their hashes to `dirty`), and download the ones it
+    /// does not know in the background; those leave the folder incomplete
+    /// until they are in.
+    fn resolve(&mut self, i: usize, ids: Vec<String>, dirty: &mut HashSet<ContentHash>) {
+        let kind = self.folders[i].cloud.storage_kind();
+        let mut missing = Vec::new();
+        for id in ids {
+            let Some(listed) = self.cloud.listing(i).and_then(|l| l.entries.get(&id)) else {
+                continue;
+            };
+            let cid = Cid {
+                kind,
+                storage_id: id.clone(),
+                email_id: listed.entry.email_id.clone(),
+            };
+            // A cached id whose content the store lost is downloaded again.
+            let hash = self
+                .store
+                .lookup_id(&cid)
+                .or_else(|| self.store.lookup_storage_id(kind, &id))
+                .filter(|h| self.store.have(h));
+            match hash {
+                Some(h) => {
+                    self.cloud.resolve(i, &id, h);
+                    dirty.insert(h);
+                }
+                None => {
+                    if self.background.state_of(i, &id).is_none() && !self.stop.is_stopped() {
+                        missing.push((id, cid));
+                    }
+                }
+            }
+        }
+        if !missing.is_empty() {
+            let cloud = self.folders[i].cloud.clone();
+            self.background
+                .download(i, missing, &cloud, &self.store, &self.stop);
+        }
+    }
+
+    /// Take in the downloads finished since the last cycle: each message's
+    /// content is known from now on. A failed one is tried again after the
+    /// folder's next listing.
+    fn take_downloads(
         &mut self,
         report: &mut CycleReport,
-        complete: &mut [bool],
-    ) -> Result<Vec<(usize, CloudEntry, ContentHash)>, SyncError> {
+        dirty: &mut HashSet<ContentHash>,
+    ) -> Result<(), SyncError> {
         let mut stored = Vec::new();
         let mut store_error = None;
-        let mut fetched: Vec<HashMap<String, CloudEntry>> =
-            self.folders.iter().map(|_| HashMap::new()).collect();
         for f in self.background.take_finished() {
             match f {
                 Finished::Stored { folder, id, hash } => {
                     report.downloads += 1;
                     stored.push(hash);
-                    if let Some(e) = self.folders[folder].cloud.fetched_entry(&id) {
-                        fetched[folder].insert(id, e);
+                    dirty.insert(hash);
+                    // What the download taught the backend (Gmail's date
+                    // and Message-ID) fills in the listing's entry.
+                    let learned = self.folders[folder].cloud.fetched_entry(&id);
+                    if let (Some(f), Some(listed)) = (learned, self.cloud.copy_mut(folder, &id)) {
+                        let e = &mut listed.entry;
+                        e.received_time = e.received_time.or(f.received_time);
+                        if e.email_id.is_none() {
+                            e.email_id = f.email_id;
+                        }
+                        listed.route = None;
                     }
+                    self.cloud.resolve(folder, &id, hash);
                 }
                 Finished::Failed { folder, id, error } => {
                     tracing::warn!(folder = %self.folders[folder].key, id = %id, "download failed: {error}");
@@ -602,73 +701,26 @@ impl Engine {
                 }
             }
         }
-        // What the downloads taught the backends (Gmail's date and
-        // Message-ID) fills in the listings' entries.
-        for (listing, fetched) in self.listings.iter_mut().zip(&fetched) {
-            let Some(l) = listing.as_mut().filter(|_| !fetched.is_empty()) else {
-                continue;
-            };
-            for entry in &mut l.entries {
-                if let Some(f) = fetched.get(&entry.id) {
-                    entry.received_time = entry.received_time.or(f.received_time);
-                    if entry.email_id.is_none() {
-                        entry.email_id.clone_from(&f.email_id);
-                    }
-                }
-            }
-        }
-        // Listed entries find them through the id cache from now on.
+        // Referenced by the listings from now on.
         self.store.release(&stored);
-        if let Some(e) = store_error {
-            return Err(e);
+        match store_error {
+            Some(e) => Err(e),
+            None => Ok(()),
         }
-        let mut known = Vec::new();
-        for (i, listing) in self.listings.iter().enumerate() {
-            let kind = self.folders[i].cloud.storage_kind();
-            let fresh = listing
-                .as_ref()
-                .filter(|l| l.version >= self.agreed_versions[i]);
-            let mut missing = Vec::new();
-            for entry in fresh.iter().flat_map(|l| l.entries.iter()) {
-                let cid = Cid {
-                    kind,
-                    storage_id: entry.id.clone(),
-                    email_id: entry.email_id.clone(),
-                };
-                let hash = self
-                    .store
-                    .lookup_id(&cid)
-                    .or_else(|| self.store.lookup_storage_id(kind, &entry.id));
-                match hash {
-                    Some(h) => known.push((i, entry.clone(), h)),
-                    None => {
-                        complete[i] = false;
-                        if self.background.state_of(i, &entry.id).is_none()
-                            && !self.stop.is_stopped()
-                        {
-                            missing.push((entry.id.clone(), cid));
-                        }
-                    }
-                }
-            }
-            if !missing.is_empty() {
-                let cloud = self.folders[i].cloud.clone();
-                self.background
-                    .download(i, missing, &cloud, &self.store, &self.stop);
-            }
-        }
-        Ok(known)
     }
 
     /// Scan every maildir (rescanning one that changed under us), hash new
-    /// files through the inode cache, and re-link content the store lost.
-    async fn scan_all(&self) -> Result<Vec<Scanned>, SyncError> {
+    /// files through the inode cache, re-link content the store lost, and
+    /// make the result the local index.
+    async fn scan_all(&mut self) -> Result<(), SyncError> {
         let maildirs = self.maildirs.clone();
         let store = self.store.clone();
-        tokio::task::spawn_blocking(move || -> Result<Vec<Scanned>, SyncError> {
+        let scanned = tokio::task::spawn_blocking(move || -> Result<_, SyncError> {
             let mut out = Vec::new();
-            for (i, md) in maildirs.iter().enumerate() {
+            for md in &maildirs {
+                let mut files = Vec::new();
                 if !md.path().join("cur").is_dir() || !md.path().join("new").is_dir() {
+                    out.push(files);
                     continue;
                 }
                 let mut scan = md.scan()?;
@@ -679,39 +731,110 @@ impl Engine {
                     scan = md.scan()?;
                 }
                 for entry in scan.entries {
-                    let hash = match store.hash_for_file(&entry.path, &entry.key) {
-                        Ok(h) => h,
-                        Err(e) => {
-                            // Vanished or unreadable: skip it this cycle,
-                            // never treat it as a deletion of anything else.
-                            tracing::warn!("skipping {}: {e}", entry.path.display());
-                            continue;
-                        }
-                    };
-                    if !store.have(&hash) {
-                        let _ = store.adopt_from(&entry.path, &hash);
+                    if let Some(hash) = hash_file(&store, &entry) {
+                        files.push((entry, hash));
                     }
-                    let name = format!(
-                        "{}/{}",
-                        entry.subdir.as_str(),
-                        entry
-                            .path
-                            .file_name()
-                            .map(|n| n.to_string_lossy())
-                            .unwrap_or_default()
-                    );
-                    out.push(Scanned {
-                        maildir: i,
-                        name,
-                        entry,
-                        hash,
-                    });
                 }
+                out.push(files);
             }
             Ok(out)
         })
         .await
-        .map_err(|e| SyncError::Task(e.to_string()))?
+        .map_err(|e| SyncError::Task(e.to_string()))??;
+        for (i, files) in scanned.into_iter().enumerate() {
+            self.local.replace_maildir(i, files);
+        }
+        Ok(())
+    }
+
+    /// Look at the files the watcher named (or an action left behind):
+    /// what each is now goes into the local index, and the hashes of what
+    /// changed into `dirty`. A file whose name and version the index knows
+    /// already (our own renames) changes nothing.
+    async fn look_at(
+        &mut self,
+        paths: BTreeSet<PathBuf>,
+        dirty: &mut HashSet<ContentHash>,
+    ) -> Result<(), SyncError> {
+        if paths.is_empty() {
+            return Ok(());
+        }
+        let maildirs = self.maildirs.clone();
+        let store = self.store.clone();
+        type Seen = (usize, String, Option<(Entry, ContentHash)>);
+        let seen = tokio::task::spawn_blocking(move || -> Result<Vec<Seen>, SyncError> {
+            let mut out = Vec::new();
+            let mut queue: Vec<PathBuf> = paths.iter().cloned().collect();
+            let mut looked: HashSet<PathBuf> = paths.into_iter().collect();
+            // Per maildir, its names by base, read once when a file is gone.
+            let mut bases = HashMap::new();
+            while let Some(path) = queue.pop() {
+                let Some(dir) = path.parent() else { continue };
+                let Some(m) = maildirs
+                    .iter()
+                    .position(|md| dir.parent() == Some(md.path()))
+                else {
+                    continue;
+                };
+                let (Some(sub), Some(file)) = (dir.file_name(), path.file_name()) else {
+                    continue;
+                };
+                let name = format!("{}/{}", sub.to_string_lossy(), file.to_string_lossy());
+                let now = match maildirs[m].look(&path) {
+                    Ok(Some(entry)) => hash_file(&store, &entry).map(|h| (entry, h)),
+                    Ok(None) => None,
+                    Err(e) => {
+                        tracing::warn!("skipping {}: {e}", path.display());
+                        continue;
+                    }
+                };
+                if now.is_none() {
+                    // Gone, or renamed again since the event: a message
+                    // is taken as removed only when no file of its base
+                    // name is left (the next event may not be in yet).
+                    let base = name.split_once('/').map_or("", |(_, f)| f);
+                    let base = base.split_once(":2,").map_or(base, |(b, _)| b);
+                    let names = match bases.entry(m) {
+                        std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                        std::collections::hash_map::Entry::Vacant(v) => {
+                            v.insert(maildirs[m].names_by_base()?)
+                        }
+                    };
+                    for p in names.get(base).into_iter().flatten() {
+                        if looked.insert(p.clone()) {
+                            queue.push(p.clone());
+                        }
+                    }
+                }
+                out.push((m, name, now));
+            }
+            Ok(out)
+        })
+        .await
+        .map_err(|e| SyncError::Task(e.to_string()))??;
+        for (m, name, now) in seen {
+            match now {
+                Some((entry, hash)) => {
+                    if self
+                        .local
+                        .get(m, &name)
+                        .is_some_and(|f| f.hash == hash && f.entry.key == entry.key)
+                    {
+                        continue;
+                    }
+                    dirty.insert(hash);
+                    if let Some(old) = self.local.put(m, entry, hash) {
+                        dirty.insert(old);
+                    }
+                }
+                None => {
+                    if let Some(old) = self.local.remove(m, &name) {
+                        dirty.insert(old.hash);
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Size of stored content, remembered per hash (one `stat` per message
@@ -731,51 +854,150 @@ impl Engine {
         n
     }
 
-    /// Route every cloud message through the config.
+    /// Ask the config where the listed copies of `hashes` go, for the ones
+    /// not routed yet (new, or changed since); `retry_failed` asks again
+    /// for the ones whose filter failed.
     async fn route(
-        &self,
-        cloud: &[(usize, CloudEntry, ContentHash)],
+        &mut self,
+        hashes: &BTreeSet<ContentHash>,
+        retry_failed: bool,
         report: &mut CycleReport,
-    ) -> Vec<Route> {
-        let requests = cloud
-            .iter()
-            .map(|(mailbox, entry, hash)| RouteRequest {
-                mailbox: *mailbox,
-                content_hash: *hash,
-                storage_id: entry.id.clone(),
-                email_id: entry.email_id.clone(),
-                flags: entry.flags,
-                received_time: entry.received_time,
-                // The listings carry no size (Graph's and Gmail's count
-                // CRLF); the stored content's is what a filter expects.
-                size: entry.size.unwrap_or_else(|| self.content_size(hash)),
-                content_path: self.store.blob_path(hash),
-            })
-            .collect();
+    ) {
+        let mut keys = Vec::new();
+        let mut requests = Vec::new();
+        for h in hashes {
+            for (mailbox, listed) in self.cloud.copies_of(h) {
+                let ask = match listed.route {
+                    None => true,
+                    Some(Route::Failed) => retry_failed,
+                    Some(Route::Maildir(_)) => false,
+                };
+                if !ask {
+                    continue;
+                }
+                let entry = &listed.entry;
+                keys.push((mailbox, entry.id.clone()));
+                requests.push(RouteRequest {
+                    mailbox,
+                    content_hash: *h,
+                    storage_id: entry.id.clone(),
+                    email_id: entry.email_id.clone(),
+                    flags: entry.flags,
+                    received_time: entry.received_time,
+                    // The listings carry no size (Graph's and Gmail's count
+                    // CRLF); the stored content's is what a filter expects.
+                    size: entry.size.unwrap_or_else(|| self.content_size(h)),
+                    content_path: self.store.blob_path(h),
+                });
+            }
+        }
+        if requests.is_empty() {
+            return;
+        }
         let n_maildirs = self.maildirs.len();
-        self.router
-            .route(requests)
-            .await
-            .into_iter()
-            .map(|r| match r {
+        let answers = self.router.route(requests).await;
+        for ((mailbox, id), r) in keys.into_iter().zip(answers) {
+            let route = match r {
                 Ok(i) if i < n_maildirs => Route::Maildir(i),
                 _ => {
                     report.routing_failures += 1;
                     Route::Failed
                 }
-            })
-            .collect()
+            };
+            if let Some(listed) = self.cloud.copy_mut(mailbox, &id) {
+                listed.route = Some(route);
+            }
+        }
+    }
+
+    /// The planner's input for `hashes`: their listed copies (of folders
+    /// whose listing is current), files and agreement entries.
+    fn input_for(
+        &self,
+        hashes: &BTreeSet<ContentHash>,
+        complete: &[bool],
+        present: &[bool],
+        all: bool,
+    ) -> PlanInput {
+        let mut cloud = Vec::new();
+        let mut local = Vec::new();
+        let mut last = BTreeMap::new();
+        let mut local_only = false;
+        for h in hashes {
+            let before = cloud.len();
+            for (mailbox, listed) in self.cloud.copies_of(h) {
+                if self.fresh(mailbox).is_none() {
+                    continue;
+                }
+                cloud.push(CloudMsg {
+                    mailbox,
+                    id: listed.entry.id.clone(),
+                    hash: *h,
+                    flags: listed.entry.flags,
+                    route: listed.route.unwrap_or(Route::Failed),
+                });
+            }
+            let files = local.len();
+            for (maildir, name, f) in self.local.files_of(h) {
+                local.push(LocalFile {
+                    maildir,
+                    name: name.to_string(),
+                    hash: *h,
+                    flags: f.entry.flags,
+                });
+            }
+            let entry = self.last.entries.get(h);
+            if let Some(e) = entry {
+                last.insert(*h, e.clone());
+            }
+            local_only |= cloud.len() == before && local.len() > files && entry.is_none();
+        }
+        // Only a file nothing else knows asks whether its content came from
+        // the cloud.
+        let known_cloud_content = if all || local_only {
+            let mut known = self.store.known_cloud_hashes();
+            if !all {
+                known.retain(|h| hashes.contains(h));
+            }
+            known
+        } else {
+            BTreeSet::new()
+        };
+        PlanInput {
+            mode: self.mode,
+            mailboxes: self
+                .folders
+                .iter()
+                .zip(complete)
+                .map(|(f, &complete)| MailboxInfo {
+                    supported: f.cloud.supported_flags(),
+                    delete_action: f.delete_action,
+                    complete,
+                })
+                .collect(),
+            maildirs: present
+                .iter()
+                .map(|&present| MaildirInfo { present })
+                .collect(),
+            cloud,
+            local,
+            last: LastState {
+                entries: last,
+                maildir_counts: self.last.maildir_counts.clone(),
+            },
+            known_cloud_content,
+        }
     }
 
     /// Apply the plan: cloud actions grouped per folder (except the `held`
     /// ones), local actions on a blocking thread. One outcome per action,
-    /// in plan order, and whether each cloud action was sent.
+    /// in plan order, and whether each cloud action was sent. The local
+    /// index follows what the local actions did.
     async fn execute(
-        &self,
+        &mut self,
         plan: &Plan,
         held: &[bool],
         reasons: HashMap<usize, Reason>,
-        scanned: Vec<Scanned>,
         report: &mut CycleReport,
     ) -> Result<(Vec<Outcome>, Vec<bool>), SyncError> {
         let mut outcomes = vec![Outcome::Failed; plan.actions.len()];
@@ -858,43 +1080,76 @@ impl Engine {
             }
         }
 
-        // Local actions.
-        let local: Vec<(usize, Action, Reason)> = plan
-            .actions
-            .iter()
-            .enumerate()
-            .filter(|(_, a)| !a.is_cloud())
-            .map(|(i, a)| {
-                let why = reasons.get(&i).cloned().unwrap_or(Reason::debug("planned"));
-                (i, a.clone(), why)
-            })
-            .collect();
+        // Local actions, with the files they work on.
+        let mut files = HashMap::new();
+        let mut local = Vec::new();
+        for (i, a) in plan.actions.iter().enumerate() {
+            if a.is_cloud() {
+                continue;
+            }
+            let source = match a {
+                Action::SetLocalFlags { maildir, name, .. }
+                | Action::RemoveLocal { maildir, name, .. } => Some((*maildir, name)),
+                Action::MoveLocal {
+                    from_maildir, name, ..
+                } => Some((*from_maildir, name)),
+                _ => None,
+            };
+            if let Some((m, name)) = source
+                && let Some(f) = self.local.get(m, name)
+            {
+                files.insert((m, name.clone()), f.entry.clone());
+            }
+            let why = reasons.get(&i).cloned().unwrap_or(Reason::debug("planned"));
+            local.push((i, a.clone(), why));
+        }
         if !local.is_empty() {
             let maildirs = self.maildirs.clone();
             let store = self.store.clone();
             let stop = self.stop.clone();
-            let results = tokio::task::spawn_blocking(move || {
-                apply_local(&store, &maildirs, scanned, local, &stop)
+            let (results, changes, recheck) = tokio::task::spawn_blocking(move || {
+                apply_local(&store, &maildirs, files, local, &stop)
             })
             .await
             .map_err(|e| SyncError::Task(e.to_string()))??;
             for (ai, o) in results {
                 outcomes[ai] = o;
             }
+            for c in changes {
+                match c {
+                    LocalChange::Put(m, entry, hash) => {
+                        self.local.put(m, entry, hash);
+                    }
+                    LocalChange::Remove(m, name) => {
+                        self.local.remove(m, &name);
+                    }
+                }
+            }
+            // A file an action could not handle is looked at again.
+            self.paths.extend(recheck);
         }
         Ok((outcomes, attempted))
     }
 
-    /// Record, in one transaction, the rows of the agreement that changed,
-    /// the cursors that moved and the store's cache changes; drop content
-    /// nothing references any more. When the commit fails the engine keeps
-    /// the agreement the database holds, so the next commit writes the
-    /// whole difference (an older agreement is safe to plan against).
+    /// Record, in one transaction, the agreement rows of `hashes` that
+    /// changed, the cursors that moved and the store's cache changes; drop
+    /// content nothing references any more. When the commit fails the
+    /// engine keeps the agreement the database holds and plans `hashes`
+    /// again next cycle (an older agreement is safe to plan against).
     async fn persist(
         &mut self,
-        new_last: LastState,
-        live: HashSet<ContentHash>,
+        hashes: &BTreeSet<ContentHash>,
+        mut new_last: LastState,
+        scope: Scope,
     ) -> Result<(), SyncError> {
+        let mut rows: Vec<(ContentHash, Option<LastEntry>)> = Vec::new();
+        for h in hashes {
+            let new = new_last.entries.remove(h);
+            if self.last.entries.get(h) != new.as_ref() {
+                rows.push((*h, new));
+            }
+        }
+        let counts = new_last.maildir_counts;
         let mut moved = Vec::new();
         for (i, f) in self.folders.iter().enumerate() {
             if let Some(c) = f.cloud.save_cursor()
@@ -903,19 +1158,48 @@ impl Engine {
                 moved.push((i, c));
             }
         }
-        let store = self.store.clone();
-        let state = self.state.clone();
-        let old = std::mem::take(&mut self.last);
         // What the database holds for each moved cursor, lent to the write.
         let changes: Vec<CursorChange> = moved
             .into_iter()
             .map(|(i, c)| (i, self.cursors.remove(&self.folders[i].key), c))
             .collect();
-        let (old, new_last, changes, result) = tokio::task::spawn_blocking(move || {
-            let r = store
-                .retain(&live)
-                .and_then(|_| store.commit(|tx| state.write(tx, &old, &new_last, &changes)));
-            (old, new_last, changes, r)
+        // Content nothing references any more: everything outside the
+        // indexes and the new agreement after a full cycle, else the
+        // planned hashes that lost their last reference.
+        let referenced = |h: &ContentHash| {
+            self.cloud.holds(h)
+                || self.local.holds(h)
+                || match rows.iter().find(|r| r.0 == *h) {
+                    Some((_, new)) => new.is_some(),
+                    None => self.last.entries.contains_key(h),
+                }
+        };
+        let release = match scope {
+            Scope::Full => Release::Keep(
+                self.cloud
+                    .hashes()
+                    .chain(self.local.hashes())
+                    .chain(self.last.entries.keys())
+                    .chain(rows.iter().filter(|r| r.1.is_some()).map(|r| &r.0))
+                    .copied()
+                    .collect(),
+            ),
+            Scope::Changes => {
+                Release::Drop(hashes.iter().filter(|h| !referenced(h)).copied().collect())
+            }
+        };
+        let store = self.store.clone();
+        let state = self.state.clone();
+        let old_counts = self.last.maildir_counts.clone();
+        let (rows, changes, result) = tokio::task::spawn_blocking(move || {
+            let released = match &release {
+                Release::Keep(live) => store.retain(live),
+                Release::Drop(doomed) => store.drop_unreferenced(doomed),
+            };
+            let r = released.and_then(|_| {
+                store.commit(|tx| state.write(tx, &rows, &old_counts, &counts, &changes))
+            });
+            (rows, changes, r.map(|_| counts))
         })
         .await
         .map_err(|e| SyncError::Task(e.to_string()))?;
@@ -927,31 +1211,85 @@ impl Engine {
             }
         }
         match result {
-            Ok(_) => {
-                self.last = new_last;
+            Ok(counts) => {
+                for (h, new) in rows {
+                    match new {
+                        Some(e) => self.last.entries.insert(h, e),
+                        None => self.last.entries.remove(&h),
+                    };
+                }
+                self.last.maildir_counts = counts;
                 Ok(())
             }
             Err(e) => {
-                self.last = old;
+                self.pending.extend(hashes.iter().copied());
                 Err(e.into())
             }
         }
     }
 }
 
-/// Apply local actions in order; returns (action index, outcome).
+/// What a commit lets go of in the store.
+enum Release {
+    /// Everything but these (after a full cycle).
+    Keep(HashSet<ContentHash>),
+    /// These, unless a download holds them.
+    Drop(Vec<ContentHash>),
+}
+
+/// The content of a maildir file through the inode cache (hashing it only
+/// when the cache does not know this version), re-linking content the
+/// store lost. `None` for a file that vanished or cannot be read: skipped
+/// this cycle, never taken as a deletion of anything else.
+fn hash_file(store: &Store, entry: &Entry) -> Option<ContentHash> {
+    match store.hash_for_file(&entry.path, &entry.key) {
+        Ok(h) => {
+            if !store.have(&h) {
+                let _ = store.adopt_from(&entry.path, &h);
+            }
+            Some(h)
+        }
+        Err(e) => {
+            tracing::warn!("skipping {}: {e}", entry.path.display());
+            None
+        }
+    }
+}
+
+/// Apply a cycle's effects to a folder's listing; it gets `version`.
+fn apply_effects(l: &mut Listing, effects: &[&CloudEffect], version: u64) {
+    for e in effects {
+        match e {
+            CloudEffect::Flags { id, set, clear, .. } => {
+                if let Some(listed) = l.entries.get_mut(id) {
+                    listed.entry.flags = (listed.entry.flags & !*clear) | *set;
+                    // The filter sees the flags: ask it again.
+                    listed.route = None;
+                }
+            }
+            CloudEffect::DeletionSent { id, .. } => {
+                l.sent_deletions.insert(id.clone());
+            }
+        }
+    }
+    l.version = version;
+}
+
+/// What local actions did: (action index, outcome), the index changes, and
+/// files to look at again (an action failed on them).
+type Applied = (Vec<(usize, Outcome)>, Vec<LocalChange>, Vec<PathBuf>);
+
+/// Apply local actions in order, on the files they name.
 fn apply_local(
     store: &Store,
     maildirs: &[Maildir],
-    scanned: Vec<Scanned>,
+    mut files: HashMap<(usize, String), Entry>,
     actions: Vec<(usize, Action, Reason)>,
     stop: &Stop,
-) -> Result<Vec<(usize, Outcome)>, SyncError> {
-    let mut files: HashMap<(usize, String), Entry> = scanned
-        .into_iter()
-        .map(|s| ((s.maildir, s.name), s.entry))
-        .collect();
+) -> Result<Applied, SyncError> {
     let mut touched = HashSet::new();
+    let mut changes = Vec::new();
+    let mut recheck = Vec::new();
     // A maildir that disappeared gets its directories back before anything
     // is restored into it (the planner restores, never deletes, for it).
     for (_, a, _) in &actions {
@@ -974,6 +1312,7 @@ fn apply_local(
             continue;
         }
         why.log(&maildirs[local_maildir(&action)], &action);
+        let mut source = None;
         let result: Result<(), String> = match &action {
             Action::Deliver {
                 hash,
@@ -983,7 +1322,10 @@ fn apply_local(
                 touched.insert(*maildir);
                 maildirs[*maildir]
                     .deliver_link(&store.blob_path(hash), &Maildir::new_base_name(), *flags)
-                    .map(|e| store.record_inode(e.key, *hash))
+                    .map(|e| {
+                        store.record_inode(e.key, *hash);
+                        changes.push(LocalChange::Put(*maildir, e, *hash));
+                    })
                     .map_err(|e| e.to_string())
             }
             Action::SetLocalFlags {
@@ -991,14 +1333,18 @@ fn apply_local(
                 maildir,
                 name,
                 flags,
-            } => match files.get(&(*maildir, name.clone())) {
+            } => match files.remove(&(*maildir, name.clone())) {
                 None => Err(format!("{name}: not in the scan")),
                 Some(entry) => {
                     touched.insert(*maildir);
-                    maildirs[*maildir]
-                        .set_flags(entry, *flags)
-                        .map(|e| store.record_inode(e.key, *hash))
-                        .map_err(|e| e.to_string())
+                    let r = maildirs[*maildir].set_flags(&entry, *flags);
+                    source = Some(entry.path.clone());
+                    r.map(|e| {
+                        store.record_inode(e.key, *hash);
+                        changes.push(LocalChange::Remove(*maildir, name.clone()));
+                        changes.push(LocalChange::Put(*maildir, e, *hash));
+                    })
+                    .map_err(|e| e.to_string())
                 }
             },
             Action::MoveLocal {
@@ -1007,19 +1353,24 @@ fn apply_local(
                 name,
                 to_maildir,
                 flags,
-            } => match files.get(&(*from_maildir, name.clone())) {
+            } => match files.remove(&(*from_maildir, name.clone())) {
                 None => Err(format!("{name}: not in the scan")),
                 Some(entry) => {
                     touched.insert(*from_maildir);
                     touched.insert(*to_maildir);
+                    source = Some(entry.path.clone());
                     // Link from the file itself: it holds the content even if
                     // the store lost it. The old file goes only once the new
                     // one is in place.
                     match maildirs[*to_maildir].deliver_link(&entry.path, &entry.base, *flags) {
                         Ok(new) => {
                             store.record_inode(new.key, *hash);
-                            match maildirs[*from_maildir].remove(entry) {
-                                Ok(()) | Err(MaildirError::Vanished { .. }) => Ok(()),
+                            changes.push(LocalChange::Put(*to_maildir, new, *hash));
+                            match maildirs[*from_maildir].remove(&entry) {
+                                Ok(()) | Err(MaildirError::Vanished { .. }) => {
+                                    changes.push(LocalChange::Remove(*from_maildir, name.clone()));
+                                    Ok(())
+                                }
                                 Err(e) => Err(e.to_string()),
                             }
                         }
@@ -1032,7 +1383,14 @@ fn apply_local(
                     None => Err(format!("{name}: not in the scan")),
                     Some(entry) => {
                         touched.insert(*maildir);
-                        maildirs[*maildir].remove(&entry).map_err(|e| e.to_string())
+                        source = Some(entry.path.clone());
+                        match maildirs[*maildir].remove(&entry) {
+                            Ok(()) | Err(MaildirError::Vanished { .. }) => {
+                                changes.push(LocalChange::Remove(*maildir, name.clone()));
+                                Ok(())
+                            }
+                            Err(e) => Err(e.to_string()),
+                        }
                     }
                 }
             }
@@ -1042,6 +1400,7 @@ fn apply_local(
             Ok(()) => out.push((ai, Outcome::Done)),
             Err(e) => {
                 tracing::warn!("local action failed, will retry: {e}");
+                recheck.extend(source);
                 out.push((ai, Outcome::Failed));
             }
         }
@@ -1049,7 +1408,7 @@ fn apply_local(
     for i in touched {
         maildirs[i].sync()?;
     }
-    Ok(out)
+    Ok((out, changes, recheck))
 }
 
 /// Why a local action is taken, for the log.

@@ -5,6 +5,7 @@
 
 mod background;
 pub mod engine;
+mod index;
 pub mod plan;
 pub mod state;
 

@@ -167,30 +167,27 @@ impl SyncState {
         ))
     }
 
-    /// Writes into `tx` the rows that differ between `old` (what the
-    /// database holds) and `new`, and the given cursors (folder index,
-    /// cursor). Returns the number of rows written.
+    /// Writes into `tx` the agreement rows given (hash, new entry or
+    /// `None` to delete), the per-maildir counts that differ between `old`
+    /// and `new`, and the given cursors. Returns the number of rows written.
     pub fn write(
         &self,
         tx: &Transaction<'_>,
-        old: &LastState,
-        new: &LastState,
+        entries: &[(ContentHash, Option<LastEntry>)],
+        old_counts: &[usize],
+        new_counts: &[usize],
         cursors: &[CursorChange],
     ) -> rusqlite::Result<usize> {
         let mut rows = 0;
-        for (hash, e) in &new.entries {
-            if old.entries.get(hash) != Some(e) {
-                rows += self.put(tx, hash, e)?;
-            }
-        }
-        for hash in old.entries.keys() {
-            if !new.entries.contains_key(hash) {
-                rows += delete_entry(tx, hash)?;
-            }
+        for (hash, e) in entries {
+            rows += match e {
+                Some(e) => self.put(tx, hash, e)?,
+                None => delete_entry(tx, hash)?,
+            };
         }
         for (i, id) in self.maildir_ids.iter().enumerate() {
-            let n = new.maildir_counts.get(i).copied().unwrap_or(0);
-            if old.maildir_counts.get(i).copied().unwrap_or(0) != n {
+            let n = new_counts.get(i).copied().unwrap_or(0);
+            if old_counts.get(i).copied().unwrap_or(0) != n {
                 rows += tx
                     .prepare_cached("UPDATE maildirs SET agreed_count = ?1 WHERE id = ?2")?
                     .execute(params![n as i64, id])?;
@@ -481,6 +478,29 @@ fn index_of(ids: &[i64]) -> HashMap<i64, usize> {
 mod tests {
     use super::*;
 
+    /// Writes the difference between two whole agreements.
+    fn write_diff(
+        st: &SyncState,
+        tx: &Transaction<'_>,
+        old: &LastState,
+        new: &LastState,
+        cursors: &[CursorChange],
+    ) -> rusqlite::Result<usize> {
+        let mut rows: Vec<(ContentHash, Option<LastEntry>)> = new
+            .entries
+            .iter()
+            .filter(|(h, e)| old.entries.get(h) != Some(e))
+            .map(|(h, e)| (*h, Some(e.clone())))
+            .collect();
+        rows.extend(
+            old.entries
+                .keys()
+                .filter(|h| !new.entries.contains_key(h))
+                .map(|h| (*h, None)),
+        );
+        st.write(tx, &rows, &old.maildir_counts, &new.maildir_counts, cursors)
+    }
+
     fn rows(store: &Store, table: &str) -> i64 {
         store.with_db(|db| {
             db.conn()
@@ -518,7 +538,7 @@ mod tests {
             (1, None, serde_json::json!({"d": 1})),
         ];
         store
-            .commit(|tx| st.write(tx, &empty, &last, &cursors))
+            .commit(|tx| write_diff(&st, tx, &empty, &last, &cursors))
             .unwrap();
         let (_, (again, c)) = SyncState::open(&store, &md, &fd, &[]).unwrap();
         assert_eq!(again, last);
@@ -551,7 +571,9 @@ mod tests {
             last.entries.insert(ContentHash([i; 32]), entry(0, 0));
         }
         last.maildir_counts = vec![100];
-        let all = store.commit(|tx| st.write(tx, &empty, &last, &[])).unwrap();
+        let all = store
+            .commit(|tx| write_diff(&st, tx, &empty, &last, &[]))
+            .unwrap();
         assert_eq!(all, 100 * 2 + 1);
         let mut next = last.clone();
         next.entries.get_mut(&ContentHash([7; 32])).unwrap().flags = Flags::FLAGGED;
@@ -559,10 +581,14 @@ mod tests {
         next.maildir_counts = vec![99];
         // Entry 7: its row, its cloud row deleted and written again; entry
         // 8: two rows deleted; the count.
-        let rows = store.commit(|tx| st.write(tx, &last, &next, &[])).unwrap();
+        let rows = store
+            .commit(|tx| write_diff(&st, tx, &last, &next, &[]))
+            .unwrap();
         assert_eq!(rows, 3 + 2 + 1);
         assert_eq!(
-            store.commit(|tx| st.write(tx, &next, &next, &[])).unwrap(),
+            store
+                .commit(|tx| write_diff(&st, tx, &next, &next, &[]))
+                .unwrap(),
             0
         );
         let (_, (got, _)) = SyncState::open(&store, &md, &fd, &[]).unwrap();
@@ -626,7 +652,7 @@ mod tests {
             .collect();
         let c1 = serde_json::json!({"v": 1, "delta_link": "d1", "entries": items});
         let rows = store
-            .commit(|tx| st.write(tx, &empty, &empty, &[(0, None, c1.clone())]))
+            .commit(|tx| write_diff(&st, tx, &empty, &empty, &[(0, None, c1.clone())]))
             .unwrap();
         assert_eq!(rows, 1 + 1000);
         let (_, (_, loaded)) = SyncState::open(&store, &md, &fd, &fields).unwrap();
@@ -638,7 +664,7 @@ mod tests {
         c2["entries"][5][2] = serde_json::json!(3);
         c2["entries"].as_array_mut().unwrap().remove(9);
         let rows = store
-            .commit(|tx| st.write(tx, &empty, &empty, &[(0, Some(c1), c2.clone())]))
+            .commit(|tx| write_diff(&st, tx, &empty, &empty, &[(0, Some(c1), c2.clone())]))
             .unwrap();
         assert_eq!(rows, 1 + 2);
         let (_, (_, loaded)) = SyncState::open(&store, &md, &fd, &fields).unwrap();

@@ -192,6 +192,71 @@ async fn flag_changes_travel_both_ways() {
     assert_eq!(r.actions, 0, "converged: {r:?}");
 }
 
+/// A watcher event for `paths` of the inbox.
+fn event(w: &World, paths: &[&Path]) -> cloud_mdir_sync::maildir::WatchEvent {
+    cloud_mdir_sync::maildir::WatchEvent {
+        maildir: w.maildir("inbox"),
+        paths: paths.iter().map(|p| p.to_path_buf()).collect(),
+        rescan: false,
+    }
+}
+
+#[tokio::test]
+async fn a_poll_handles_the_files_the_watcher_names() {
+    let w = World::new();
+    let ids: Vec<String> = (0..20)
+        .map(|n| w.cloud.add(&msg(n, false), Flags::NONE))
+        .collect();
+    let mut e = w.engine(false).await;
+    e.cycle().await.unwrap();
+    let files = w.files("inbox");
+    assert_eq!(files.len(), 20);
+    let none = vec![false];
+    // Idle: nothing named, nothing listed, nothing planned (the first
+    // poll confirms the fixed point the downloads reached).
+    e.poll(&none).await.unwrap();
+    let r = e.poll(&none).await.unwrap();
+    assert!(r.skipped, "{r:?}");
+
+    // A rename the watcher reports: its flags reach the cloud.
+    let (old, _) = &files[3];
+    let new = set_local(old, Flags::READ);
+    e.files_changed(event(&w, &[old, &new]));
+    let r = e.poll(&none).await.unwrap();
+    assert_eq!((r.actions, r.failed), (1, 0), "{r:?}");
+    let read: Vec<&String> = ids
+        .iter()
+        .filter(|id| w.cloud.messages()[*id].flags == Flags::READ)
+        .collect();
+    assert_eq!(read.len(), 1);
+
+    // A change the watcher was not told about waits for a rescan.
+    let (quiet, _) = &w.files("inbox")[5];
+    set_local(quiet, Flags::FLAGGED);
+    let r = e.poll(&none).await.unwrap();
+    assert_eq!(r.actions, 0, "no scan: {r:?}");
+    e.request_rescan();
+    let r = e.poll(&none).await.unwrap();
+    assert_eq!(r.actions, 1, "{r:?}");
+
+    // Renamed twice, and only the first rename reported yet: the message
+    // is not taken as deleted (its base name is still there).
+    let (first, _) = w.files("inbox")[7].clone();
+    let second = set_local(&first, Flags::REPLIED);
+    let third = set_local(&second, Flags::REPLIED | Flags::READ);
+    e.files_changed(event(&w, &[&first, &second]));
+    let r = e.poll(&none).await.unwrap();
+    assert_eq!(r.failed, 0, "{r:?}");
+    assert_eq!(w.cloud.messages().len(), 20, "nothing deleted in the cloud");
+    assert!(third.exists());
+    // A file really removed is a deletion.
+    std::fs::remove_file(&third).unwrap();
+    e.files_changed(event(&w, &[&third]));
+    e.poll(&none).await.unwrap();
+    assert_eq!(w.cloud.messages().len(), 19);
+    assert_eq!(e.known_files(0), 19);
+}
+
 #[tokio::test]
 async fn deletions_both_ways() {
     let mut w = World::new();

@@ -1,0 +1,432 @@
+//! What the engine keeps between cycles so that an event costs what it
+//! changed: every maildir file and every listed cloud message with its
+//! content hash, each findable by hash. A cycle plans only the hashes an
+//! event touched, reading their files and cloud copies from here instead of
+//! scanning and listing the world again.
+
+use std::collections::{HashMap, HashSet};
+
+use super::plan::Route;
+use crate::cloud::CloudEntry;
+use crate::maildir::Entry;
+use crate::types::ContentHash;
+
+/// Keys grouped by content hash.
+#[derive(Debug)]
+pub(super) struct ByHash<K> {
+    map: HashMap<ContentHash, Vec<K>>,
+}
+
+impl<K> Default for ByHash<K> {
+    fn default() -> Self {
+        ByHash {
+            map: HashMap::new(),
+        }
+    }
+}
+
+impl<K: PartialEq> ByHash<K> {
+    /// Adds `key` under `hash` (once).
+    pub(super) fn add(&mut self, hash: ContentHash, key: K) {
+        let keys = self.map.entry(hash).or_default();
+        if !keys.contains(&key) {
+            keys.push(key);
+        }
+    }
+
+    /// Removes `key` from under `hash`.
+    pub(super) fn remove(&mut self, hash: &ContentHash, key: &K) {
+        if let Some(keys) = self.map.get_mut(hash) {
+            keys.retain(|k| k != key);
+            if keys.is_empty() {
+                self.map.remove(hash);
+            }
+        }
+    }
+
+    /// The keys under `hash`.
+    pub(super) fn get(&self, hash: &ContentHash) -> &[K] {
+        self.map.get(hash).map_or(&[], Vec::as_slice)
+    }
+
+    /// True when some key is under `hash`.
+    pub(super) fn contains(&self, hash: &ContentHash) -> bool {
+        self.map.contains_key(hash)
+    }
+
+    /// Every hash with a key.
+    pub(super) fn hashes(&self) -> impl Iterator<Item = &ContentHash> {
+        self.map.keys()
+    }
+}
+
+/// A maildir file as the engine last saw it.
+#[derive(Clone, Debug)]
+pub(super) struct File {
+    /// The file as a scan lists it.
+    pub entry: Entry,
+    /// Its content.
+    pub hash: ContentHash,
+}
+
+/// The name the planner knows a file by: `cur/<name>` or `new/<name>`.
+pub(super) fn file_name(entry: &Entry) -> String {
+    format!(
+        "{}/{}",
+        entry.subdir.as_str(),
+        entry
+            .path
+            .file_name()
+            .map(|n| n.to_string_lossy())
+            .unwrap_or_default()
+    )
+}
+
+/// Every file of every maildir, by (maildir, name) and by hash.
+#[derive(Debug, Default)]
+pub(super) struct LocalIndex {
+    files: HashMap<(usize, String), File>,
+    by_hash: ByHash<(usize, String)>,
+    counts: Vec<usize>,
+}
+
+impl LocalIndex {
+    /// An empty index over `maildirs` maildirs.
+    pub(super) fn new(maildirs: usize) -> LocalIndex {
+        LocalIndex {
+            counts: vec![0; maildirs],
+            ..LocalIndex::default()
+        }
+    }
+
+    /// Records `entry` of `maildir` with content `hash`; returns the hash
+    /// the same name had before, if any.
+    pub(super) fn put(
+        &mut self,
+        maildir: usize,
+        entry: Entry,
+        hash: ContentHash,
+    ) -> Option<ContentHash> {
+        let key = (maildir, file_name(&entry));
+        let old = self.remove(maildir, &key.1).map(|f| f.hash);
+        self.by_hash.add(hash, key.clone());
+        if let Some(c) = self.counts.get_mut(maildir) {
+            *c += 1;
+        }
+        self.files.insert(key, File { entry, hash });
+        old
+    }
+
+    /// Forgets file `name` of `maildir`, returning what was known of it.
+    pub(super) fn remove(&mut self, maildir: usize, name: &str) -> Option<File> {
+        let key = (maildir, name.to_string());
+        let f = self.files.remove(&key)?;
+        self.by_hash.remove(&f.hash, &key);
+        if let Some(c) = self.counts.get_mut(maildir) {
+            *c = c.saturating_sub(1);
+        }
+        Some(f)
+    }
+
+    /// File `name` of `maildir`.
+    pub(super) fn get(&self, maildir: usize, name: &str) -> Option<&File> {
+        self.files.get(&(maildir, name.to_string()))
+    }
+
+    /// The files holding `hash`, as (maildir, name, file).
+    pub(super) fn files_of(
+        &self,
+        hash: &ContentHash,
+    ) -> impl Iterator<Item = (usize, &str, &File)> {
+        self.by_hash
+            .get(hash)
+            .iter()
+            .filter_map(|k| self.files.get(k).map(|f| (k.0, k.1.as_str(), f)))
+    }
+
+    /// True when some file holds `hash`.
+    pub(super) fn holds(&self, hash: &ContentHash) -> bool {
+        self.by_hash.contains(hash)
+    }
+
+    /// Replaces what is known of `maildir` with a scan's `files`; returns
+    /// every hash held before or after.
+    pub(super) fn replace_maildir(
+        &mut self,
+        maildir: usize,
+        files: Vec<(Entry, ContentHash)>,
+    ) -> HashSet<ContentHash> {
+        let old: Vec<String> = self
+            .files
+            .keys()
+            .filter(|k| k.0 == maildir)
+            .map(|k| k.1.clone())
+            .collect();
+        let mut touched = HashSet::new();
+        for name in old {
+            if let Some(f) = self.remove(maildir, &name) {
+                touched.insert(f.hash);
+            }
+        }
+        for (entry, hash) in files {
+            touched.insert(hash);
+            self.put(maildir, entry, hash);
+        }
+        touched
+    }
+
+    /// Files per maildir.
+    pub(super) fn counts(&self) -> &[usize] {
+        &self.counts
+    }
+
+    /// Every hash some file holds.
+    pub(super) fn hashes(&self) -> impl Iterator<Item = &ContentHash> {
+        self.by_hash.hashes()
+    }
+}
+
+/// One listed cloud message as the engine knows it.
+#[derive(Clone, Debug)]
+pub(super) struct Listed {
+    /// What the listing said (with the effects of our actions applied).
+    pub entry: CloudEntry,
+    /// Its content, once known (id cache or download).
+    pub hash: Option<ContentHash>,
+    /// Where the config routes it, once asked (asked again when the entry
+    /// changes).
+    pub route: Option<Route>,
+}
+
+/// A folder's messages: what the last list call returned, with the effects
+/// of the actions taken since applied.
+#[derive(Debug)]
+pub(super) struct Listing {
+    /// By message id.
+    pub entries: HashMap<String, Listed>,
+    /// Changes whenever the picture changes (a list call, applied effects).
+    pub version: u64,
+    /// Deletions sent since the last list call: not sent again until a
+    /// listing shows whether they took effect.
+    pub sent_deletions: HashSet<String>,
+    /// Listed ids whose content is not known yet (being downloaded, or to
+    /// be downloaded again after a failure).
+    pub unresolved: HashSet<String>,
+}
+
+/// What taking in a new listing changed.
+#[derive(Debug, Default)]
+pub(super) struct Relisted {
+    /// Hashes whose cloud copies changed (new flags, gone, deletion sent).
+    pub dirty: HashSet<ContentHash>,
+    /// Listed ids whose content is not known (new ones, and ones still
+    /// unresolved): look them up, or download them.
+    pub unresolved: Vec<String>,
+    /// Ids gone from the listing, with their content if it was known.
+    pub gone: Vec<(String, Option<ContentHash>)>,
+}
+
+/// Every folder's listing, and the listed copies by hash.
+#[derive(Debug)]
+pub(super) struct CloudIndex {
+    listings: Vec<Option<Listing>>,
+    by_hash: ByHash<(usize, String)>,
+}
+
+impl CloudIndex {
+    /// No listing yet for `folders` folders.
+    pub(super) fn new(folders: usize) -> CloudIndex {
+        CloudIndex {
+            listings: (0..folders).map(|_| None).collect(),
+            by_hash: ByHash::default(),
+        }
+    }
+
+    /// Folder `i`'s listing, if it was listed.
+    pub(super) fn listing(&self, i: usize) -> Option<&Listing> {
+        self.listings.get(i).and_then(Option::as_ref)
+    }
+
+    /// Folder `i`'s listing, mutably.
+    pub(super) fn listing_mut(&mut self, i: usize) -> Option<&mut Listing> {
+        self.listings.get_mut(i).and_then(Option::as_mut)
+    }
+
+    /// Takes in a new listing of folder `i`: entries that did not change
+    /// keep their hash and route; the rest are reported.
+    pub(super) fn relist(&mut self, i: usize, entries: Vec<CloudEntry>, version: u64) -> Relisted {
+        let mut out = Relisted::default();
+        let old = self.listings[i].take();
+        // A deletion sent is planned again against the new picture.
+        let mut old_entries = match old {
+            Some(l) => {
+                for id in &l.sent_deletions {
+                    if let Some(h) = l.entries.get(id).and_then(|x| x.hash) {
+                        out.dirty.insert(h);
+                    }
+                }
+                l.entries
+            }
+            None => HashMap::new(),
+        };
+        let mut listing = Listing {
+            entries: HashMap::with_capacity(entries.len()),
+            version,
+            sent_deletions: HashSet::new(),
+            unresolved: HashSet::new(),
+        };
+        for e in entries {
+            let listed = match old_entries.remove(&e.id) {
+                Some(was) if was.entry == e => was,
+                Some(was) => {
+                    if let Some(h) = was.hash {
+                        out.dirty.insert(h);
+                    }
+                    Listed {
+                        entry: e,
+                        hash: was.hash,
+                        route: None,
+                    }
+                }
+                None => Listed {
+                    entry: e,
+                    hash: None,
+                    route: None,
+                },
+            };
+            if listed.hash.is_none() {
+                out.unresolved.push(listed.entry.id.clone());
+                listing.unresolved.insert(listed.entry.id.clone());
+            }
+            listing.entries.insert(listed.entry.id.clone(), listed);
+        }
+        for (id, was) in old_entries {
+            if let Some(h) = was.hash {
+                self.by_hash.remove(&h, &(i, id.clone()));
+                out.dirty.insert(h);
+            }
+            out.gone.push((id, was.hash));
+        }
+        self.listings[i] = Some(listing);
+        out
+    }
+
+    /// Records that message `id` of folder `i` holds `hash`; false when
+    /// the folder no longer lists it.
+    pub(super) fn resolve(&mut self, i: usize, id: &str, hash: ContentHash) -> bool {
+        let Some(l) = self.listings.get_mut(i).and_then(Option::as_mut) else {
+            return false;
+        };
+        let Some(listed) = l.entries.get_mut(id) else {
+            return false;
+        };
+        l.unresolved.remove(id);
+        if let Some(old) = listed.hash.replace(hash)
+            && old != hash
+        {
+            self.by_hash.remove(&old, &(i, id.to_string()));
+        }
+        self.by_hash.add(hash, (i, id.to_string()));
+        true
+    }
+
+    /// The listed copies of `hash`, as (folder, entry).
+    pub(super) fn copies_of(&self, hash: &ContentHash) -> impl Iterator<Item = (usize, &Listed)> {
+        self.by_hash.get(hash).iter().filter_map(|(i, id)| {
+            self.listing(*i)
+                .and_then(|l| l.entries.get(id))
+                .map(|x| (*i, x))
+        })
+    }
+
+    /// The listed copies of `hash`, mutably (to record routes).
+    pub(super) fn copy_mut(&mut self, folder: usize, id: &str) -> Option<&mut Listed> {
+        self.listing_mut(folder)?.entries.get_mut(id)
+    }
+
+    /// True when some listing holds `hash`.
+    pub(super) fn holds(&self, hash: &ContentHash) -> bool {
+        self.by_hash.contains(hash)
+    }
+
+    /// Every hash some listing holds.
+    pub(super) fn hashes(&self) -> impl Iterator<Item = &ContentHash> {
+        self.by_hash.hashes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::Flags;
+
+    fn h(n: u8) -> ContentHash {
+        ContentHash([n; 32])
+    }
+
+    fn e(id: &str, flags: Flags) -> CloudEntry {
+        CloudEntry {
+            id: id.into(),
+            email_id: None,
+            flags,
+            received_time: None,
+            size: None,
+        }
+    }
+
+    #[test]
+    fn relisting_reports_what_changed_and_keeps_the_rest() {
+        let mut c = CloudIndex::new(1);
+        let r = c.relist(0, vec![e("a", Flags::NONE), e("b", Flags::NONE)], 1);
+        assert_eq!(r.unresolved.len(), 2);
+        assert!(c.resolve(0, "a", h(1)));
+        assert!(c.resolve(0, "b", h(2)));
+        c.copy_mut(0, "a").unwrap().route = Some(Route::Maildir(0));
+        let r = c.relist(
+            0,
+            vec![
+                e("a", Flags::NONE),
+                e("b", Flags::READ),
+                e("c", Flags::NONE),
+            ],
+            2,
+        );
+        assert_eq!(r.unresolved, vec!["c".to_string()]);
+        assert_eq!(r.dirty, HashSet::from([h(2)]));
+        assert!(r.gone.is_empty());
+        let a = c.listing(0).unwrap().entries.get("a").unwrap();
+        assert_eq!((a.hash, a.route), (Some(h(1)), Some(Route::Maildir(0))));
+        assert_eq!(c.listing(0).unwrap().entries["b"].route, None);
+        let r = c.relist(0, vec![e("b", Flags::READ)], 3);
+        assert_eq!(r.dirty, HashSet::from([h(1)]));
+        assert_eq!(r.gone.len(), 2, "a (known) and c (never resolved)");
+        assert!(!c.holds(&h(1)));
+        assert_eq!(c.copies_of(&h(2)).count(), 1);
+    }
+
+    #[test]
+    fn local_index_counts_and_groups_by_hash() {
+        use crate::fsutil::InodeKey;
+        use crate::maildir::Subdir;
+        let entry = |name: &str| Entry {
+            path: format!("/m/cur/{name}").into(),
+            subdir: Subdir::Cur,
+            base: name.into(),
+            flags: Flags::NONE,
+            other: String::new(),
+            key: InodeKey::default(),
+        };
+        let mut l = LocalIndex::new(2);
+        assert_eq!(l.put(0, entry("x"), h(1)), None);
+        assert_eq!(l.put(1, entry("y"), h(1)), None);
+        assert_eq!(l.put(1, entry("y"), h(2)), Some(h(1)));
+        assert_eq!(l.counts(), &[1, 1]);
+        assert_eq!(l.files_of(&h(1)).count(), 1);
+        let touched = l.replace_maildir(0, vec![(entry("z"), h(3))]);
+        assert_eq!(touched, HashSet::from([h(1), h(3)]));
+        assert!(!l.holds(&h(1)));
+        assert!(l.get(0, "cur/z").is_some());
+        assert_eq!(l.remove(1, "cur/y").map(|f| f.hash), Some(h(2)));
+        assert_eq!(l.counts(), &[1, 0]);
+    }
+}
