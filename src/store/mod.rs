@@ -539,7 +539,13 @@ impl Store {
             }
             doomed
         };
-        for h in &doomed {
+        self.remove_blobs(&doomed)
+    }
+
+    /// Removes the files of blobs already taken out of the known set (the
+    /// caller holds `links`). Returns how many went.
+    fn remove_blobs(&self, doomed: &[ContentHash]) -> Result<usize, StoreError> {
+        for h in doomed {
             let path = self.blob_path(h);
             if let Err(source) = fsutil::remove_if_present(&path) {
                 // Still there: keep it known so `have` stays truthful.
@@ -573,14 +579,7 @@ impl Store {
             }
             doomed
         };
-        for h in &doomed {
-            let path = self.blob_path(h);
-            if let Err(source) = fsutil::remove_if_present(&path) {
-                lock(&self.inner).blobs.insert(*h);
-                return Err(StoreError::Remove { path, source });
-            }
-        }
-        Ok(doomed.len())
+        self.remove_blobs(&doomed)
     }
 
     /// Makes new blobs durable (fsync of `blobs/`), then writes the cache

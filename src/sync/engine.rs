@@ -1166,13 +1166,15 @@ impl Engine {
         // Content nothing references any more: everything outside the
         // indexes and the new agreement after a full cycle, else the
         // planned hashes that lost their last reference.
+        let written: HashMap<ContentHash, bool> =
+            rows.iter().map(|(h, new)| (*h, new.is_some())).collect();
         let referenced = |h: &ContentHash| {
             self.cloud.holds(h)
                 || self.local.holds(h)
-                || match rows.iter().find(|r| r.0 == *h) {
-                    Some((_, new)) => new.is_some(),
-                    None => self.last.entries.contains_key(h),
-                }
+                || written
+                    .get(h)
+                    .copied()
+                    .unwrap_or_else(|| self.last.entries.contains_key(h))
         };
         let release = match scope {
             Scope::Full => Release::Keep(
