@@ -2,6 +2,7 @@
 //! Gmail, the in-memory test cloud) implements, the [`Endpoints`] they talk
 //! to, and the errors that tell the daemon to retry, log in again or stop.
 
+pub mod cursor;
 pub mod gmail;
 pub mod graph;
 pub mod memory;
@@ -9,6 +10,8 @@ pub mod memory;
 use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
+
+pub use cursor::CursorDelta;
 
 use crate::config::DeleteAction;
 use crate::types::{Flags, StorageKind};
@@ -126,24 +129,29 @@ pub trait CloudMailbox: Send + Sync {
     /// Apply flag changes; one result per change, in order.
     fn set_flags(&self, changes: Vec<FlagChange>) -> BoxFut<'_, Vec<Result<(), CloudError>>>;
 
-    /// Opaque state to persist (delta link or history id plus what the
-    /// backend needs to resume), so a restart resumes incrementally. `None`
-    /// when there is nothing worth saving.
-    fn save_cursor(&self) -> Option<serde_json::Value> {
+    /// What changed in the state to persist (delta link or history id plus
+    /// one record per listed message, so a restart resumes incrementally)
+    /// since the last call; `None` when nothing did or there is nothing
+    /// worth saving. The first call after [`CloudMailbox::cursor_unsaved`]
+    /// or a full listing holds every record.
+    fn cursor_delta(&self) -> Option<CursorDelta> {
         None
     }
 
-    /// The field of the cursor object holding one record per message (an
-    /// array whose items are arrays with the message id first). The state
-    /// database stores those records as rows, so a changed cursor costs
-    /// the rows of the messages that changed, not the whole listing.
+    /// The last [`CloudMailbox::cursor_delta`] was not stored: the next one
+    /// must hold everything.
+    fn cursor_unsaved(&self) {}
+
+    /// The field of the cursor head that held the records when a cursor
+    /// was stored whole (v0.1); such a cursor is split into head and
+    /// records when the state is opened.
     fn cursor_records_field(&self) -> Option<&'static str> {
         None
     }
 
-    /// Restore what [`CloudMailbox::save_cursor`] returned in an earlier
-    /// run; an unusable value is ignored (the next listing is then full).
-    fn load_cursor(&self, _cursor: serde_json::Value) {}
+    /// Restore a cursor stored in an earlier run: its head and its records;
+    /// an unusable one is ignored (the next listing is then full).
+    fn load_cursor(&self, _head: serde_json::Value, _records: Vec<String>) {}
 
     /// Delete (archive or trash) messages; one result per id, in order.
     fn delete(

@@ -9,7 +9,7 @@ mod watch;
 pub use flags::{Subdir, encode_name, parse_name};
 pub use watch::{WatchEvent, WatchGuard, watch};
 
-use std::collections::HashMap;
+use std::collections::HashSet;
 use std::fs::{self, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
@@ -277,12 +277,13 @@ impl Maildir {
         Ok(())
     }
 
-    /// The files of `cur/` and `new/` (dot files left out) by base name
-    /// (the name without its `:2,` info): where a message went after
-    /// renames the caller has not heard of yet. Reads the directories'
-    /// names only (no `stat`), again if they changed while being read.
-    pub fn names_by_base(&self) -> Result<HashMap<String, Vec<PathBuf>>, MaildirError> {
-        let mut found: HashMap<String, Vec<PathBuf>> = HashMap::new();
+    /// The files of `cur/` and `new/` (dot files left out) whose base name
+    /// (the name without its `:2,` info) is one of `bases`: where messages
+    /// went after renames the caller has not heard of yet. Reads the
+    /// directories' names only (no `stat`), again if they changed while
+    /// being read.
+    pub fn names_with_bases(&self, bases: &HashSet<&str>) -> Result<Vec<PathBuf>, MaildirError> {
+        let mut found = Vec::new();
         for _ in 0..3 {
             found.clear();
             let before = self.dir_mtimes()?;
@@ -294,9 +295,8 @@ impl Maildir {
                 for dirent in fs::read_dir(dir).map_err(read_err)? {
                     let name = dirent.map_err(read_err)?.file_name();
                     let Some(name) = name.to_str() else { continue };
-                    if !name.starts_with('.') {
-                        let base = parse_name(name).0.to_string();
-                        found.entry(base).or_default().push(dir.join(name));
+                    if !name.starts_with('.') && bases.contains(parse_name(name).0) {
+                        found.push(dir.join(name));
                     }
                 }
             }

@@ -168,7 +168,6 @@ pub struct Engine {
     state: SyncState,
     /// The agreement as the database holds it.
     last: LastState,
-    cursors: BTreeMap<String, serde_json::Value>,
     mode: Mode,
     stop: Stop,
     sizes: std::sync::Mutex<HashMap<ContentHash, u64>>,
@@ -230,9 +229,10 @@ impl Engine {
             .map(|f| f.cloud.cursor_records_field())
             .collect();
         let (state, (last, cursors)) = SyncState::open(&store, &md_keys, &fd_keys, &fields)?;
+        let mut cursors = cursors;
         for f in &folders {
-            if let Some(c) = cursors.get(&f.key) {
-                f.cloud.load_cursor(c.clone());
+            if let Some((head, records)) = cursors.remove(&f.key) {
+                f.cloud.load_cursor(head, records);
             }
         }
         Ok(Engine {
@@ -247,7 +247,6 @@ impl Engine {
             maildirs,
             state,
             last,
-            cursors,
             mode: if offline {
                 Mode::OfflineFirstCycle
             } else {
@@ -764,49 +763,55 @@ impl Engine {
         type Seen = (usize, String, Option<(Entry, ContentHash)>);
         let seen = tokio::task::spawn_blocking(move || -> Result<Vec<Seen>, SyncError> {
             let mut out = Vec::new();
-            let mut queue: Vec<PathBuf> = paths.iter().cloned().collect();
-            let mut looked: HashSet<PathBuf> = paths.into_iter().collect();
-            // Per maildir, its names by base, read once when a file is gone.
-            let mut bases = HashMap::new();
-            while let Some(path) = queue.pop() {
-                let Some(dir) = path.parent() else { continue };
-                let Some(m) = maildirs
-                    .iter()
-                    .position(|md| dir.parent() == Some(md.path()))
-                else {
-                    continue;
-                };
-                let (Some(sub), Some(file)) = (dir.file_name(), path.file_name()) else {
-                    continue;
-                };
-                let name = format!("{}/{}", sub.to_string_lossy(), file.to_string_lossy());
-                let now = match maildirs[m].look(&path) {
-                    Ok(Some(entry)) => hash_file(&store, &entry).map(|h| (entry, h)),
-                    Ok(None) => None,
-                    Err(e) => {
-                        tracing::warn!("skipping {}: {e}", path.display());
+            let mut looked: HashSet<PathBuf> = HashSet::new();
+            let mut queue: Vec<PathBuf> = paths.into_iter().collect();
+            while !queue.is_empty() {
+                // Per maildir, the base names of files found gone.
+                let mut gone: HashMap<usize, HashSet<String>> = HashMap::new();
+                let mut present: HashSet<(usize, String)> = HashSet::new();
+                for path in std::mem::take(&mut queue) {
+                    if !looked.insert(path.clone()) {
                         continue;
                     }
-                };
-                if now.is_none() {
-                    // Gone, or renamed again since the event: a message
-                    // is taken as removed only when no file of its base
-                    // name is left (the next event may not be in yet).
-                    let base = name.split_once('/').map_or("", |(_, f)| f);
-                    let base = base.split_once(":2,").map_or(base, |(b, _)| b);
-                    let names = match bases.entry(m) {
-                        std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-                        std::collections::hash_map::Entry::Vacant(v) => {
-                            v.insert(maildirs[m].names_by_base()?)
+                    let Some((m, name)) = place_in(&maildirs, &path) else {
+                        continue;
+                    };
+                    let now = match maildirs[m].look(&path) {
+                        Ok(Some(entry)) => hash_file(&store, &entry).map(|h| (entry, h)),
+                        Ok(None) => None,
+                        Err(e) => {
+                            tracing::warn!("skipping {}: {e}", path.display());
+                            continue;
                         }
                     };
-                    for p in names.get(base).into_iter().flatten() {
-                        if looked.insert(p.clone()) {
-                            queue.push(p.clone());
+                    let base = base_of(&name).to_string();
+                    if now.is_some() {
+                        present.insert((m, base));
+                    } else {
+                        gone.entry(m).or_default().insert(base);
+                    }
+                    out.push((m, name, now));
+                }
+                // Gone, or renamed again since the event: a message is
+                // taken as removed only when no file of its base name is
+                // left (the next event may not be in yet). A file of the
+                // same base among the named ones settles it; otherwise one
+                // name-only read of the maildir does.
+                for (m, bases) in gone {
+                    let wanted: HashSet<&str> = bases
+                        .iter()
+                        .filter(|b| !present.contains(&(m, (*b).clone())))
+                        .map(String::as_str)
+                        .collect();
+                    if wanted.is_empty() {
+                        continue;
+                    }
+                    for p in maildirs[m].names_with_bases(&wanted)? {
+                        if !looked.contains(&p) {
+                            queue.push(p);
                         }
                     }
                 }
-                out.push((m, name, now));
             }
             Ok(out)
         })
@@ -1150,18 +1155,12 @@ impl Engine {
             }
         }
         let counts = new_last.maildir_counts;
-        let mut moved = Vec::new();
-        for (i, f) in self.folders.iter().enumerate() {
-            if let Some(c) = f.cloud.save_cursor()
-                && self.cursors.get(&f.key) != Some(&c)
-            {
-                moved.push((i, c));
-            }
-        }
-        // What the database holds for each moved cursor, lent to the write.
-        let changes: Vec<CursorChange> = moved
-            .into_iter()
-            .map(|(i, c)| (i, self.cursors.remove(&self.folders[i].key), c))
+        let changes: Vec<CursorChange> = self
+            .folders
+            .iter()
+            .enumerate()
+            .filter_map(|(i, f)| f.cloud.cursor_delta().map(|d| (i, d)))
+            .filter(|(_, d)| !d.is_empty())
             .collect();
         // Content nothing references any more: everything outside the
         // indexes and the new agreement after a full cycle, else the
@@ -1205,11 +1204,9 @@ impl Engine {
         })
         .await
         .map_err(|e| SyncError::Task(e.to_string()))?;
-        let ok = result.is_ok();
-        for (i, was, new) in changes {
-            let keep = if ok { Some(new) } else { was };
-            if let Some(c) = keep {
-                self.cursors.insert(self.folders[i].key.clone(), c);
+        if result.is_err() {
+            for (i, _) in &changes {
+                self.folders[*i].cloud.cursor_unsaved();
             }
         }
         match result {
@@ -1237,6 +1234,27 @@ enum Release {
     Keep(HashSet<ContentHash>),
     /// These, unless a download holds them.
     Drop(Vec<ContentHash>),
+}
+
+/// The maildir (index) and `cur/name` or `new/name` of a path in one of
+/// `maildirs`.
+fn place_in(maildirs: &[Maildir], path: &std::path::Path) -> Option<(usize, String)> {
+    let dir = path.parent()?;
+    let m = maildirs
+        .iter()
+        .position(|md| dir.parent() == Some(md.path()))?;
+    let (sub, file) = (dir.file_name()?, path.file_name()?);
+    Some((
+        m,
+        format!("{}/{}", sub.to_string_lossy(), file.to_string_lossy()),
+    ))
+}
+
+/// The base of a `cur/name` or `new/name`: the file name without its
+/// `:2,` info.
+fn base_of(name: &str) -> &str {
+    let file = name.split_once('/').map_or(name, |(_, f)| f);
+    file.split_once(":2,").map_or(file, |(b, _)| b)
 }
 
 /// The content of a maildir file through the inode cache (hashing it only

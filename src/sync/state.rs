@@ -12,6 +12,7 @@ use rusqlite::{Transaction, params};
 use serde::Deserialize;
 
 use super::plan::{CloudBase, LastEntry, LastState};
+use crate::cloud::CursorDelta;
 use crate::store::db::hash_from;
 use crate::store::statefile::StateFile;
 use crate::store::{Store, StoreError, import};
@@ -32,21 +33,21 @@ struct V01 {
 }
 
 /// What a start-up reads: the agreement re-indexed to the config, and the
-/// backends' cursors by folder key.
-pub type Loaded = (LastState, BTreeMap<String, serde_json::Value>);
+/// backends' cursors (head, records) by folder key.
+pub type Loaded = (LastState, BTreeMap<String, StoredCursor>);
 
-/// The database ids of the configured maildirs and folders, in config order,
-/// and the field of each folder's cursor stored as rows.
+/// A stored cursor: its head and its records (in id order).
+pub type StoredCursor = (serde_json::Value, Vec<String>);
+
+/// The database ids of the configured maildirs and folders, in config order.
 #[derive(Clone, Debug)]
 pub struct SyncState {
     maildir_ids: Vec<i64>,
     folder_ids: Vec<i64>,
-    record_fields: Vec<Option<&'static str>>,
 }
 
-/// A cursor change to write: folder index, what the database holds, the
-/// new cursor.
-pub type CursorChange = (usize, Option<serde_json::Value>, serde_json::Value);
+/// A cursor change to write: folder index, what changed.
+pub type CursorChange = (usize, CursorDelta);
 
 impl SyncState {
     /// Opens the agreement for the given maildir and folder keys (in config
@@ -79,9 +80,6 @@ impl SyncState {
             let st = SyncState {
                 maildir_ids: md_ids,
                 folder_ids: fd_ids,
-                record_fields: (0..mailboxes.len())
-                    .map(|i| record_fields.get(i).copied().flatten())
-                    .collect(),
             };
             let loaded = st.load(db.conn()).map_err(|e| db.err(e))?;
             Ok((st, loaded))
@@ -145,12 +143,7 @@ impl SyncState {
             let folder: i64 = r.get(0)?;
             match serde_json::from_str(&text) {
                 Ok(v) => {
-                    let field = fd.get(&folder).and_then(|&i| self.record_fields[i]);
-                    let v = match field {
-                        Some(field) => join(conn, folder, v, field)?,
-                        None => v,
-                    };
-                    cursors.insert(r.get(1)?, v);
+                    cursors.insert(r.get(1)?, (v, records(conn, folder)?));
                 }
                 Err(e) => tracing::warn!(
                     folder = %r.get::<_, String>(1)?,
@@ -193,11 +186,11 @@ impl SyncState {
                     .execute(params![n as i64, id])?;
             }
         }
-        for (i, was, cursor) in cursors {
+        for (i, delta) in cursors {
             let Some(&id) = self.folder_ids.get(*i) else {
                 continue;
             };
-            rows += write_cursor(tx, id, self.record_fields[*i], was.as_ref(), cursor)?;
+            rows += write_cursor(tx, id, delta)?;
         }
         Ok(rows)
     }
@@ -255,46 +248,28 @@ fn records_of(cursor: &serde_json::Value, field: &str) -> BTreeMap<String, Strin
     records
 }
 
-/// Writes a folder's cursor: its head, and with a records field only the
-/// records that differ from `was` (what the database holds).
-fn write_cursor(
-    tx: &Transaction<'_>,
-    folder: i64,
-    field: Option<&str>,
-    was: Option<&serde_json::Value>,
-    cursor: &serde_json::Value,
-) -> rusqlite::Result<usize> {
-    let Some(field) = field else {
-        return tx
+/// Writes what changed in a folder's cursor.
+fn write_cursor(tx: &Transaction<'_>, folder: i64, d: &CursorDelta) -> rusqlite::Result<usize> {
+    let mut rows = 0;
+    if let Some(head) = &d.head {
+        rows += tx
             .prepare_cached("UPDATE folders SET cursor = ?1 WHERE id = ?2")?
-            .execute(params![cursor.to_string(), folder]);
-    };
-    let (head, records) = split(cursor, field);
-    let old = was.map(|w| records_of(w, field)).unwrap_or_default();
-    let mut rows = tx
-        .prepare_cached("UPDATE folders SET cursor = ?1 WHERE id = ?2")?
-        .execute(params![head.to_string(), folder])?;
-    if was.is_none() {
-        // Nothing known about the rows: start from none.
+            .execute(params![head.to_string(), folder])?;
+    }
+    if d.full {
         rows += tx
             .prepare_cached("DELETE FROM cursor_records WHERE folder = ?1")?
             .execute([folder])?;
     }
-    for (id, record) in &records {
-        if old.get(id) != Some(record) {
-            rows += tx
-                .prepare_cached(
-                    "INSERT OR REPLACE INTO cursor_records (folder, id, record) VALUES (?1, ?2, ?3)",
-                )?
-                .execute(params![folder, id, record])?;
-        }
+    let mut put = tx.prepare_cached(
+        "INSERT OR REPLACE INTO cursor_records (folder, id, record) VALUES (?1, ?2, ?3)",
+    )?;
+    for (id, record) in &d.put {
+        rows += put.execute(params![folder, id, record])?;
     }
-    for id in old.keys() {
-        if !records.contains_key(id) {
-            rows += tx
-                .prepare_cached("DELETE FROM cursor_records WHERE folder = ?1 AND id = ?2")?
-                .execute(params![folder, id])?;
-        }
+    let mut gone = tx.prepare_cached("DELETE FROM cursor_records WHERE folder = ?1 AND id = ?2")?;
+    for id in &d.gone {
+        rows += gone.execute(params![folder, id])?;
     }
     Ok(rows)
 }
@@ -315,36 +290,21 @@ fn split_stored(tx: &Transaction<'_>, folder: i64, field: &str) -> rusqlite::Res
     {
         return Ok(());
     }
-    write_cursor(tx, folder, Some(field), None, &cursor).map(|_| ())
+    let (head, records) = split(&cursor, field);
+    let delta = CursorDelta {
+        head: Some(head),
+        full: true,
+        put: records.into_iter().collect(),
+        gone: Vec::new(),
+    };
+    write_cursor(tx, folder, &delta).map(|_| ())
 }
 
-/// A stored cursor head with its records put back (in id order), plus any
-/// records the head itself still holds (a cursor stored whole).
-fn join(
-    conn: &rusqlite::Connection,
-    folder: i64,
-    mut head: serde_json::Value,
-    field: &str,
-) -> rusqlite::Result<serde_json::Value> {
+/// A folder's stored cursor records, in id order.
+fn records(conn: &rusqlite::Connection, folder: i64) -> rusqlite::Result<Vec<String>> {
     let mut stmt =
         conn.prepare_cached("SELECT record FROM cursor_records WHERE folder = ?1 ORDER BY id")?;
-    let rows: Vec<String> = stmt
-        .query_map([folder], |r| r.get(0))?
-        .collect::<rusqlite::Result<_>>()?;
-    if rows.is_empty() {
-        return Ok(head);
-    }
-    let mut items = Vec::with_capacity(rows.len());
-    for text in rows {
-        match serde_json::from_str(&text) {
-            Ok(v) => items.push(v),
-            Err(e) => tracing::warn!(folder, "skipping an unreadable cursor record: {e}"),
-        }
-    }
-    if let Some(obj) = head.as_object_mut() {
-        obj.insert(field.to_string(), serde_json::Value::Array(items));
-    }
-    Ok(head)
+    stmt.query_map([folder], |r| r.get(0))?.collect()
 }
 
 /// Writes one agreement entry with database ids for its maildir and folders.
@@ -533,9 +493,13 @@ mod tests {
         last.entries.insert(ContentHash([1; 32]), entry(0, 0));
         last.entries.insert(ContentHash([2; 32]), entry(1, 1));
         last.maildir_counts = vec![1, 1];
+        let head = |v| CursorDelta {
+            head: Some(v),
+            ..CursorDelta::default()
+        };
         let cursors = vec![
-            (0, None, serde_json::json!("h1")),
-            (1, None, serde_json::json!({"d": 1})),
+            (0, head(serde_json::json!("h1"))),
+            (1, head(serde_json::json!({"d": 1}))),
         ];
         store
             .commit(|tx| write_diff(&st, tx, &empty, &last, &cursors))
@@ -554,7 +518,10 @@ mod tests {
         assert_eq!(e.cloud[0].mailbox, 0);
         assert_eq!(got.maildir_counts, vec![1, 0]);
         assert_eq!(cursors.len(), 1);
-        assert_eq!(cursors["office365:u/inbox"], serde_json::json!({"d": 1}));
+        assert_eq!(
+            cursors["office365:u/inbox"],
+            (serde_json::json!({"d": 1}), Vec::new())
+        );
         // The dropped rows are gone from the database, not just hidden.
         assert_eq!(rows(&store, "agreement_cloud"), 1);
     }
@@ -647,27 +614,61 @@ mod tests {
         let fd = vec!["office365:u/inbox".to_string()];
         let fields = [Some("entries")];
         let (st, (empty, _)) = SyncState::open(&store, &md, &fd, &fields).unwrap();
-        let items: Vec<serde_json::Value> = (0..1000)
-            .map(|i| serde_json::json!([format!("id{i:04}"), null, 2, 1_700_000_000 + i, false]))
+        let record = |i: usize, flags: u8| {
+            serde_json::json!([format!("id{i:04}"), null, flags, 1_700_000_000 + i, false])
+                .to_string()
+        };
+        let mut records: BTreeMap<String, String> = (0..1000)
+            .map(|i| (format!("id{i:04}"), record(i, 2)))
             .collect();
-        let c1 = serde_json::json!({"v": 1, "delta_link": "d1", "entries": items});
+        let h1 = serde_json::json!({"v": 1, "delta_link": "d1", "entries": []});
+        let full = CursorDelta {
+            head: Some(h1.clone()),
+            full: true,
+            put: records.clone().into_iter().rev().collect(),
+            gone: Vec::new(),
+        };
         let rows = store
-            .commit(|tx| write_diff(&st, tx, &empty, &empty, &[(0, None, c1.clone())]))
+            .commit(|tx| write_diff(&st, tx, &empty, &empty, &[(0, full)]))
             .unwrap();
         assert_eq!(rows, 1 + 1000);
         let (_, (_, loaded)) = SyncState::open(&store, &md, &fd, &fields).unwrap();
-        assert_eq!(loaded["office365:u/inbox"], c1, "joined back in id order");
+        let want = |h: &serde_json::Value, r: &BTreeMap<String, String>| {
+            (h.clone(), r.values().cloned().collect::<Vec<_>>())
+        };
+        assert_eq!(
+            loaded["office365:u/inbox"],
+            want(&h1, &records),
+            "in id order"
+        );
         // One message's flags changed, one gone, a new delta link: the
         // head and two rows, not the listing.
-        let mut c2 = c1.clone();
-        c2["delta_link"] = serde_json::json!("d2");
-        c2["entries"][5][2] = serde_json::json!(3);
-        c2["entries"].as_array_mut().unwrap().remove(9);
+        let h2 = serde_json::json!({"v": 1, "delta_link": "d2", "entries": []});
+        let delta = CursorDelta {
+            head: Some(h2.clone()),
+            full: false,
+            put: vec![("id0005".into(), record(5, 3))],
+            gone: vec!["id0009".into()],
+        };
         let rows = store
-            .commit(|tx| write_diff(&st, tx, &empty, &empty, &[(0, Some(c1), c2.clone())]))
+            .commit(|tx| write_diff(&st, tx, &empty, &empty, &[(0, delta)]))
             .unwrap();
         assert_eq!(rows, 1 + 2);
+        records.insert("id0005".into(), record(5, 3));
+        records.remove("id0009");
         let (_, (_, loaded)) = SyncState::open(&store, &md, &fd, &fields).unwrap();
-        assert_eq!(loaded["office365:u/inbox"], c2);
+        assert_eq!(loaded["office365:u/inbox"], want(&h2, &records));
+        // A full delta replaces every record.
+        let reset = CursorDelta {
+            head: None,
+            full: true,
+            put: vec![("x".into(), "[\"x\"]".into())],
+            gone: Vec::new(),
+        };
+        store
+            .commit(|tx| write_diff(&st, tx, &empty, &empty, &[(0, reset)]))
+            .unwrap();
+        let (_, (_, loaded)) = SyncState::open(&store, &md, &fd, &fields).unwrap();
+        assert_eq!(loaded["office365:u/inbox"].1, vec!["[\"x\"]".to_string()]);
     }
 }

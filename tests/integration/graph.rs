@@ -21,7 +21,7 @@ use cloud_mdir_sync::types::Flags;
 use fake_cloud::{FakeCloud, Handle, Options};
 use serde_json::{Value, json};
 
-use crate::util::Home;
+use crate::util::{Home, StoredCursor};
 
 const USER: &str = "user@example.com";
 
@@ -399,10 +399,10 @@ async fn restart_from_a_cursor_is_one_request() {
         let acct = c.account();
         let mb = c.mailbox(&acct, "Inbox/Sub");
         let got = mb.list().await.expect("list");
-        (got, mb.save_cursor().expect("cursor"))
+        (got, StoredCursor::of(&mb).expect("cursor"))
     };
-    // The cursor survives a trip through the state file's JSON.
-    let saved: Value = serde_json::from_str(&first.1.to_string()).expect("json");
+    let saved = first.1.clone();
+    assert_eq!(saved.records.len(), 30);
 
     // Changed while we were stopped.
     c.graph(
@@ -414,7 +414,7 @@ async fn restart_from_a_cursor_is_one_request() {
     c.reset_stats().await;
     let acct = c.account();
     let mb = c.mailbox(&acct, "Inbox/Sub");
-    mb.load_cursor(saved.clone());
+    saved.load(&mb);
     let got = mb.list().await.expect("list after restart");
     assert_eq!(c.requests().await, 1, "{}", c.stats().await);
     assert_eq!(as_map(&got), c.expected("Inbox/Sub").await);
@@ -422,24 +422,30 @@ async fn restart_from_a_cursor_is_one_request() {
 
     // A cursor for another folder is ignored (full listing, correct result).
     let other = c.mailbox(&acct, "Inbox");
-    other.load_cursor(saved);
+    saved.load(&other);
     assert_eq!(
         as_map(&other.list().await.expect("list")),
         c.expected("Inbox").await
     );
     // Garbage is ignored too.
     let fresh = c.mailbox(&acct, "Inbox/Sub");
-    fresh.load_cursor(json!({"v": 99}));
+    fresh.load_cursor(json!({"v": 99}), Vec::new());
     assert_eq!(fresh.list().await.expect("list").len(), 30);
 
-    // Idle polls hand out the same cursor (no state-file rewrite); a
-    // change renews it; a restart from a reused cursor is still one request.
-    let before = mb.save_cursor().expect("cursor");
+    // The change after the restart costs its own record; idle polls hand
+    // out nothing (no state write); a restart from the stored cursor is
+    // still one request.
+    let mut stored = saved.clone();
+    let d = mb.cursor_delta().expect("delta");
+    assert!(!d.full && d.gone.is_empty());
+    assert_eq!(d.put.len(), 1);
+    assert_eq!(d.put[0].0, ids[0]);
+    stored.apply(d);
     mb.list().await.expect("idle");
     mb.list().await.expect("idle");
-    assert_eq!(mb.save_cursor().as_ref(), Some(&before));
+    assert!(mb.cursor_delta().is_none());
     let again = c.mailbox(&acct, "Inbox/Sub");
-    again.load_cursor(before.clone());
+    stored.load(&again);
     c.reset_stats().await;
     assert_eq!(
         as_map(&again.list().await.expect("list")),
@@ -453,7 +459,19 @@ async fn restart_from_a_cursor_is_one_request() {
     )
     .await;
     mb.list().await.expect("list");
-    assert_ne!(mb.save_cursor().as_ref(), Some(&before));
+    assert!(stored.save(&mb));
+    let last = c.mailbox(&acct, "Inbox/Sub");
+    stored.load(&last);
+    assert_eq!(
+        as_map(&last.list().await.expect("list")),
+        c.expected("Inbox/Sub").await
+    );
+    // A cursor with an unreadable record is dropped: full listing.
+    let holed = c.mailbox(&acct, "Inbox/Sub");
+    let mut records: Vec<String> = stored.records.values().cloned().collect();
+    records[0] = "[1,".into();
+    holed.load_cursor(stored.head.clone().expect("head"), records);
+    assert!(holed.cursor_delta().is_none());
 }
 
 #[tokio::test]

@@ -106,3 +106,49 @@ pub fn stdout(o: &Output) -> String {
 pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
+
+/// A mailbox's cursor as the state database would hold it, built from the
+/// deltas the mailbox hands out.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct StoredCursor {
+    pub head: Option<serde_json::Value>,
+    pub records: std::collections::BTreeMap<String, String>,
+}
+
+impl StoredCursor {
+    /// Takes in the mailbox's next delta; false when it had none.
+    pub fn save(&mut self, mb: &dyn cloud_mdir_sync::cloud::CloudMailbox) -> bool {
+        let Some(d) = mb.cursor_delta() else {
+            return false;
+        };
+        self.apply(d);
+        true
+    }
+
+    /// Takes in one delta.
+    pub fn apply(&mut self, d: cloud_mdir_sync::cloud::CursorDelta) {
+        if let Some(h) = d.head {
+            self.head = Some(h);
+        }
+        if d.full {
+            self.records.clear();
+        }
+        self.records.extend(d.put);
+        for id in d.gone {
+            self.records.remove(&id);
+        }
+    }
+
+    /// A fresh copy with the mailbox's first delta taken in.
+    pub fn of(mb: &dyn cloud_mdir_sync::cloud::CloudMailbox) -> Option<StoredCursor> {
+        let mut c = StoredCursor::default();
+        c.save(mb).then_some(c)
+    }
+
+    /// Hands the cursor to a mailbox, as a start-up does.
+    pub fn load(&self, mb: &dyn cloud_mdir_sync::cloud::CloudMailbox) {
+        if let Some(h) = &self.head {
+            mb.load_cursor(h.clone(), self.records.values().cloned().collect());
+        }
+    }
+}

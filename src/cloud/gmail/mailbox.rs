@@ -23,7 +23,10 @@ use serde::{Deserialize, Serialize};
 use super::client::{ApiError, GmailAccount, segment};
 use super::throttle::Method;
 use super::wire;
-use crate::cloud::{BoxFut, CloudEntry, CloudError, CloudMailbox, ErrorKind, FlagChange, Sink};
+use crate::cloud::cursor::{Changed, record};
+use crate::cloud::{
+    BoxFut, CloudEntry, CloudError, CloudMailbox, CursorDelta, ErrorKind, FlagChange, Sink,
+};
 use crate::config::DeleteAction;
 use crate::config::headers::HeaderBlock;
 use crate::types::{Flags, StorageKind};
@@ -106,7 +109,8 @@ struct Listing {
     messages: BTreeMap<String, Known>,
 }
 
-/// Persisted form of a [`Listing`].
+/// Persisted form of a [`Listing`]: the head, with `messages` stored as
+/// records (only a cursor stored whole holds them here).
 #[derive(Serialize, Deserialize)]
 struct Cursor {
     v: u32,
@@ -133,6 +137,16 @@ pub struct GmailMailbox {
     /// a listing that fails after 90% of a large mailbox does not pay for
     /// that 90% again.
     meta: Mutex<HashMap<String, Meta>>,
+    /// What the next cursor delta holds (locked after `state`).
+    saving: Mutex<Saving>,
+}
+
+/// The listed messages changed since the last cursor delta, and the
+/// history id it handed out.
+#[derive(Default)]
+struct Saving {
+    changed: Changed,
+    handed: Option<u64>,
 }
 
 /// What never changes about a message: `internalDate` and Message-ID.
@@ -152,6 +166,7 @@ impl GmailMailbox {
             list_lock: tokio::sync::Mutex::new(()),
             profile_seen: AtomicU64::new(0),
             meta: Mutex::new(HashMap::new()),
+            saving: Mutex::new(Saving::default()),
         }
     }
 
@@ -167,6 +182,13 @@ impl GmailMailbox {
 
     fn lock(&self) -> MutexGuard<'_, Listing> {
         match self.state.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        }
+    }
+
+    fn saving(&self) -> MutexGuard<'_, Saving> {
+        match self.saving.lock() {
             Ok(g) => g,
             Err(p) => p.into_inner(),
         }
@@ -254,7 +276,14 @@ impl GmailMailbox {
                 k.email_id.clone_from(&cur.email_id);
             }
         }
-        let changed = next.messages != st.messages || st.label_id.is_none();
+        let mut saving = self.saving();
+        let mut changed = touch_differences(&st.messages, &next.messages, &mut saving.changed);
+        if st.history_id.is_none() {
+            // The database may hold records of a cursor not loaded.
+            saving.changed.all();
+            changed = true;
+        }
+        drop(saving);
         let out = entries(&next.messages);
         *st = next;
         drop(st);
@@ -634,6 +663,61 @@ fn message_id(m: &wire::Message) -> Option<String> {
         .filter(|v| !v.is_empty())
 }
 
+/// One listed message as a cursor record.
+fn cursor_record<'a>(id: &'a str, k: &'a Known) -> (&'a str, u8, Option<i64>, &'a Option<String>) {
+    (id, k.bits, k.received_ms, &k.email_id)
+}
+
+/// Records in `changed` every id whose entry differs between `old` and
+/// `new` (one merge of the two sorted listings); true when any does.
+fn touch_differences(
+    old: &BTreeMap<String, Known>,
+    new: &BTreeMap<String, Known>,
+    changed: &mut Changed,
+) -> bool {
+    let mut any = false;
+    let (mut a, mut b) = (old.iter().peekable(), new.iter().peekable());
+    loop {
+        let id = match (a.peek(), b.peek()) {
+            (None, None) => return any,
+            (Some((x, _)), None) => {
+                let x = *x;
+                a.next();
+                x
+            }
+            (None, Some((y, _))) => {
+                let y = *y;
+                b.next();
+                y
+            }
+            (Some((x, kx)), Some((y, ky))) => match x.cmp(y) {
+                std::cmp::Ordering::Less => {
+                    let x = *x;
+                    a.next();
+                    x
+                }
+                std::cmp::Ordering::Greater => {
+                    let y = *y;
+                    b.next();
+                    y
+                }
+                std::cmp::Ordering::Equal => {
+                    let same = kx == ky;
+                    let x = *x;
+                    a.next();
+                    b.next();
+                    if same {
+                        continue;
+                    }
+                    x
+                }
+            },
+        };
+        changed.touch(id);
+        any = true;
+    }
+}
+
 fn entries(messages: &BTreeMap<String, Known>) -> Vec<CloudEntry> {
     messages.iter().map(|(id, k)| entry(id, k)).collect()
 }
@@ -727,13 +811,16 @@ impl CloudMailbox for GmailMailbox {
             // The answer also tells what a metadata call would have.
             let received_ms = m.internal_date.as_deref().and_then(|d| d.parse().ok());
             let email_id = HeaderBlock::parse(&content).message_id();
-            if let Some(k) = self.lock().messages.get_mut(id)
+            let mut st = self.lock();
+            if let Some(k) = st.messages.get_mut(id)
                 && k.received_ms.is_none()
                 && k.email_id.is_none()
             {
                 k.received_ms = received_ms;
                 k.email_id.clone_from(&email_id);
+                self.saving().changed.touch(id);
             }
+            drop(st);
             self.meta().insert(id.to_string(), (received_ms, email_id));
             Ok(())
         })
@@ -768,6 +855,7 @@ impl CloudMailbox for GmailMailbox {
                         && let Some(k) = st.messages.get_mut(&changes[i].id)
                     {
                         k.bits = (k.bits | lb.of(&add)) & !lb.of(&remove);
+                        self.saving().changed.touch(&changes[i].id);
                     }
                     results[i] = Some(r.map_err(|e| self.err(e)));
                 }
@@ -780,25 +868,49 @@ impl CloudMailbox for GmailMailbox {
         Some("messages")
     }
 
-    fn save_cursor(&self) -> Option<serde_json::Value> {
+    fn cursor_delta(&self) -> Option<CursorDelta> {
         let st = self.lock();
-        let cursor = Cursor {
+        let (Some(label_id), Some(history_id)) = (st.label_id.clone(), st.history_id) else {
+            return None;
+        };
+        let mut saving = self.saving();
+        if saving.changed.is_empty() && saving.handed == Some(history_id) {
+            return None;
+        }
+        let head = serde_json::to_value(Cursor {
             v: CURSOR_VERSION,
             user: self.account.user().to_string(),
             label_name: self.label_name.clone(),
-            label_id: st.label_id.clone()?,
-            history_id: st.history_id?.to_string(),
-            messages: st
-                .messages
-                .iter()
-                .map(|(id, k)| (id.clone(), k.bits, k.received_ms, k.email_id.clone()))
-                .collect(),
-        };
-        serde_json::to_value(cursor).ok()
+            label_id,
+            history_id: history_id.to_string(),
+            messages: Vec::new(),
+        })
+        .ok()?;
+        saving.handed = Some(history_id);
+        Some(saving.changed.take(
+            head,
+            |id| {
+                st.messages
+                    .get(id)
+                    .and_then(|k| record(&cursor_record(id, k)))
+            },
+            || {
+                st.messages
+                    .iter()
+                    .filter_map(|(id, k)| Some((id.clone(), record(&cursor_record(id, k))?)))
+                    .collect()
+            },
+        ))
     }
 
-    fn load_cursor(&self, cursor: serde_json::Value) {
-        let c: Cursor = match serde_json::from_value(cursor) {
+    fn cursor_unsaved(&self) {
+        let mut saving = self.saving();
+        saving.changed.all();
+        saving.handed = None;
+    }
+
+    fn load_cursor(&self, head: serde_json::Value, records: Vec<String>) {
+        let mut c: Cursor = match serde_json::from_value(head) {
             Ok(c) => c,
             Err(e) => {
                 tracing::info!(mailbox = %self.name, "ignoring saved cursor: {e}");
@@ -815,6 +927,17 @@ impl CloudMailbox for GmailMailbox {
         let Ok(history_id) = c.history_id.parse::<u64>() else {
             return;
         };
+        for text in &records {
+            match serde_json::from_str(text) {
+                Ok(m) => c.messages.push(m),
+                Err(e) => {
+                    // A listing with a hole would read as messages taken
+                    // out of the label: list it in full.
+                    tracing::warn!(mailbox = %self.name, "ignoring saved cursor with an unreadable record: {e}");
+                    return;
+                }
+            }
+        }
         let mut st = self.lock();
         if st.history_id.is_some() {
             return;
@@ -836,6 +959,10 @@ impl CloudMailbox for GmailMailbox {
                     )
                 })
                 .collect(),
+        };
+        *self.saving() = Saving {
+            changed: Changed::default(),
+            handed: Some(history_id),
         };
     }
 
@@ -864,10 +991,12 @@ impl CloudMailbox for GmailMailbox {
                     // Gone already is as good as deleted.
                     Ok(()) => {
                         st.messages.remove(id);
+                        self.saving().changed.touch(id);
                         Ok(())
                     }
                     Err(e) if e.kind == ErrorKind::NotFound => {
                         st.messages.remove(id);
+                        self.saving().changed.touch(id);
                         Ok(())
                     }
                     Err(e) => Err(self.err(e)),

@@ -17,7 +17,10 @@ use super::batch::{self, Op};
 use super::client::{Call, Failure, GraphAccount, Opened, Retrier, error_in, is_json, qv, seg};
 use super::flags::{self, EXPAND, RepliedState, SELECT};
 use super::wire::{DeltaMessage, MailFolder, MoveRequest, Page, parse_utc};
-use crate::cloud::{BoxFut, CloudEntry, CloudError, CloudMailbox, ErrorKind, FlagChange, Sink};
+use crate::cloud::cursor::{Changed, record};
+use crate::cloud::{
+    BoxFut, CloudEntry, CloudError, CloudMailbox, CursorDelta, ErrorKind, FlagChange, Sink,
+};
 use crate::config::DeleteAction;
 use crate::types::{Flags, StorageKind};
 
@@ -82,6 +85,12 @@ impl Change {
         }
     }
 
+    fn id(&self) -> &str {
+        match self {
+            Change::Remove(id) | Change::Upsert { id, .. } => id,
+        }
+    }
+
     fn apply(self, entries: &mut BTreeMap<String, Entry>) {
         match self {
             Change::Remove(id) => {
@@ -123,14 +132,10 @@ impl Change {
 struct Committed {
     entries: BTreeMap<String, Entry>,
     delta_link: Option<String>,
-    /// A round changed the listing since the last cursor was made.
-    dirty: bool,
-}
-
-/// The last cursor handed out, reused while nothing changed.
-struct Saved {
-    at: std::time::Instant,
-    value: Value,
+    /// Entries changed since the last cursor delta.
+    changed: Changed,
+    /// The delta link of the last cursor handed out, and when.
+    handed: Option<(String, std::time::Instant)>,
 }
 
 /// A delta round interrupted by an error, resumed by the next `list`.
@@ -147,7 +152,8 @@ struct Pending {
 /// `[id, Message-ID, flags, received, status_answered]`.
 type CursorEntry = (String, Option<String>, u8, Option<i64>, bool);
 
-/// What `save_cursor` returns (entries as compact arrays).
+/// A cursor's head (its `entries` are stored as records; only a cursor
+/// stored whole holds them here).
 #[derive(Serialize, Deserialize)]
 struct Cursor {
     v: u32,
@@ -189,7 +195,6 @@ pub struct GraphMailbox {
     name: String,
     folder_id: Mutex<Option<String>>,
     committed: Mutex<Committed>,
-    saved: Mutex<Option<Saved>>,
     /// Serialises `list`; holds an interrupted round.
     listing: tokio::sync::Mutex<Option<Pending>>,
 }
@@ -257,7 +262,6 @@ impl GraphMailbox {
             name: name.to_string(),
             folder_id: Mutex::new(None),
             committed: Mutex::new(Committed::default()),
-            saved: Mutex::new(None),
             listing: tokio::sync::Mutex::new(None),
         }
     }
@@ -469,12 +473,13 @@ impl GraphMailbox {
                     let mut c = lock(&self.committed);
                     if full {
                         c.entries.clear();
+                        c.changed.all();
                     }
                     for ch in changes {
+                        c.changed.touch(ch.id());
                         ch.apply(&mut c.entries);
                     }
                     c.delta_link = Some(delta);
-                    c.dirty |= full || n > 0;
                     tracing::debug!(
                         mailbox = %self.name,
                         full,
@@ -681,49 +686,46 @@ impl GraphMailbox {
         batch::run(&self.account, &self.name, &ops).await
     }
 
-    fn cursor(&self) -> Option<Value> {
+    fn cursor_delta(&self) -> Option<CursorDelta> {
         let folder_id = lock(&self.folder_id).clone()?;
         let mut c = lock(&self.committed);
         let delta_link = c.delta_link.clone()?;
-        let mut saved = lock(&self.saved);
-        if !c.dirty
-            && let Some(s) = saved.as_ref()
-            && s.at.elapsed() < CURSOR_REUSE
-        {
-            return Some(s.value.clone());
+        // A new delta link alone is written at most hourly: resuming from
+        // an older one replays changes already applied, which is harmless.
+        let head_due = c
+            .handed
+            .as_ref()
+            .is_none_or(|(link, at)| *link != delta_link && at.elapsed() >= CURSOR_REUSE);
+        if c.changed.is_empty() && !head_due {
+            return None;
         }
-        let cur = Cursor {
+        let head = serde_json::to_value(Cursor {
             v: CURSOR_VERSION,
             base: self.account.root(),
             path: self.path.clone(),
             folder_id,
-            delta_link,
-            entries: c
-                .entries
-                .iter()
-                .map(|(id, e)| {
-                    (
-                        id.clone(),
-                        e.email_id.clone(),
-                        e.flags.0,
-                        e.received,
-                        e.status_answered,
-                    )
-                })
-                .collect(),
-        };
-        c.dirty = false;
-        drop(c);
-        let value = serde_json::to_value(cur).ok()?;
-        *saved = Some(Saved {
-            at: std::time::Instant::now(),
-            value: value.clone(),
-        });
-        Some(value)
+            delta_link: delta_link.clone(),
+            entries: Vec::new(),
+        })
+        .ok()?;
+        c.handed = Some((delta_link, std::time::Instant::now()));
+        let Committed {
+            entries, changed, ..
+        } = &mut *c;
+        Some(changed.take(
+            head,
+            |id| entries.get(id).and_then(|e| record(&cursor_entry(id, e))),
+            || {
+                entries
+                    .iter()
+                    .filter_map(|(id, e)| Some((id.clone(), record(&cursor_entry(id, e))?)))
+                    .collect()
+            },
+        ))
     }
 
-    fn restore(&self, v: Value) {
-        let cur: Cursor = match serde_json::from_value(v.clone()) {
+    fn restore(&self, head: Value, records: Vec<String>) {
+        let mut cur: Cursor = match serde_json::from_value(head) {
             Ok(c) => c,
             Err(e) => {
                 tracing::info!(mailbox = %self.name, "ignoring an unreadable cursor: {e}");
@@ -733,6 +735,17 @@ impl GraphMailbox {
         if cur.v != CURSOR_VERSION || cur.base != self.account.root() || cur.path != self.path {
             tracing::info!(mailbox = %self.name, "ignoring a cursor made for another folder or endpoint");
             return;
+        }
+        for text in &records {
+            match serde_json::from_str::<CursorEntry>(text) {
+                Ok(e) => cur.entries.push(e),
+                Err(e) => {
+                    // A listing with a hole would read as messages
+                    // deleted in the cloud: list the folder in full.
+                    tracing::warn!(mailbox = %self.name, "ignoring a cursor with an unreadable record: {e}");
+                    return;
+                }
+            }
         }
         let entries = cur
             .entries
@@ -752,14 +765,19 @@ impl GraphMailbox {
         *lock(&self.folder_id) = Some(cur.folder_id);
         *lock(&self.committed) = Committed {
             entries,
-            delta_link: Some(cur.delta_link),
-            dirty: false,
+            delta_link: Some(cur.delta_link.clone()),
+            changed: Changed::default(),
+            handed: Some((cur.delta_link, std::time::Instant::now())),
         };
-        *lock(&self.saved) = Some(Saved {
-            at: std::time::Instant::now(),
-            value: v,
-        });
     }
+}
+
+/// One listed message as a cursor record.
+fn cursor_entry<'a>(
+    id: &'a str,
+    e: &'a Entry,
+) -> (&'a str, &'a Option<String>, u8, Option<i64>, bool) {
+    (id, &e.email_id, e.flags.0, e.received, e.status_answered)
 }
 
 impl CloudMailbox for GraphMailbox {
@@ -795,12 +813,18 @@ impl CloudMailbox for GraphMailbox {
         Some("entries")
     }
 
-    fn save_cursor(&self) -> Option<Value> {
-        self.cursor()
+    fn cursor_delta(&self) -> Option<CursorDelta> {
+        GraphMailbox::cursor_delta(self)
     }
 
-    fn load_cursor(&self, cursor: Value) {
-        self.restore(cursor)
+    fn cursor_unsaved(&self) {
+        let mut c = lock(&self.committed);
+        c.changed.all();
+        c.handed = None;
+    }
+
+    fn load_cursor(&self, head: Value, records: Vec<String>) {
+        self.restore(head, records)
     }
 
     fn delete(
