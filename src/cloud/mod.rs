@@ -13,6 +13,26 @@ use std::time::Duration;
 
 pub use cursor::CursorDelta;
 
+/// What a listing call found.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Listed {
+    /// Every message of the folder.
+    Full(Vec<CloudEntry>),
+    /// What changed since the last successful listing call returned:
+    /// messages new or changed (as they are now), and ids gone.
+    Changes {
+        upsert: Vec<CloudEntry>,
+        gone: Vec<String>,
+    },
+}
+
+impl Listed {
+    /// True for changes that change nothing.
+    pub fn is_unchanged(&self) -> bool {
+        matches!(self, Listed::Changes { upsert, gone } if upsert.is_empty() && gone.is_empty())
+    }
+}
+
 use crate::config::DeleteAction;
 use crate::types::{Flags, StorageKind};
 
@@ -104,12 +124,13 @@ pub trait CloudMailbox: Send + Sync {
     /// before.
     fn list(&self) -> BoxFut<'_, Result<Vec<CloudEntry>, CloudError>>;
 
-    /// Like [`CloudMailbox::list`], but `Ok(None)` when the folder is known
-    /// not to have changed since the last successful listing call (an empty
-    /// delta, an unchanged history id): a poll that finds nothing costs its
-    /// request and no copy of the folder.
-    fn list_changes(&self) -> BoxFut<'_, Result<Option<Vec<CloudEntry>>, CloudError>> {
-        Box::pin(async move { self.list().await.map(Some) })
+    /// Like [`CloudMailbox::list`], but a backend with a change feed may
+    /// answer with what changed since the last successful listing call
+    /// ([`Listed::Changes`], empty when nothing did: an empty delta, an
+    /// unchanged history id), so a poll costs what changed, not a copy of
+    /// the folder.
+    fn list_changes(&self) -> BoxFut<'_, Result<Listed, CloudError>> {
+        Box::pin(async move { self.list().await.map(Listed::Full) })
     }
 
     /// Stream the message's content, with LF line ends, into `out`. The

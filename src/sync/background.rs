@@ -13,7 +13,7 @@ use tokio::sync::Notify;
 use tokio::task::JoinSet;
 
 use super::engine::{Stop, SyncError};
-use crate::cloud::{CloudEntry, CloudError, CloudMailbox, ErrorKind};
+use crate::cloud::{CloudError, CloudMailbox, ErrorKind, Listed};
 use crate::store::Store;
 use crate::types::{Cid, ContentHash};
 
@@ -83,9 +83,9 @@ pub(super) struct ListDone {
     /// The version assigned when the call started: the listing shows the
     /// cloud as it was at that point or later.
     pub version: u64,
-    /// What the call returned: `None` when the folder did not change since
-    /// the previous listing (asked for with `changes_only`).
-    pub result: Result<Option<Vec<CloudEntry>>, CloudError>,
+    /// What the call returned: the folder, or with `changes_only` maybe
+    /// what changed since the previous listing.
+    pub result: Result<Listed, CloudError>,
 }
 
 /// Per-folder pipeline state.
@@ -198,7 +198,7 @@ impl Background {
                 if changes_only {
                     cloud.list_changes().await
                 } else {
-                    cloud.list().await.map(Some)
+                    cloud.list().await.map(Listed::Full)
                 }
             };
             let result = stop

@@ -20,7 +20,7 @@ use super::plan::{
     Outcome, Plan, PlanInput, Route, SYNCED, Warning, cloud_effects, next_state, plan,
 };
 use super::state::{CursorChange, SyncState};
-use crate::cloud::{CloudError, CloudMailbox, FlagChange};
+use crate::cloud::{CloudError, CloudMailbox, FlagChange, Listed};
 use crate::config::router::RouteRequest;
 use crate::config::{DeleteAction, Router};
 use crate::maildir::{Entry, Maildir, MaildirError, WatchEvent};
@@ -590,7 +590,7 @@ impl Engine {
                 }
                 // Unchanged since the listing the engine holds: only the
                 // downloads that failed are tried again.
-                Ok(None) => {
+                Ok(l) if l.is_unchanged() && self.cloud.listing(i).is_some() => {
                     let retry: Vec<String> = match self.cloud.listing(i) {
                         Some(l) => retry
                             .into_iter()
@@ -600,8 +600,30 @@ impl Engine {
                     };
                     self.resolve(i, retry, dirty);
                 }
-                Ok(Some(entries)) => {
-                    let r = self.cloud.relist(i, entries, done.version);
+                Ok(listed) => {
+                    let r = match listed {
+                        Listed::Full(entries) => self.cloud.relist(i, entries, done.version),
+                        Listed::Changes { upsert, gone } => {
+                            match self.cloud.apply_changes(i, upsert, gone, done.version) {
+                                Some(r) => r,
+                                None => {
+                                    // Nothing to apply them to: list it all.
+                                    self.versions += 1;
+                                    let (cloud, stop) =
+                                        (self.folders[i].cloud.clone(), self.stop.clone());
+                                    self.background.start_listing(
+                                        i,
+                                        self.versions,
+                                        false,
+                                        cloud,
+                                        stop,
+                                    );
+                                    news = true;
+                                    continue;
+                                }
+                            }
+                        }
+                    };
                     dirty.extend(r.dirty);
                     let gone: Vec<(usize, String)> =
                         r.gone.into_iter().map(|(id, _)| (i, id)).collect();

@@ -311,6 +311,62 @@ impl CloudIndex {
         out
     }
 
+    /// Takes in what changed in folder `i` since its listing (entries new
+    /// or changed, ids gone), as [`CloudIndex::relist`] would for the whole
+    /// new listing. `None` when the folder has no listing to change.
+    pub(super) fn apply_changes(
+        &mut self,
+        i: usize,
+        upsert: Vec<CloudEntry>,
+        gone: Vec<String>,
+        version: u64,
+    ) -> Option<Relisted> {
+        let l = self.listings.get_mut(i)?.as_mut()?;
+        let mut out = Relisted::default();
+        for id in std::mem::take(&mut l.sent_deletions) {
+            if let Some(h) = l.entries.get(&id).and_then(|x| x.hash) {
+                out.dirty.insert(h);
+            }
+        }
+        l.version = version;
+        for e in upsert {
+            match l.entries.get_mut(&e.id) {
+                Some(was) if was.entry == e => {}
+                Some(was) => {
+                    if let Some(h) = was.hash {
+                        out.dirty.insert(h);
+                    } else {
+                        out.unresolved.push(e.id.clone());
+                    }
+                    was.entry = e;
+                    was.route = None;
+                }
+                None => {
+                    out.unresolved.push(e.id.clone());
+                    l.unresolved.insert(e.id.clone());
+                    let listed = Listed {
+                        entry: e,
+                        hash: None,
+                        route: None,
+                    };
+                    l.entries.insert(listed.entry.id.clone(), listed);
+                }
+            }
+        }
+        for id in gone {
+            let Some(was) = l.entries.remove(&id) else {
+                continue;
+            };
+            l.unresolved.remove(&id);
+            if let Some(h) = was.hash {
+                self.by_hash.remove(&h, &(i, id.clone()));
+                out.dirty.insert(h);
+            }
+            out.gone.push((id, was.hash));
+        }
+        Some(out)
+    }
+
     /// Records that message `id` of folder `i` holds `hash`; false when
     /// the folder no longer lists it.
     pub(super) fn resolve(&mut self, i: usize, id: &str, hash: ContentHash) -> bool {
@@ -401,6 +457,50 @@ mod tests {
         assert_eq!(r.dirty, HashSet::from([h(1)]));
         assert_eq!(r.gone.len(), 2, "a (known) and c (never resolved)");
         assert!(!c.holds(&h(1)));
+        assert_eq!(c.copies_of(&h(2)).count(), 1);
+    }
+
+    #[test]
+    fn changes_apply_like_a_relisting() {
+        let mut c = CloudIndex::new(2);
+        assert!(c.apply_changes(0, Vec::new(), Vec::new(), 1).is_none());
+        c.relist(0, vec![e("a", Flags::NONE), e("b", Flags::NONE)], 1);
+        assert!(c.resolve(0, "a", h(1)));
+        assert!(c.resolve(0, "b", h(2)));
+        c.copy_mut(0, "a").unwrap().route = Some(Route::Maildir(0));
+        c.copy_mut(0, "b").unwrap().route = Some(Route::Maildir(0));
+        let r = c
+            .apply_changes(
+                0,
+                vec![
+                    e("a", Flags::NONE),
+                    e("b", Flags::READ),
+                    e("c", Flags::NONE),
+                ],
+                vec!["zz".into()],
+                2,
+            )
+            .unwrap();
+        assert_eq!(r.unresolved, vec!["c".to_string()]);
+        assert_eq!(r.dirty, HashSet::from([h(2)]));
+        assert!(r.gone.is_empty(), "an unknown id going is nothing");
+        let l = c.listing(0).unwrap();
+        assert_eq!(l.version, 2);
+        assert_eq!(
+            l.entries["a"].route,
+            Some(Route::Maildir(0)),
+            "unchanged keeps its route"
+        );
+        assert_eq!(l.entries["b"].route, None, "changed is routed again");
+        assert_eq!(l.entries["b"].entry.flags, Flags::READ);
+        assert!(l.unresolved.contains("c"));
+        let r = c
+            .apply_changes(0, Vec::new(), vec!["a".into(), "c".into()], 3)
+            .unwrap();
+        assert_eq!(r.dirty, HashSet::from([h(1)]));
+        assert_eq!(r.gone.len(), 2);
+        assert!(!c.holds(&h(1)));
+        assert!(!c.listing(0).unwrap().unresolved.contains("c"));
         assert_eq!(c.copies_of(&h(2)).count(), 1);
     }
 

@@ -392,6 +392,53 @@ async fn second_client_changes_show_in_the_next_listing() {
 }
 
 #[tokio::test]
+async fn list_changes_hands_out_what_the_delta_round_changed() {
+    use cloud_mdir_sync::cloud::Listed;
+    use reqwest::Method;
+    let c = Cloud::start().await;
+    let ids = c.populate("Inbox", 20).await;
+    let acct = c.account();
+    let mb = c.mailbox(&acct, "Inbox");
+    let Listed::Full(first) = mb.list_changes().await.expect("first") else {
+        panic!("the first round lists everything");
+    };
+    assert_eq!(as_map(&first), c.expected("Inbox").await);
+    assert!(mb.list_changes().await.expect("idle").is_unchanged());
+
+    let msg = |i: usize| format!("/me/messages/{}", ids[i]);
+    let (status, _) = c
+        .graph(Method::PATCH, &msg(2), Some(json!({"isRead": true})))
+        .await;
+    assert_eq!(status, 200);
+    let (status, _) = c.graph(Method::DELETE, &msg(5), None).await;
+    assert_eq!(status, 204);
+    let new = c
+        .deliver(
+            "Inbox",
+            "Message-ID: <lc@example.com>\r\nSubject: x\r\n\r\nhi\r\n",
+        )
+        .await;
+    let Listed::Changes { upsert, gone } = mb.list_changes().await.expect("changes") else {
+        panic!("an incremental round hands out its changes");
+    };
+    let mut up: Vec<&str> = upsert.iter().map(|e| e.id.as_str()).collect();
+    up.sort();
+    let mut want = vec![ids[2].as_str(), new.as_str()];
+    want.sort();
+    assert_eq!(up, want);
+    assert_eq!(gone, vec![ids[5].clone()]);
+    // The changes applied to the first listing give the folder as it is.
+    let mut listing = as_map(&first);
+    listing.extend(as_map(&upsert));
+    for id in &gone {
+        listing.remove(id);
+    }
+    assert_eq!(listing, c.expected("Inbox").await);
+    // `list` still answers with the whole folder.
+    assert_eq!(as_map(&mb.list().await.expect("list")), listing);
+}
+
+#[tokio::test]
 async fn restart_from_a_cursor_is_one_request() {
     let c = Cloud::start().await;
     let ids = c.populate("Inbox/Sub", 30).await;

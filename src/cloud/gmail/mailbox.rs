@@ -25,7 +25,7 @@ use super::throttle::Method;
 use super::wire;
 use crate::cloud::cursor::{Changed, record};
 use crate::cloud::{
-    BoxFut, CloudEntry, CloudError, CloudMailbox, CursorDelta, ErrorKind, FlagChange, Sink,
+    BoxFut, CloudEntry, CloudError, CloudMailbox, CursorDelta, ErrorKind, FlagChange, Listed, Sink,
 };
 use crate::config::DeleteAction;
 use crate::config::headers::HeaderBlock;
@@ -784,8 +784,19 @@ impl CloudMailbox for GmailMailbox {
         })
     }
 
-    fn list_changes(&self) -> BoxFut<'_, Result<Option<Vec<CloudEntry>>, CloudError>> {
-        Box::pin(async move { self.list_inner().await.map_err(|e| self.err(e)) })
+    fn list_changes(&self) -> BoxFut<'_, Result<Listed, CloudError>> {
+        Box::pin(async move {
+            // Flag changes and deletions done here update the listing in
+            // place, so a difference against it would not show them: a
+            // changed label is answered in full.
+            Ok(match self.list_inner().await.map_err(|e| self.err(e))? {
+                Some(entries) => Listed::Full(entries),
+                None => Listed::Changes {
+                    upsert: Vec::new(),
+                    gone: Vec::new(),
+                },
+            })
+        })
     }
 
     fn fetch<'a>(&'a self, id: &'a str, out: &'a mut Sink) -> BoxFut<'a, Result<(), CloudError>> {

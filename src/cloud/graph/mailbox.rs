@@ -19,7 +19,7 @@ use super::flags::{self, EXPAND, RepliedState, SELECT};
 use super::wire::{DeltaMessage, MailFolder, MoveRequest, Page, parse_utc};
 use crate::cloud::cursor::{Changed, record};
 use crate::cloud::{
-    BoxFut, CloudEntry, CloudError, CloudMailbox, CursorDelta, ErrorKind, FlagChange, Sink,
+    BoxFut, CloudEntry, CloudError, CloudMailbox, CursorDelta, ErrorKind, FlagChange, Listed, Sink,
 };
 use crate::config::DeleteAction;
 use crate::types::{Flags, StorageKind};
@@ -50,6 +50,18 @@ struct Entry {
     /// The replied state comes (also) from PidTagMessageStatus, which Graph
     /// cannot clear.
     status_answered: bool,
+}
+
+impl Entry {
+    fn listed(&self, id: &str) -> CloudEntry {
+        CloudEntry {
+            id: id.to_string(),
+            email_id: self.email_id.clone(),
+            flags: self.flags,
+            received_time: self.received,
+            size: None,
+        }
+    }
 }
 
 /// One delta item, reduced to what we keep.
@@ -415,21 +427,12 @@ impl GraphMailbox {
 
     fn snapshot(&self) -> Vec<CloudEntry> {
         let c = lock(&self.committed);
-        c.entries
-            .iter()
-            .map(|(id, e)| CloudEntry {
-                id: id.clone(),
-                email_id: e.email_id.clone(),
-                flags: e.flags,
-                received_time: e.received,
-                size: None,
-            })
-            .collect()
+        c.entries.iter().map(|(id, e)| e.listed(id)).collect()
     }
 
-    /// One delta round: the folder's entries, or `None` when the round was
-    /// incremental and brought no change.
-    async fn list_impl(&self) -> Result<Option<Vec<CloudEntry>>, CloudError> {
+    /// One delta round: the folder's entries after a full round, else what
+    /// the round changed.
+    async fn list_impl(&self) -> Result<Listed, CloudError> {
         let mut pending = self.listing.lock().await;
         let folder = self.folder_id().await?;
         let mut resyncs = 0;
@@ -475,8 +478,12 @@ impl GraphMailbox {
                         c.entries.clear();
                         c.changed.all();
                     }
+                    let mut touched = std::collections::BTreeSet::new();
                     for ch in changes {
                         c.changed.touch(ch.id());
+                        if !full {
+                            touched.insert(ch.id().to_string());
+                        }
                         ch.apply(&mut c.entries);
                     }
                     c.delta_link = Some(delta);
@@ -488,11 +495,18 @@ impl GraphMailbox {
                         listed = c.entries.len(),
                         "delta round done"
                     );
-                    drop(c);
-                    if !full && n == 0 {
-                        return Ok(None);
+                    if full {
+                        drop(c);
+                        return Ok(Listed::Full(self.snapshot()));
                     }
-                    return Ok(Some(self.snapshot()));
+                    let (mut upsert, mut gone) = (Vec::new(), Vec::new());
+                    for id in touched {
+                        match c.entries.get(&id) {
+                            Some(e) => upsert.push(e.listed(&id)),
+                            None => gone.push(id),
+                        }
+                    }
+                    return Ok(Listed::Changes { upsert, gone });
                 }
                 Err(Failure::Api { status, code, .. }) if needs_resync(status, &code) => {
                     resyncs += 1;
@@ -794,10 +808,15 @@ impl CloudMailbox for GraphMailbox {
     }
 
     fn list(&self) -> BoxFut<'_, Result<Vec<CloudEntry>, CloudError>> {
-        Box::pin(async move { Ok(self.list_impl().await?.unwrap_or_else(|| self.snapshot())) })
+        Box::pin(async move {
+            Ok(match self.list_impl().await? {
+                Listed::Full(entries) => entries,
+                Listed::Changes { .. } => self.snapshot(),
+            })
+        })
     }
 
-    fn list_changes(&self) -> BoxFut<'_, Result<Option<Vec<CloudEntry>>, CloudError>> {
+    fn list_changes(&self) -> BoxFut<'_, Result<Listed, CloudError>> {
         Box::pin(self.list_impl())
     }
 
