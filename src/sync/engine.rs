@@ -507,6 +507,12 @@ impl Engine {
             }
         }
         self.persist(&hashes, new_last, scope).await?;
+        if plan_all {
+            // A full cycle's copies of the world are freed now; hand the
+            // pages back instead of keeping the peak for the daemon's life.
+            drop((input, plan, hashes));
+            trim_heap();
+        }
         let all_complete = complete.iter().all(|c| *c);
         if report.is_clean() && all_complete {
             self.mode = Mode::Online;
@@ -1247,6 +1253,15 @@ impl Engine {
                 Err(e.into())
             }
         }
+    }
+}
+
+/// Returns freed heap pages to the system (glibc keeps them otherwise).
+fn trim_heap() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks the allocator's own free lists.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 
