@@ -214,6 +214,16 @@ pub async fn run_config(
     result
 }
 
+/// Empties the state database's write-ahead log when the run ends, on every
+/// path out of it.
+struct CheckpointAtExit(Arc<Store>);
+
+impl Drop for CheckpointAtExit {
+    fn drop(&mut self) {
+        self.0.checkpoint();
+    }
+}
+
 /// Run until `shutdown` turns true (or one cycle with `once`), syncing the
 /// given folders (one per config mailbox, in config order).
 pub async fn run(
@@ -235,6 +245,7 @@ async fn run_with_logins(
     logins: Option<watch::Receiver<u64>>,
 ) -> Result<(), DaemonError> {
     let (store, maildirs) = prepare(&loaded).await?;
+    let _checkpoint = CheckpointAtExit(store.clone());
     let (_keep, mut logins) = match logins {
         Some(rx) => (None, rx),
         None => {

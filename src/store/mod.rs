@@ -636,6 +636,18 @@ impl Store {
     pub fn with_db<T>(&self, f: impl FnOnce(&mut Db) -> T) -> T {
         f(&mut lock(&self.db))
     }
+
+    /// Moves what the write-ahead log holds into the database and empties
+    /// the log, so the next start does not begin with the previous run's
+    /// writes still to copy. Blocking; a failure only costs that copy later.
+    pub fn checkpoint(&self) {
+        let r = lock(&self.db)
+            .conn()
+            .execute_batch("PRAGMA wal_checkpoint(TRUNCATE)");
+        if let Err(e) = r {
+            tracing::debug!("state database checkpoint: {e}");
+        }
+    }
 }
 
 impl Inner {

@@ -492,6 +492,10 @@ async fn daemon_pushes_local_changes_and_stops_cleanly() {
         .unwrap()
         .unwrap();
     assert!(w.home.path().join("mail/.cms/state/state.db").exists());
+    // The write-ahead log was emptied at the end: the next start does not
+    // begin by copying this run's writes.
+    let wal = w.home.path().join("mail/.cms/state/state.db-wal");
+    assert_eq!(std::fs::metadata(&wal).map_or(0, |m| m.len()), 0);
 }
 
 /// Rewrites a state directory the way v0.1 left it: `ids.json`,
