@@ -896,6 +896,22 @@ impl Engine {
         retry_failed: bool,
         report: &mut CycleReport,
     ) {
+        if !self.router.is_custom() {
+            // Everything goes to the first maildir: nothing to ask, and no
+            // size or path to look up for each message.
+            let unrouted: Vec<(usize, String)> = hashes
+                .iter()
+                .flat_map(|h| self.cloud.copies_of(h))
+                .filter(|(_, l)| !matches!(l.route, Some(Route::Maildir(_))))
+                .map(|(m, l)| (m, l.entry.id.clone()))
+                .collect();
+            for (mailbox, id) in unrouted {
+                if let Some(listed) = self.cloud.copy_mut(mailbox, &id) {
+                    listed.route = Some(Route::Maildir(0));
+                }
+            }
+            return;
+        }
         let mut keys = Vec::new();
         let mut requests = Vec::new();
         for h in hashes {

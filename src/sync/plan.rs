@@ -3,6 +3,7 @@
 //! and, once the actions ran, the agreement to persist. No IO, clock,
 //! randomness or async; `docs/sync.md` states the semantics.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
@@ -750,10 +751,16 @@ fn mailbox_complete(input: &PlanInput, mailbox: usize) -> bool {
 /// either side is still seen as a change.
 pub fn next_state(input: &PlanInput, plan: &Plan, outcomes: &[Outcome]) -> LastState {
     // The world after the successful actions, as far as the planner knows it.
-    let mut files: BTreeMap<(usize, String), (ContentHash, Flags)> = input
+    // Scanned names are borrowed; only delivered files get new ones.
+    let mut files: BTreeMap<(usize, Cow<'_, str>), (ContentHash, Flags)> = input
         .local
         .iter()
-        .map(|f| ((f.maildir, f.name.clone()), (f.hash, f.flags)))
+        .map(|f| {
+            (
+                (f.maildir, Cow::Borrowed(f.name.as_str())),
+                (f.hash, f.flags),
+            )
+        })
         .collect();
     let mut cloud: BTreeMap<(usize, &str), Flags> = input
         .cloud
@@ -765,7 +772,7 @@ pub fn next_state(input: &PlanInput, plan: &Plan, outcomes: &[Outcome]) -> LastS
             continue;
         }
         // Names no scan can produce, for files the executor named.
-        let new_name = || format!("\u{0}{i}");
+        let new_name = || Cow::Owned(format!("\u{0}{i}"));
         match action {
             Action::Deliver {
                 hash,
@@ -780,7 +787,7 @@ pub fn next_state(input: &PlanInput, plan: &Plan, outcomes: &[Outcome]) -> LastS
                 flags,
                 ..
             } => {
-                if let Some(f) = files.get_mut(&(*maildir, name.clone())) {
+                if let Some(f) = files.get_mut(&(*maildir, Cow::Borrowed(name.as_str()))) {
                     f.1 = *flags;
                 }
             }
@@ -791,11 +798,11 @@ pub fn next_state(input: &PlanInput, plan: &Plan, outcomes: &[Outcome]) -> LastS
                 to_maildir,
                 flags,
             } => {
-                files.remove(&(*from_maildir, name.clone()));
+                files.remove(&(*from_maildir, Cow::Borrowed(name.as_str())));
                 files.insert((*to_maildir, new_name()), (*hash, *flags));
             }
             Action::RemoveLocal { maildir, name, .. } => {
-                files.remove(&(*maildir, name.clone()));
+                files.remove(&(*maildir, Cow::Borrowed(name.as_str())));
             }
             Action::SetCloudFlags {
                 mailbox,
