@@ -611,7 +611,21 @@ impl Engine {
                         Listed::Full(entries) => self.cloud.relist(i, entries, done.version),
                         Listed::Changes { upsert, gone } => {
                             match self.cloud.apply_changes(i, upsert, gone, done.version) {
-                                Some(r) => r,
+                                Some(mut r) => {
+                                    // Failed downloads the changes do not
+                                    // name are tried again too.
+                                    if let Some(l) = self.cloud.listing(i) {
+                                        let named: HashSet<&String> = r.unresolved.iter().collect();
+                                        let again: Vec<String> = retry
+                                            .into_iter()
+                                            .filter(|id| {
+                                                l.unresolved.contains(id) && !named.contains(id)
+                                            })
+                                            .collect();
+                                        r.unresolved.extend(again);
+                                    }
+                                    r
+                                }
                                 None => {
                                     // Nothing to apply them to: list it all.
                                     self.versions += 1;
@@ -1236,7 +1250,7 @@ impl Engine {
         let store = self.store.clone();
         let state = self.state.clone();
         let old_counts = self.last.maildir_counts.clone();
-        let (rows, changes, result) = tokio::task::spawn_blocking(move || {
+        let joined = tokio::task::spawn_blocking(move || {
             let released = match &release {
                 Release::Keep(live) => store.retain(live),
                 Release::Drop(doomed) => store.drop_unreferenced(doomed),
@@ -1246,13 +1260,26 @@ impl Engine {
             });
             (rows, changes, r.map(|_| counts))
         })
-        .await
-        .map_err(|e| SyncError::Task(e.to_string()))?;
-        if result.is_err() {
-            for (i, _) in &changes {
-                self.folders[*i].cloud.cursor_unsaved();
+        .await;
+        let (rows, result) = match joined {
+            Ok((rows, changes, result)) => {
+                if result.is_err() {
+                    for (i, _) in &changes {
+                        self.folders[*i].cloud.cursor_unsaved();
+                    }
+                }
+                (rows, result)
             }
-        }
+            Err(e) => {
+                // The deltas handed out were not stored: every cursor is
+                // written whole next time.
+                for f in &self.folders {
+                    f.cloud.cursor_unsaved();
+                }
+                self.pending.extend(hashes.iter().copied());
+                return Err(SyncError::Task(e.to_string()));
+            }
+        };
         match result {
             Ok(counts) => {
                 for (h, new) in rows {

@@ -1041,6 +1041,34 @@ fn maildir_files(home: &Home) -> Vec<(std::path::PathBuf, Flags)> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_downloads_are_retried_when_the_next_round_brings_other_changes() {
+    let c = Cloud::start().await;
+    let ids = c.populate("Inbox", 20).await;
+    let (home, loaded) = engine_world();
+    for id in &ids[..2] {
+        c.fault(
+            json!({"route": format!("*/messages/{id}/$value"), "kind": "truncate", "count": 100}),
+        )
+        .await;
+    }
+    let mut e = engine(&c, &loaded).await;
+    let r = e.cycle().await.expect("cycle");
+    assert_eq!(r.cloud_errors.len(), 2, "{r:?}");
+    assert_eq!(maildir_files(&home).len(), 18);
+    c.clear_faults().await;
+    // The next delta round names only the new message, not the two that
+    // failed: they must be tried again all the same.
+    c.deliver(
+        "Inbox",
+        "Message-ID: <retry-new@example.com>\r\nSubject: new\r\n\r\nhi\r\n",
+    )
+    .await;
+    let r = e.cycle().await.expect("cycle");
+    assert!(r.is_clean(), "{r:?}");
+    assert_eq!(maildir_files(&home).len(), 21);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn engine_syncs_an_inbox_over_graph() {
     let c = Cloud::start().await;
     let ids = c.populate("Inbox", 1000).await;
