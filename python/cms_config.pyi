@@ -65,6 +65,7 @@ class Config:
 
     message_db_dir: str  # default "~/mail/.cms/"
     direct_message: Callable[[Message], MailDirBox]
+    rescan_interval: float  # seconds between full maildir rescans, default 3600
 
 cfg: Config
 

@@ -132,9 +132,19 @@ class CredentialServerBox(ConfigObject):
 class Config:
     """The ``cfg`` object: settings a config may change."""
 
-    def __init__(self, default_direct_message):
+    def __init__(self, default_direct_message, here=None):
+        object.__setattr__(self, "_here", here)
+        # The line of the config file that last set each setting.
+        object.__setattr__(self, "_cms_lines", {})
         self.message_db_dir = "~/mail/.cms/"
         self.direct_message = default_direct_message
+        # Seconds between full maildir rescans (the watcher's safety net).
+        self.rescan_interval = 3600
+
+    def __setattr__(self, name, value):
+        if self._here is not None:
+            self._cms_lines[name] = self._here()[1]
+        object.__setattr__(self, name, value)
 
 
 def _api(path):
@@ -196,7 +206,7 @@ def _api(path):
     }
     for name, fn in names.items():
         fn.__qualname__ = name
-    cfg = Config(default_direct_message)
+    cfg = Config(default_direct_message, here)
     state = {
         "cfg": cfg,
         "maildirs": maildirs,

@@ -88,9 +88,6 @@ pub enum DaemonError {
 /// How long the watcher waits for a burst of maildir changes to settle (a
 /// mail client's renames come within milliseconds of each other).
 const WATCH_DEBOUNCE: Duration = Duration::from_millis(50);
-/// Maildirs are scanned in full at least this often even without a watcher
-/// event: the watcher is a hint, never the only truth.
-const RESCAN_INTERVAL: Duration = Duration::from_secs(3600);
 /// First retry delay after a failed cycle; doubles up to [`MAX_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_secs(10);
 /// Longest retry delay.
@@ -329,12 +326,12 @@ async fn run_with_logins(
     let mut backoff: Option<Duration> = None;
     let mut rng = Jitter::new();
     // The first cycle scans every maildir; so does one every
-    // RESCAN_INTERVAL, the safety net for anything the watcher missed (an
+    // `cfg.rescan_interval`, the safety net for anything the watcher missed (an
     // overflow asks for one too). Other cycles handle the files the
     // watcher names.
     let mut last_scan = Instant::now();
     loop {
-        if last_scan.elapsed() >= RESCAN_INTERVAL {
+        if last_scan.elapsed() >= loaded.config.rescan_interval {
             last_scan = Instant::now();
             engine.request_rescan();
         }

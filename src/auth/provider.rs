@@ -690,6 +690,7 @@ mod tests {
                 protocols: vec![Protocol::Smtp],
             }],
             custom_router: false,
+            rescan_interval: std::time::Duration::from_secs(3600),
         };
         let specs = AccountSpec::from_config(&cfg);
         let (o, g) = (&specs[0], &specs[1]);

@@ -117,6 +117,10 @@ pub struct Config {
     pub credential_servers: Vec<CredentialServerConfig>,
     /// True when the config replaced `cfg.direct_message`.
     pub custom_router: bool,
+    /// How often every maildir is scanned in full even without a watcher
+    /// event (`cfg.rescan_interval`): the watcher is a hint, never the only
+    /// truth.
+    pub rescan_interval: Duration,
 }
 
 /// Default poll interval of a cloud mailbox.

@@ -99,6 +99,8 @@ pub struct RawConfig {
     pub credential_servers: Vec<At<RawCredentialServer>>,
     /// True when `cfg.direct_message` is not the built-in default.
     pub custom_router: bool,
+    /// `cfg.rescan_interval`, seconds, with the line that set it.
+    pub rescan_interval: At<Loose<f64>>,
 }
 
 /// The live objects routing needs; they belong to the Python thread.
@@ -172,6 +174,14 @@ fn item<'py>(d: &Bound<'py, PyDict>, key: &str) -> PyResult<Bound<'py, PyAny>> {
         .ok_or_else(|| pyo3::exceptions::PyKeyError::new_err(key.to_string()))
 }
 
+/// The line of the config file that set `cfg.<name>`, 0 when none did.
+fn setting_line(cfg: &Bound<'_, PyAny>, name: &str) -> u32 {
+    cfg.getattr("_cms_lines")
+        .and_then(|d| d.get_item(name))
+        .and_then(|l| l.extract::<u32>())
+        .unwrap_or(0)
+}
+
 fn line_of(obj: &Bound<'_, PyAny>) -> u32 {
     obj.getattr("_cms_line")
         .and_then(|l| l.extract::<u32>())
@@ -210,6 +220,10 @@ fn gather(
     let cfg = item(state, "cfg")?;
     let default_router = item(state, "default_direct_message")?;
     let custom_router = !cfg.getattr("direct_message")?.is(&default_router);
+    let rescan_interval = At {
+        line: setting_line(&cfg, "rescan_interval"),
+        value: loose::<f64>(&cfg.getattr("rescan_interval")?)?,
+    };
 
     let db_dir = cfg.getattr("message_db_dir")?;
     let db_dir = match py.import("os")?.getattr("fspath")?.call1((&db_dir,)) {
@@ -324,6 +338,7 @@ fn gather(
         mailboxes,
         credential_servers,
         custom_router,
+        rescan_interval,
     };
     let objects = PyObjects {
         maildirs: maildir_objs,

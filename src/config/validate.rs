@@ -27,6 +27,25 @@ pub fn validate(raw: &RawConfig, paths: &PathContext) -> Result<Config, ConfigEr
         }
     };
 
+    let line = raw.rescan_interval.line;
+    let rescan_interval = match raw.rescan_interval.value {
+        Loose::Ok(s) if s.is_finite() && (60.0..=7.0 * 86_400.0).contains(&s) => {
+            Duration::from_secs_f64(s)
+        }
+        Loose::Ok(s) => {
+            return Err(err(
+                line,
+                format!("cfg.rescan_interval must be between 60 and 604800 seconds, not {s}"),
+            ));
+        }
+        Loose::Other(ref r) => {
+            return Err(err(
+                line,
+                format!("cfg.rescan_interval must be a number of seconds, not {r}"),
+            ));
+        }
+    };
+
     let mut maildirs = Vec::new();
     let mut seen = HashSet::new();
     for m in &raw.maildirs {
@@ -223,5 +242,6 @@ pub fn validate(raw: &RawConfig, paths: &PathContext) -> Result<Config, ConfigEr
         mailboxes,
         credential_servers,
         custom_router: raw.custom_router,
+        rescan_interval,
     })
 }

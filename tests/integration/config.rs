@@ -261,6 +261,14 @@ fn bad_values_are_located() {
             "MailDir(\"~/m\")\nb = GMail(\"INBOX\", GMail_Account(\"u@gmail.com\"))\nb.poll_interval = \"often\"\n",
             "2: poll_interval must be a number",
         ),
+        (
+            "import os\ncfg.rescan_interval = 10\n",
+            "2: cfg.rescan_interval must be between 60 and 604800 seconds, not 10",
+        ),
+        (
+            "cfg.rescan_interval = 'hourly'\n",
+            "1: cfg.rescan_interval must be a number of seconds",
+        ),
         ("raise SystemExit(3)\n", "1: config called exit(3)"),
         ("import no_such_module_here\n", "1: ModuleNotFoundError"),
     ];
@@ -316,4 +324,22 @@ fn embedded_python_is_one_consistent_install() {
         "import sys, os, email\nMailDir('~/m')\nassert sys.version == {want:?}, sys.version\nassert os.__file__.startswith('/usr/lib/python3'), os.__file__\nassert email.__file__.startswith('/usr/lib/python3'), email.__file__\n"
     );
     check(&home, &cfg);
+}
+
+#[test]
+fn rescan_interval_defaults_to_an_hour_and_can_be_set() {
+    use cloud_mdir_sync::config::{self, PathContext, PyActor};
+    use std::time::Duration;
+    let home = Home::new();
+    let paths = PathContext {
+        home: home.path().to_path_buf(),
+        cwd: home.path().to_path_buf(),
+    };
+    let actor = PyActor::spawn();
+    let file = home.write("cms.cfg", "MailDir(\"~/m\")\n");
+    let loaded = config::load(&actor, &file, &paths).expect("config");
+    assert_eq!(loaded.config.rescan_interval, Duration::from_secs(3600));
+    let file = home.write("cms.cfg", "MailDir(\"~/m\")\ncfg.rescan_interval = 600\n");
+    let loaded = config::load(&actor, &file, &paths).expect("config");
+    assert_eq!(loaded.config.rescan_interval, Duration::from_secs(600));
 }
