@@ -1040,17 +1040,23 @@ fn maildir_files(home: &Home) -> Vec<(std::path::PathBuf, Flags)> {
         .collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn failed_downloads_are_retried_when_the_next_round_brings_other_changes() {
-    let c = Cloud::start().await;
-    let ids = c.populate("Inbox", 20).await;
-    let (home, loaded) = engine_world();
-    for id in &ids[..2] {
+/// Cuts every download of `ids` short, on every attempt (a cut before any
+/// byte arrived is retried inside `fetch`; these fail every time).
+async fn cut_every_download_of(c: &Cloud, ids: &[String]) {
+    for id in ids {
         c.fault(
             json!({"route": format!("*/messages/{id}/$value"), "kind": "truncate", "count": 100}),
         )
         .await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_downloads_are_retried_when_the_next_round_brings_other_changes() {
+    let c = Cloud::start().await;
+    let ids = c.populate("Inbox", 20).await;
+    let (home, loaded) = engine_world();
+    cut_every_download_of(&c, &ids[..2]).await;
     let mut e = engine(&c, &loaded).await;
     let r = e.cycle().await.expect("cycle");
     assert_eq!(r.cloud_errors.len(), 2, "{r:?}");
@@ -1074,14 +1080,7 @@ async fn engine_syncs_an_inbox_over_graph() {
     let ids = c.populate("Inbox", 1000).await;
     let (home, loaded) = engine_world();
     // Three downloads are cut short on every attempt: they must not appear.
-    // (A cut before any byte arrived is retried inside `fetch`; these fail
-    // on every attempt.)
-    for id in &ids[..3] {
-        c.fault(
-            json!({"route": format!("*/messages/{id}/$value"), "kind": "truncate", "count": 100}),
-        )
-        .await;
-    }
+    cut_every_download_of(&c, &ids[..3]).await;
     let mut e = engine(&c, &loaded).await;
     let r = e.cycle().await.expect("cycle");
     assert_eq!(r.cloud_errors.len(), 3, "{r:?}");
