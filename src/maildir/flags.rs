@@ -39,6 +39,11 @@ fn flag_of(letter: char) -> Option<Flags> {
     LETTERS.iter().find(|(_, l)| *l == letter).map(|(f, _)| *f)
 }
 
+/// The base of a maildir file name: the name without its `:2,` info.
+pub fn base_name(name: &str) -> &str {
+    name.split_once(INFO_SEP).map_or(name, |(base, _)| base)
+}
+
 /// Splits a maildir file name into its base, its flags and its other info
 /// letters (sorted, without duplicates). A name without `:2,` has no flags.
 pub fn parse_name(name: &str) -> (&str, Flags, String) {

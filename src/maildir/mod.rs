@@ -6,7 +6,7 @@
 mod flags;
 mod watch;
 
-pub use flags::{Subdir, encode_name, parse_name};
+pub use flags::{Subdir, base_name, encode_name, parse_name};
 pub use watch::{WatchEvent, WatchGuard, watch};
 
 use std::collections::HashSet;
@@ -295,7 +295,7 @@ impl Maildir {
                 for dirent in fs::read_dir(dir).map_err(read_err)? {
                     let name = dirent.map_err(read_err)?.file_name();
                     let Some(name) = name.to_str() else { continue };
-                    if !name.starts_with('.') && bases.contains(parse_name(name).0) {
+                    if !name.starts_with('.') && bases.contains(base_name(name)) {
                         found.push(dir.join(name));
                     }
                 }

@@ -826,7 +826,8 @@ impl Engine {
                             continue;
                         }
                     };
-                    let base = base_of(&name).to_string();
+                    let file = name.split_once('/').map_or(name.as_str(), |(_, f)| f);
+                    let base = crate::maildir::base_name(file).to_string();
                     if now.is_some() {
                         present.insert((m, base));
                     } else {
@@ -1328,13 +1329,6 @@ fn place_in(maildirs: &[Maildir], path: &std::path::Path) -> Option<(usize, Stri
         m,
         format!("{}/{}", sub.to_string_lossy(), file.to_string_lossy()),
     ))
-}
-
-/// The base of a `cur/name` or `new/name`: the file name without its
-/// `:2,` info.
-fn base_of(name: &str) -> &str {
-    let file = name.split_once('/').map_or(name, |(_, f)| f);
-    file.split_once(":2,").map_or(file, |(b, _)| b)
 }
 
 /// The content of a maildir file through the inode cache (hashing it only

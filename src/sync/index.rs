@@ -82,10 +82,11 @@ pub(super) fn file_name(entry: &Entry) -> String {
     )
 }
 
-/// Every file of every maildir, by (maildir, name) and by hash.
+/// Every file of every maildir, by maildir and name, and by hash.
 #[derive(Debug, Default)]
 pub(super) struct LocalIndex {
-    files: HashMap<(usize, String), File>,
+    /// Per maildir, its files by name.
+    files: Vec<HashMap<String, File>>,
     by_hash: ByHash<(usize, String)>,
     counts: Vec<usize>,
 }
@@ -94,6 +95,7 @@ impl LocalIndex {
     /// An empty index over `maildirs` maildirs.
     pub(super) fn new(maildirs: usize) -> LocalIndex {
         LocalIndex {
+            files: (0..maildirs).map(|_| HashMap::new()).collect(),
             counts: vec![0; maildirs],
             ..LocalIndex::default()
         }
@@ -107,30 +109,26 @@ impl LocalIndex {
         entry: Entry,
         hash: ContentHash,
     ) -> Option<ContentHash> {
-        let key = (maildir, file_name(&entry));
-        let old = self.remove(maildir, &key.1).map(|f| f.hash);
-        self.by_hash.add(hash, key.clone());
-        if let Some(c) = self.counts.get_mut(maildir) {
-            *c += 1;
-        }
-        self.files.insert(key, File { entry, hash });
+        let name = file_name(&entry);
+        let old = self.remove(maildir, &name).map(|f| f.hash);
+        let files = self.files.get_mut(maildir)?;
+        self.by_hash.add(hash, (maildir, name.clone()));
+        self.counts[maildir] += 1;
+        files.insert(name, File { entry, hash });
         old
     }
 
     /// Forgets file `name` of `maildir`, returning what was known of it.
     pub(super) fn remove(&mut self, maildir: usize, name: &str) -> Option<File> {
-        let key = (maildir, name.to_string());
-        let f = self.files.remove(&key)?;
-        self.by_hash.remove(&f.hash, &key);
-        if let Some(c) = self.counts.get_mut(maildir) {
-            *c = c.saturating_sub(1);
-        }
+        let f = self.files.get_mut(maildir)?.remove(name)?;
+        self.by_hash.remove(&f.hash, &(maildir, name.to_string()));
+        self.counts[maildir] = self.counts[maildir].saturating_sub(1);
         Some(f)
     }
 
     /// File `name` of `maildir`.
     pub(super) fn get(&self, maildir: usize, name: &str) -> Option<&File> {
-        self.files.get(&(maildir, name.to_string()))
+        self.files.get(maildir)?.get(name)
     }
 
     /// The files holding `hash`, as (maildir, name, file).
@@ -138,10 +136,10 @@ impl LocalIndex {
         &self,
         hash: &ContentHash,
     ) -> impl Iterator<Item = (usize, &str, &File)> {
-        self.by_hash
-            .get(hash)
-            .iter()
-            .filter_map(|k| self.files.get(k).map(|f| (k.0, k.1.as_str(), f)))
+        self.by_hash.get(hash).iter().filter_map(|(m, name)| {
+            let f = self.files.get(*m)?.get(name)?;
+            Some((*m, name.as_str(), f))
+        })
     }
 
     /// True when some file holds `hash`.
@@ -156,18 +154,15 @@ impl LocalIndex {
         maildir: usize,
         files: Vec<(Entry, ContentHash)>,
     ) -> HashSet<ContentHash> {
-        let old: Vec<String> = self
-            .files
-            .keys()
-            .filter(|k| k.0 == maildir)
-            .map(|k| k.1.clone())
-            .collect();
         let mut touched = HashSet::new();
-        for name in old {
-            if let Some(f) = self.remove(maildir, &name) {
-                touched.insert(f.hash);
-            }
+        let Some(old) = self.files.get_mut(maildir).map(std::mem::take) else {
+            return touched;
+        };
+        for (name, f) in old {
+            self.by_hash.remove(&f.hash, &(maildir, name));
+            touched.insert(f.hash);
         }
+        self.counts[maildir] = 0;
         for (entry, hash) in files {
             touched.insert(hash);
             self.put(maildir, entry, hash);

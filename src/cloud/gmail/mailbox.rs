@@ -669,53 +669,22 @@ fn cursor_record<'a>(id: &'a str, k: &'a Known) -> (&'a str, u8, Option<i64>, &'
 }
 
 /// Records in `changed` every id whose entry differs between `old` and
-/// `new` (one merge of the two sorted listings); true when any does.
+/// `new`; true when any does.
 fn touch_differences(
     old: &BTreeMap<String, Known>,
     new: &BTreeMap<String, Known>,
     changed: &mut Changed,
 ) -> bool {
     let mut any = false;
-    let (mut a, mut b) = (old.iter().peekable(), new.iter().peekable());
-    loop {
-        let id = match (a.peek(), b.peek()) {
-            (None, None) => return any,
-            (Some((x, _)), None) => {
-                let x = *x;
-                a.next();
-                x
-            }
-            (None, Some((y, _))) => {
-                let y = *y;
-                b.next();
-                y
-            }
-            (Some((x, kx)), Some((y, ky))) => match x.cmp(y) {
-                std::cmp::Ordering::Less => {
-                    let x = *x;
-                    a.next();
-                    x
-                }
-                std::cmp::Ordering::Greater => {
-                    let y = *y;
-                    b.next();
-                    y
-                }
-                std::cmp::Ordering::Equal => {
-                    let same = kx == ky;
-                    let x = *x;
-                    a.next();
-                    b.next();
-                    if same {
-                        continue;
-                    }
-                    x
-                }
-            },
-        };
+    let differs = old
+        .iter()
+        .filter(|(id, k)| new.get(*id) != Some(k))
+        .chain(new.iter().filter(|(id, _)| !old.contains_key(*id)));
+    for (id, _) in differs {
         changed.touch(id);
         any = true;
     }
+    any
 }
 
 fn entries(messages: &BTreeMap<String, Known>) -> Vec<CloudEntry> {
