@@ -221,6 +221,34 @@ impl Drop for CheckpointAtExit {
     }
 }
 
+/// Frees what it holds on a blocking thread when dropped: a run that ends
+/// must not wait while the engine's picture of 100,000 messages is freed
+/// (the binary exits without waiting for that thread).
+struct FreeLater<T: Send + 'static>(Option<T>);
+
+impl<T: Send + 'static> std::ops::Deref for FreeLater<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        self.0.as_ref().expect("held until dropped")
+    }
+}
+
+impl<T: Send + 'static> std::ops::DerefMut for FreeLater<T> {
+    fn deref_mut(&mut self) -> &mut T {
+        self.0.as_mut().expect("held until dropped")
+    }
+}
+
+impl<T: Send + 'static> Drop for FreeLater<T> {
+    fn drop(&mut self) {
+        let Some(held) = self.0.take() else { return };
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => drop(rt.spawn_blocking(move || drop(held))),
+            Err(_) => drop(held),
+        }
+    }
+}
+
 /// Run until `shutdown` turns true (or one cycle with `once`), syncing the
 /// given folders (one per config mailbox, in config order).
 pub async fn run(
@@ -258,7 +286,7 @@ async fn run_with_logins(
         .collect();
     let watch_dirs: Vec<PathBuf> = maildirs.iter().map(|m| m.path().to_path_buf()).collect();
     let router = loaded.router.clone();
-    let mut engine = {
+    let mut engine = FreeLater(Some({
         let store = store.clone();
         tokio::task::spawn_blocking(move || {
             Engine::new(store, router, folders, maildirs, opts.offline)
@@ -268,7 +296,7 @@ async fn run_with_logins(
             path: PathBuf::from("<startup>"),
             message: e.to_string(),
         })??
-    };
+    }));
 
     // A shutdown signal during a cycle stops it after the current action;
     // the cycle then records what was done, as always.

@@ -121,7 +121,7 @@ fn run(args: &Args) -> anyhow::Result<ExitCode> {
             _ => 1,
         },
     };
-    rt.block_on(async move {
+    let result = rt.block_on(async move {
         let (tx, rx) = tokio::sync::watch::channel(false);
         tokio::spawn(async move {
             wait_for_signal().await;
@@ -129,7 +129,10 @@ fn run(args: &Args) -> anyhow::Result<ExitCode> {
         });
         cloud_mdir_sync::daemon::run_config(loaded, opts, env, rx).await?;
         anyhow::Ok(())
-    })?;
+    });
+    // What is still being freed is not waited for.
+    rt.shutdown_background();
+    result?;
     Ok(ExitCode::SUCCESS)
 }
 

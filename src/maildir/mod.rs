@@ -282,7 +282,10 @@ impl Maildir {
     /// went after renames the caller has not heard of yet. Reads the
     /// directories' names only (no `stat`), again if they changed while
     /// being read.
-    pub fn names_with_bases(&self, bases: &HashSet<&str>) -> Result<Vec<PathBuf>, MaildirError> {
+    pub fn names_with_bases<S: std::hash::BuildHasher>(
+        &self,
+        bases: &HashSet<&str, S>,
+    ) -> Result<Vec<PathBuf>, MaildirError> {
         let mut found = Vec::new();
         for _ in 0..3 {
             found.clear();

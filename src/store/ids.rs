@@ -1,7 +1,7 @@
 //! The id cache: which content hash a cloud message id (`Cid`) stands for,
 //! so a restart downloads nothing it already has (behavior.md §5).
 
-use std::collections::{HashMap, HashSet};
+use foldhash::{HashMap, HashSet, HashSetExt};
 
 use crate::types::{Cid, ContentHash, StorageKind};
 
@@ -162,7 +162,7 @@ mod tests {
         c.insert(cid(StorageKind::Gmail, "a", None), h(1));
         c.insert(cid(StorageKind::Office365, "b", Some("<m>")), h(2));
         c.insert(cid(StorageKind::Office365, "c", Some("<n>")), h(3));
-        let live: HashSet<_> = [h(1), h(3)].into();
+        let live: HashSet<_> = [h(1), h(3)].into_iter().collect();
         assert_eq!(c.retain(&live), vec![h(2)]);
         assert_eq!(c.len(), 2);
         assert_eq!(c.records().len(), 2);

@@ -2,7 +2,7 @@
 //! [`InodeKey`], so a restart re-hashes no unchanged maildir file. One entry
 //! per (device, inode): a newer version of the same inode replaces the old.
 
-use std::collections::{HashMap, HashSet};
+use foldhash::{HashMap, HashSet, HashSetExt};
 
 use crate::fsutil::InodeKey;
 use crate::types::ContentHash;

@@ -24,7 +24,7 @@ pub(crate) mod statefile;
 
 pub use hash::{ContentHasher, hash_bytes, hash_file, hash_reader};
 
-use std::collections::HashSet;
+use foldhash::{HashSet, HashSetExt};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::OpenOptionsExt;

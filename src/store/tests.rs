@@ -77,7 +77,7 @@ fn insert_link_adopt_and_retain() {
     assert_eq!(fs::read(&dest).unwrap(), b"other");
 
     // The blob goes; the maildir copy can bring it back.
-    let live: HashSet<ContentHash> = [h2].into();
+    let live: HashSet<ContentHash> = [h2].into_iter().collect();
     assert_eq!(store.retain(&live).unwrap(), 1);
     assert!(!store.have(&h));
     assert!(!store.blob_path(&h).exists());
@@ -390,10 +390,10 @@ fn downloads_stay_until_released() {
     tmp.write_all(b"Subject: d2\n\nbody\n").unwrap();
     let h2 = store.adopt_download(tmp, cid("d2")).unwrap();
     // Pinned: a retain that does not know it yet keeps it.
-    assert_eq!(store.retain(&[h].into()).unwrap(), 0);
+    assert_eq!(store.retain(&[h].into_iter().collect()).unwrap(), 0);
     assert!(store.blob_path(&h2).exists());
     assert_eq!(store.lookup_id(&cid("d2")), Some(h2));
     store.release(&[h2]);
-    assert_eq!(store.retain(&[h].into()).unwrap(), 1);
+    assert_eq!(store.retain(&[h].into_iter().collect()).unwrap(), 1);
     assert!(!store.blob_path(&h2).exists());
 }

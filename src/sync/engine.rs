@@ -4,7 +4,9 @@
 //! the new agreement with one outcome per action. A failed cloud action leaves
 //! local state untouched and is planned again next cycle.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
+
+use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -17,7 +19,7 @@ use super::index::{CloudIndex, Listing, LocalIndex};
 
 use super::plan::{
     Action, CloudEffect, CloudMsg, LastEntry, LastState, LocalFile, MailboxInfo, MaildirInfo, Mode,
-    Outcome, Plan, PlanInput, Route, SYNCED, Warning, cloud_effects, next_state, plan,
+    Outcome, Plan, PlanInput, Route, SYNCED, Warning, cloud_effects, next_state, plan, settled,
 };
 use super::state::{CursorChange, SyncState};
 use crate::cloud::{CloudError, CloudMailbox, FlagChange, Listed};
@@ -384,15 +386,19 @@ impl Engine {
             Scope::Changes
         };
         let mut dirty = HashSet::new();
+        // A full scan reads the maildirs while the listings arrive.
+        let scan = (scope == Scope::Full).then(|| {
+            self.paths.clear();
+            self.start_scan()
+        });
         let (failed, news) = self.list_some(relist, &mut report, &mut dirty).await;
         self.take_downloads(&mut report, &mut dirty)?;
-        match scope {
-            Scope::Full => {
+        match scan {
+            Some(scan) => {
                 self.rescan = false;
-                self.paths.clear();
-                self.scan_all().await?;
+                self.finish_scan(scan).await?;
             }
-            Scope::Changes => {
+            None => {
                 let paths = std::mem::take(&mut self.paths);
                 self.look_at(paths, &mut dirty).await?;
             }
@@ -425,7 +431,7 @@ impl Engine {
                 .any(|(now, was)| *now && !*was);
         self.last_present.clone_from(&present);
         self.last_complete.clone_from(&complete);
-        let hashes: BTreeSet<ContentHash> = if plan_all {
+        let mut hashes: BTreeSet<ContentHash> = if plan_all {
             self.pending.clear();
             self.cloud
                 .hashes()
@@ -448,6 +454,16 @@ impl Engine {
         let routed = stop.unless(self.route(&hashes, scope == Scope::Full, &mut report));
         if routed.await.is_none() {
             return Ok(report);
+        }
+        if plan_all {
+            // What both sides hold as agreed needs no plan (at start-up,
+            // nearly everything).
+            let supported: Vec<Flags> = self
+                .folders
+                .iter()
+                .map(|f| f.cloud.supported_flags())
+                .collect();
+            hashes.retain(|h| !self.is_settled(h, &supported));
         }
         let input = self.input_for(&hashes, &complete, &present, plan_all);
         let plan = plan(&input);
@@ -527,6 +543,39 @@ impl Engine {
             && self.pending.is_empty()
             && !self.background.busy();
         Ok(report)
+    }
+
+    /// True when `hash` needs no plan: its files and fresh cloud copies are
+    /// exactly as agreed (see [`settled`]), each copy routed and none with a
+    /// deletion sent.
+    fn is_settled(&self, hash: &ContentHash, supported: &[Flags]) -> bool {
+        let Some(last) = self.last.entries.get(hash) else {
+            return false;
+        };
+        for (i, listed) in self.cloud.copies_of(hash) {
+            let Some(l) = self.fresh(i) else {
+                return false;
+            };
+            if listed.route.is_none() || l.sent_deletions.contains(&listed.entry.id) {
+                return false;
+            }
+        }
+        settled(
+            last,
+            supported,
+            self.maildirs.len(),
+            self.local
+                .files_of(hash)
+                .map(|(m, _, f)| (m, f.entry.flags)),
+            self.cloud.copies_of(hash).map(|(i, listed)| {
+                (
+                    i,
+                    listed.entry.id.as_str(),
+                    listed.entry.flags,
+                    listed.route.unwrap_or(Route::Failed),
+                )
+            }),
+        )
     }
 
     /// Folder `i`'s listing, unless it is older than the agreement.
@@ -750,13 +799,14 @@ impl Engine {
         }
     }
 
-    /// Scan every maildir (rescanning one that changed under us), hash new
-    /// files through the inode cache, re-link content the store lost, and
-    /// make the result the local index.
-    async fn scan_all(&mut self) -> Result<(), SyncError> {
+    /// Starts scanning every maildir on a blocking thread (rescanning one
+    /// that changed under us), hashing new files through the inode cache
+    /// and re-linking content the store lost; [`Engine::finish_scan`] makes
+    /// the result the local index.
+    fn start_scan(&self) -> tokio::task::JoinHandle<Result<Scanned, SyncError>> {
         let maildirs = self.maildirs.clone();
         let store = self.store.clone();
-        let scanned = tokio::task::spawn_blocking(move || -> Result<_, SyncError> {
+        tokio::task::spawn_blocking(move || -> Result<_, SyncError> {
             let mut out = Vec::new();
             for md in &maildirs {
                 let mut files = Vec::new();
@@ -780,8 +830,14 @@ impl Engine {
             }
             Ok(out)
         })
-        .await
-        .map_err(|e| SyncError::Task(e.to_string()))??;
+    }
+
+    /// Takes in a full scan started by [`Engine::start_scan`].
+    async fn finish_scan(
+        &mut self,
+        scan: tokio::task::JoinHandle<Result<Scanned, SyncError>>,
+    ) -> Result<(), SyncError> {
+        let scanned = scan.await.map_err(|e| SyncError::Task(e.to_string()))??;
         for (i, files) in scanned.into_iter().enumerate() {
             self.local.replace_maildir(i, files);
         }
@@ -1299,6 +1355,9 @@ impl Engine {
         }
     }
 }
+
+/// A full scan: per maildir, its files with their content.
+type Scanned = Vec<Vec<(Entry, ContentHash)>>;
 
 /// Returns freed heap pages to the system (glibc keeps them otherwise).
 fn trim_heap() {

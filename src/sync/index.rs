@@ -4,7 +4,7 @@
 //! event touched, reading their files and cloud copies from here instead of
 //! scanning and listing the world again.
 
-use std::collections::{HashMap, HashSet};
+use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 
 use super::plan::Route;
 use crate::cloud::CloudEntry;
@@ -443,13 +443,13 @@ mod tests {
             2,
         );
         assert_eq!(r.unresolved, vec!["c".to_string()]);
-        assert_eq!(r.dirty, HashSet::from([h(2)]));
+        assert_eq!(r.dirty, HashSet::from_iter([h(2)]));
         assert!(r.gone.is_empty());
         let a = c.listing(0).unwrap().entries.get("a").unwrap();
         assert_eq!((a.hash, a.route), (Some(h(1)), Some(Route::Maildir(0))));
         assert_eq!(c.listing(0).unwrap().entries["b"].route, None);
         let r = c.relist(0, vec![e("b", Flags::READ)], 3);
-        assert_eq!(r.dirty, HashSet::from([h(1)]));
+        assert_eq!(r.dirty, HashSet::from_iter([h(1)]));
         assert_eq!(r.gone.len(), 2, "a (known) and c (never resolved)");
         assert!(!c.holds(&h(1)));
         assert_eq!(c.copies_of(&h(2)).count(), 1);
@@ -477,7 +477,7 @@ mod tests {
             )
             .unwrap();
         assert_eq!(r.unresolved, vec!["c".to_string()]);
-        assert_eq!(r.dirty, HashSet::from([h(2)]));
+        assert_eq!(r.dirty, HashSet::from_iter([h(2)]));
         assert!(r.gone.is_empty(), "an unknown id going is nothing");
         let l = c.listing(0).unwrap();
         assert_eq!(l.version, 2);
@@ -492,7 +492,7 @@ mod tests {
         let r = c
             .apply_changes(0, Vec::new(), vec!["a".into(), "c".into()], 3)
             .unwrap();
-        assert_eq!(r.dirty, HashSet::from([h(1)]));
+        assert_eq!(r.dirty, HashSet::from_iter([h(1)]));
         assert_eq!(r.gone.len(), 2);
         assert!(!c.holds(&h(1)));
         assert!(!c.listing(0).unwrap().unresolved.contains("c"));
@@ -518,7 +518,7 @@ mod tests {
         assert_eq!(l.counts(), &[1, 1]);
         assert_eq!(l.files_of(&h(1)).count(), 1);
         let touched = l.replace_maildir(0, vec![(entry("z"), h(3))]);
-        assert_eq!(touched, HashSet::from([h(1), h(3)]));
+        assert_eq!(touched, HashSet::from_iter([h(1), h(3)]));
         assert!(!l.holds(&h(1)));
         assert!(l.get(0, "cur/z").is_some());
         assert_eq!(l.remove(1, "cur/y").map(|f| f.hash), Some(h(2)));

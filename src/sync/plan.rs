@@ -742,6 +742,58 @@ fn mailbox_complete(input: &PlanInput, mailbox: usize) -> bool {
     input.mailboxes.get(mailbox).is_some_and(|m| m.complete)
 }
 
+/// True when planning one content hash would do nothing and record the same
+/// agreement `last` again, so a cycle may leave it out of [`plan`]: both
+/// sides hold exactly what was agreed. That is one local file, in the
+/// agreed maildir, with the agreed flags; and exactly the agreed cloud
+/// copies, each with its agreed flags, holding the agreed flags on every bit
+/// its folder stores, and routed to the agreed maildir. `supported` gives
+/// each cloud folder's stored bits; `maildirs` is how many maildirs there
+/// are. Any doubt answers false and the hash is planned as usual; the plan
+/// tests check that a true answer never hides an action.
+pub fn settled<'a>(
+    last: &LastEntry,
+    supported: &[Flags],
+    maildirs: usize,
+    mut local: impl Iterator<Item = (usize, Flags)>,
+    cloud: impl Iterator<Item = (usize, &'a str, Flags, Route)>,
+) -> bool {
+    let flags = last.flags & SYNCED;
+    if last.maildir >= maildirs || last.local != flags || last.flags != flags {
+        return false;
+    }
+    match (local.next(), local.next()) {
+        (Some((m, f)), None) if m == last.maildir && f == flags => {}
+        _ => return false,
+    }
+    if last.cloud.is_empty() || last.cloud.len() > 64 {
+        return false;
+    }
+    // Each agreed copy matched once (a bit per copy).
+    let mut matched = 0u64;
+    for (mailbox, id, have, route) in cloud {
+        let Some(&sup) = supported.get(mailbox) else {
+            return false;
+        };
+        let sup = sup & SYNCED;
+        if route != Route::Maildir(last.maildir) || have & sup != flags & sup {
+            return false;
+        }
+        let Some(k) = last
+            .cloud
+            .iter()
+            .position(|b| b.mailbox == mailbox && b.id == id && b.flags == have)
+        else {
+            return false;
+        };
+        if matched & (1 << k) != 0 {
+            return false;
+        }
+        matched |= 1 << k;
+    }
+    matched.count_ones() as usize == last.cloud.len()
+}
+
 /// The agreement to persist after running `plan` (which must be
 /// `plan(input)`), given one outcome per action; a missing outcome counts
 /// as failed.

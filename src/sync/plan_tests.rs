@@ -2,6 +2,7 @@
 //! named after the case, plus the failure handling of `next_state`.
 
 use super::*;
+use crate::sync::plan::settled;
 use crate::types::{ContentHash, Flags};
 
 const N: Flags = Flags::NONE;
@@ -927,4 +928,123 @@ fn deletions_sent_are_effects_failed_flag_changes_are_not() {
         }]
     );
     assert_eq!(cloud_effects(&p, &failed, &[false, false]), vec![]);
+}
+
+/// `settled` never hides work: over random single-message worlds biased
+/// toward agreement, whenever it answers true the planner has no action for
+/// the message and records the same agreement again. Also checks that it
+/// answers true often enough for the check to mean something, and false
+/// whenever one side differs from the agreement.
+#[test]
+fn settled_messages_plan_to_nothing_and_keep_their_agreement() {
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    let mut rnd = |n: u64| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed % n
+    };
+    let bits = [N, R, S, F, R | S, S | F, R | S | F, T, S | T];
+    let pool = [(GRAPH, "a"), (GRAPH, "b"), (GMAIL, "c")];
+    let (mut yes, mut differs_and_yes) = (0, 0);
+    for _ in 0..50_000 {
+        let mut w = world();
+        w.mode = if rnd(4) == 0 {
+            Mode::OfflineFirstCycle
+        } else {
+            Mode::Online
+        };
+        for m in &mut w.mailboxes {
+            m.complete = rnd(5) != 0;
+        }
+        w.maildirs[1].present = rnd(8) != 0;
+        let sup: Vec<Flags> = w.mailboxes.iter().map(|m| m.supported).collect();
+        let pick = |r: u64| bits[r as usize % bits.len()];
+        let flags = if rnd(6) == 0 {
+            pick(rnd(99))
+        } else {
+            pick(rnd(7))
+        };
+        let maildir = [0, 0, 1, 2][rnd(4) as usize];
+        let mut copies = Vec::new();
+        for &(mailbox, id) in &pool {
+            if rnd(2) == 0 {
+                continue;
+            }
+            let have = if rnd(8) == 0 { pick(rnd(99)) } else { flags };
+            copies.push(CloudBase {
+                mailbox,
+                id: id.to_string(),
+                flags: have & sup[mailbox],
+            });
+        }
+        copies.sort();
+        let last = LastEntry {
+            flags,
+            maildir,
+            local: if rnd(8) == 0 { pick(rnd(99)) } else { flags },
+            cloud: copies.clone(),
+        };
+        w.last.entries.insert(h(1), last.clone());
+        w.last.maildir_counts = vec![10, 10];
+        // The world now: mostly the agreement, with random departures.
+        let mut differs = false;
+        for b in &copies {
+            if rnd(10) == 0 {
+                differs = true;
+                continue;
+            }
+            let have = if rnd(10) == 0 {
+                pick(rnd(99)) & sup[b.mailbox]
+            } else {
+                b.flags
+            };
+            let route = if rnd(10) == 0 {
+                rnd(3) as usize
+            } else {
+                maildir
+            };
+            differs |= have != b.flags || route != maildir;
+            w.cloud.push(cloud(b.mailbox, &b.id, 1, have, route));
+        }
+        if rnd(10) == 0 {
+            differs = true;
+            w.cloud
+                .push(cloud(GMAIL, "d", 1, flags & sup[GMAIL], maildir));
+        }
+        let files = [1, 1, 1, 1, 0, 2][rnd(6) as usize];
+        differs |= files != 1;
+        for k in 0..files {
+            let m = if rnd(10) == 0 {
+                1 - maildir.min(1)
+            } else {
+                maildir
+            };
+            let f = if rnd(10) == 0 { pick(rnd(99)) } else { flags };
+            differs |= m != maildir || f != flags;
+            w.local.push(file(m, &format!("cur/x{k}"), 1, f));
+        }
+        let ok = settled(
+            &last,
+            &sup,
+            w.maildirs.len(),
+            w.local.iter().map(|f| (f.maildir, f.flags)),
+            w.cloud
+                .iter()
+                .map(|c| (c.mailbox, c.id.as_str(), c.flags, c.route)),
+        );
+        if !ok {
+            continue;
+        }
+        yes += 1;
+        if differs {
+            differs_and_yes += 1;
+        }
+        let p = plan(&w);
+        assert!(p.actions.is_empty(), "{w:?}\n{:?}", p.actions);
+        let next = next_state(&w, &p, &done(&p));
+        assert_eq!(next.entries.get(&h(1)), Some(&last), "{w:?}");
+    }
+    assert!(yes > 5_000, "settled answered true only {yes} times");
+    assert_eq!(differs_and_yes, 0, "settled despite a difference");
 }

@@ -922,7 +922,12 @@ async fn set_flags_and_delete_reach_the_emulator_exactly() {
 async fn rate_limit_storms_and_outages_converge() {
     let env = Env::start(QuotaMode::Off).await;
     let ids = env.populate("INBOX", 400, 81).await;
-    let account = env.account(fast());
+    // Enough attempts that a run of 503s on one request (about 1 in 10,000
+    // per fetch with these storms) does not fail the test.
+    let account = env.account(Options {
+        max_attempts: 8,
+        ..fast()
+    });
     let mb = GmailMailbox::new(account.clone(), "INBOX", "gmail:user@gmail.com/INBOX");
     // Storms of 429, 403 userRateLimitExceeded/rateLimitExceeded and 503
     // on every Gmail route, batch included.
