@@ -40,10 +40,20 @@ impl IdCache {
 
     /// The hash cached for exactly this `cid`.
     pub(crate) fn get(&self, cid: &Cid) -> Option<ContentHash> {
+        self.get_parts(cid.kind, &cid.storage_id, cid.email_id.as_deref())
+    }
+
+    /// [`IdCache::get`] for a `Cid` given by its parts.
+    pub(crate) fn get_parts(
+        &self,
+        kind: StorageKind,
+        storage_id: &str,
+        email_id: Option<&str>,
+    ) -> Option<ContentHash> {
         self.by_storage_id
-            .get(&cid.storage_id)?
+            .get(storage_id)?
             .iter()
-            .find(|e| e.kind == cid.kind && e.email_id == cid.email_id)
+            .find(|e| e.kind == kind && e.email_id.as_deref() == email_id)
             .map(|e| e.hash)
     }
 

@@ -480,6 +480,26 @@ impl Store {
         lock(&self.inner).ids.get_by_storage_id(kind, storage_id)
     }
 
+    /// For each listed `(storage id, Message-ID)` of `kind`, the content the
+    /// store holds for it: the id cache's hash for exactly that id, else for
+    /// its storage id alone ([`Store::lookup_storage_id`]), and only while
+    /// the blob is there. One lock for the whole batch.
+    pub fn resolve_ids<'a>(
+        &self,
+        kind: StorageKind,
+        ids: impl Iterator<Item = (&'a str, Option<&'a str>)>,
+    ) -> Vec<Option<ContentHash>> {
+        let inner = lock(&self.inner);
+        ids.map(|(sid, email)| {
+            inner
+                .ids
+                .get_parts(kind, sid, email)
+                .or_else(|| inner.ids.get_by_storage_id(kind, sid))
+                .filter(|h| inner.blobs.contains(h))
+        })
+        .collect()
+    }
+
     /// Records that cloud id `cid` has content `hash`.
     pub fn record_id(&self, cid: Cid, hash: ContentHash) {
         lock(&self.inner).put_id(cid, hash);

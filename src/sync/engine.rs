@@ -552,14 +552,6 @@ impl Engine {
         let Some(last) = self.last.entries.get(hash) else {
             return false;
         };
-        for (i, listed) in self.cloud.copies_of(hash) {
-            let Some(l) = self.fresh(i) else {
-                return false;
-            };
-            if listed.route.is_none() || l.sent_deletions.contains(&listed.entry.id) {
-                return false;
-            }
-        }
         settled(
             last,
             supported,
@@ -568,12 +560,13 @@ impl Engine {
                 .files_of(hash)
                 .map(|(m, _, f)| (m, f.entry.flags)),
             self.cloud.copies_of(hash).map(|(i, listed)| {
-                (
-                    i,
-                    listed.entry.id.as_str(),
-                    listed.entry.flags,
-                    listed.route.unwrap_or(Route::Failed),
-                )
+                let id = listed.entry.id.as_str();
+                // A stale listing or a deletion sent is no agreement.
+                let open = self
+                    .fresh(i)
+                    .is_some_and(|l| l.sent_deletions.is_empty() || !l.sent_deletions.contains(id));
+                let route = listed.route.filter(|_| open).unwrap_or(Route::Failed);
+                (i, id, listed.entry.flags, route)
             }),
         )
     }
@@ -717,22 +710,23 @@ impl Engine {
     /// until they are in.
     fn resolve(&mut self, i: usize, ids: Vec<String>, dirty: &mut HashSet<ContentHash>) {
         let kind = self.folders[i].cloud.storage_kind();
+        let Some(listing) = self.cloud.listing(i) else {
+            return;
+        };
+        let listed: Vec<(String, Option<String>)> = ids
+            .into_iter()
+            .filter_map(|id| {
+                let email_id = listing.entries.get(&id)?.entry.email_id.clone();
+                Some((id, email_id))
+            })
+            .collect();
+        // A cached id whose content the store lost is downloaded again.
+        let hashes = self.store.resolve_ids(
+            kind,
+            listed.iter().map(|(id, e)| (id.as_str(), e.as_deref())),
+        );
         let mut missing = Vec::new();
-        for id in ids {
-            let Some(listed) = self.cloud.listing(i).and_then(|l| l.entries.get(&id)) else {
-                continue;
-            };
-            let cid = Cid {
-                kind,
-                storage_id: id.clone(),
-                email_id: listed.entry.email_id.clone(),
-            };
-            // A cached id whose content the store lost is downloaded again.
-            let hash = self
-                .store
-                .lookup_id(&cid)
-                .or_else(|| self.store.lookup_storage_id(kind, &id))
-                .filter(|h| self.store.have(h));
+        for ((id, email_id), hash) in listed.into_iter().zip(hashes) {
             match hash {
                 Some(h) => {
                     self.cloud.resolve(i, &id, h);
@@ -740,6 +734,11 @@ impl Engine {
                 }
                 None => {
                     if self.background.state_of(i, &id).is_none() && !self.stop.is_stopped() {
+                        let cid = Cid {
+                            kind,
+                            storage_id: id.clone(),
+                            email_id,
+                        };
                         missing.push((id, cid));
                     }
                 }
