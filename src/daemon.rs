@@ -95,6 +95,14 @@ const MAX_BACKOFF: Duration = Duration::from_secs(300);
 
 /// Create the state directory (0700) and the maildirs, open the store.
 pub async fn prepare(loaded: &Loaded) -> Result<(Arc<Store>, Vec<Maildir>), DaemonError> {
+    finish_prepare(start_prepare(loaded)).await
+}
+
+/// [`prepare`] started on a blocking thread, so that opening the store
+/// overlaps the login server's start.
+type Preparing = tokio::task::JoinHandle<Result<(Arc<Store>, Vec<Maildir>), DaemonError>>;
+
+fn start_prepare(loaded: &Loaded) -> Preparing {
     let cfg = loaded.config.clone();
     tokio::task::spawn_blocking(move || {
         crate::fsutil::create_private_dir(&cfg.message_db_dir).map_err(|e| {
@@ -115,8 +123,10 @@ pub async fn prepare(loaded: &Loaded) -> Result<(Arc<Store>, Vec<Maildir>), Daem
         }
         Ok((Arc::new(store), maildirs))
     })
-    .await
-    .map_err(|e| DaemonError::Prepare {
+}
+
+async fn finish_prepare(p: Preparing) -> Result<(Arc<Store>, Vec<Maildir>), DaemonError> {
+    p.await.map_err(|e| DaemonError::Prepare {
         path: PathBuf::from("<startup>"),
         message: e.to_string(),
     })?
@@ -142,6 +152,7 @@ pub async fn run_config(
     if cfg.accounts.is_empty() {
         return run(loaded, opts, Vec::new(), shutdown).await;
     }
+    let preparing = start_prepare(&loaded);
     let auth_opts = crate::auth::daemon_options(
         &cfg.message_db_dir,
         env.oauth_listen,
@@ -200,7 +211,15 @@ pub async fn run_config(
             }
         }
     }
-    let result = run_with_logins(loaded, opts, folders, shutdown, Some(auth.subscribe())).await;
+    let result = run_with_logins(
+        loaded,
+        opts,
+        folders,
+        shutdown,
+        Some(auth.subscribe()),
+        preparing,
+    )
+    .await;
     for t in broker_tasks {
         t.abort();
     }
@@ -257,7 +276,8 @@ pub async fn run(
     folders: Vec<Folder>,
     shutdown: watch::Receiver<bool>,
 ) -> Result<(), DaemonError> {
-    run_with_logins(loaded, opts, folders, shutdown, None).await
+    let preparing = start_prepare(&loaded);
+    run_with_logins(loaded, opts, folders, shutdown, None, preparing).await
 }
 
 /// [`run`], also woken when a login completes (`logins` changes), so
@@ -268,8 +288,9 @@ async fn run_with_logins(
     folders: Vec<Folder>,
     mut shutdown: watch::Receiver<bool>,
     logins: Option<watch::Receiver<u64>>,
+    preparing: Preparing,
 ) -> Result<(), DaemonError> {
-    let (store, maildirs) = prepare(&loaded).await?;
+    let (store, maildirs) = finish_prepare(preparing).await?;
     let _checkpoint = CheckpointAtExit(store.clone());
     let (_keep, mut logins) = match logins {
         Some(rx) => (None, rx),

@@ -194,21 +194,21 @@ impl Store {
         let lock_file = take_lock(&state_dir.join("lock"))?;
         clear_dir(&tmp_dir)?;
 
-        let mut blobs = HashSet::new();
-        let read_err = |source| StoreError::Read {
-            path: blobs_dir.clone(),
-            source,
-        };
-        for dirent in fs::read_dir(&blobs_dir).map_err(read_err)? {
-            let dirent = dirent.map_err(read_err)?;
-            if let Some(hash) = dirent.file_name().to_str().and_then(|n| n.parse().ok()) {
-                blobs.insert(hash);
-            }
-        }
-
-        let mut db = Db::open(&state_dir)?;
-        import::caches(&mut db, &state_dir)?;
-        let (ids, inodes) = load_caches(&db)?;
+        // The blob list (directory reads) while the caches load (CPU).
+        let (blobs, loaded) = std::thread::scope(|s| {
+            let blobs = s.spawn(|| list_blobs(&blobs_dir));
+            let loaded = Db::open(&state_dir).and_then(|mut db| {
+                import::caches(&mut db, &state_dir)?;
+                let caches = load_caches(&db)?;
+                Ok((db, caches))
+            });
+            let blobs = blobs
+                .join()
+                .unwrap_or_else(|p| std::panic::resume_unwind(p));
+            (blobs, loaded)
+        });
+        let blobs = blobs?;
+        let (db, (ids, inodes)) = loaded?;
         tracing::debug!(
             dir = %dir.display(), blobs = blobs.len(), ids = ids.len(), inodes = inodes.len(),
             "message store opened"
@@ -747,6 +747,22 @@ fn drop_hash(
     tx.prepare_cached(&format!("DELETE FROM {table} WHERE hash = ?1"))?
         .execute([&hash.0[..]])
         .map(|_| ())
+}
+
+/// The hashes of the blobs in `blobs_dir`.
+fn list_blobs(blobs_dir: &Path) -> Result<HashSet<ContentHash>, StoreError> {
+    let read_err = |source| StoreError::Read {
+        path: blobs_dir.to_path_buf(),
+        source,
+    };
+    let mut blobs = HashSet::new();
+    for dirent in fs::read_dir(blobs_dir).map_err(read_err)? {
+        let dirent = dirent.map_err(read_err)?;
+        if let Some(hash) = dirent.file_name().to_str().and_then(|n| n.parse().ok()) {
+            blobs.insert(hash);
+        }
+    }
+    Ok(blobs)
 }
 
 /// Reads both caches from the database.

@@ -15,7 +15,7 @@ use tokio::sync::Notify;
 use tokio::task::JoinSet;
 
 use super::background::{Background, Finished, LIST_GRACE, stopping};
-use super::index::{CloudIndex, Listing, LocalIndex};
+use super::index::{CloudIndex, Listing, LocalIndex, MaildirFiles};
 
 use super::plan::{
     Action, CloudEffect, CloudMsg, LastEntry, LastState, LocalFile, MailboxInfo, MaildirInfo, Mode,
@@ -463,7 +463,16 @@ impl Engine {
                 .iter()
                 .map(|f| f.cloud.supported_flags())
                 .collect();
-            hashes.retain(|h| !self.is_settled(h, &supported));
+            let check = Settle {
+                cloud: &self.cloud,
+                local: &self.local,
+                last: &self.last,
+                agreed_versions: &self.agreed_versions,
+                custom_router: self.router.is_custom(),
+                maildirs: self.maildirs.len(),
+                supported: &supported,
+            };
+            hashes = check.unsettled(hashes);
         }
         let input = self.input_for(&hashes, &complete, &present, plan_all);
         let plan = plan(&input);
@@ -504,7 +513,7 @@ impl Engine {
         }
 
         let mut new_last = next_state(&input, &plan, &outcomes);
-        new_last.maildir_counts = self.local.counts().to_vec();
+        new_last.maildir_counts = self.local.counts();
         // The listings now show what the agreement assumes the cloud holds.
         let effects = cloud_effects(&plan, &outcomes, &attempted);
         report.touched = vec![false; self.folders.len()];
@@ -545,30 +554,10 @@ impl Engine {
         Ok(report)
     }
 
-    /// True when `hash` needs no plan: its files and fresh cloud copies are
-    /// exactly as agreed (see [`settled`]), each copy routed and none with a
-    /// deletion sent.
-    fn is_settled(&self, hash: &ContentHash, supported: &[Flags]) -> bool {
-        let Some(last) = self.last.entries.get(hash) else {
-            return false;
-        };
-        settled(
-            last,
-            supported,
-            self.maildirs.len(),
-            self.local
-                .files_of(hash)
-                .map(|(m, _, f)| (m, f.entry.flags)),
-            self.cloud.copies_of(hash).map(|(i, listed)| {
-                let id = listed.entry.id.as_str();
-                // A stale listing or a deletion sent is no agreement.
-                let open = self
-                    .fresh(i)
-                    .is_some_and(|l| l.sent_deletions.is_empty() || !l.sent_deletions.contains(id));
-                let route = listed.route.filter(|_| open).unwrap_or(Route::Failed);
-                (i, id, listed.entry.flags, route)
-            }),
-        )
+    /// Where `listed` goes: the router's answer; without a custom router
+    /// always the first maildir (nothing is asked or recorded).
+    fn route_of(&self, listed: &super::index::Listed) -> Route {
+        route_of(listed, self.router.is_custom())
     }
 
     /// Folder `i`'s listing, unless it is older than the agreement.
@@ -810,7 +799,7 @@ impl Engine {
             for md in &maildirs {
                 let mut files = Vec::new();
                 if !md.path().join("cur").is_dir() || !md.path().join("new").is_dir() {
-                    out.push(files);
+                    out.push(MaildirFiles::default());
                     continue;
                 }
                 let mut scan = md.scan()?;
@@ -825,7 +814,7 @@ impl Engine {
                         files.push((entry, hash));
                     }
                 }
-                out.push(files);
+                out.push(MaildirFiles::of_scan(files));
             }
             Ok(out)
         })
@@ -967,19 +956,8 @@ impl Engine {
         report: &mut CycleReport,
     ) {
         if !self.router.is_custom() {
-            // Everything goes to the first maildir: nothing to ask, and no
-            // size or path to look up for each message.
-            let unrouted: Vec<(usize, String)> = hashes
-                .iter()
-                .flat_map(|h| self.cloud.copies_of(h))
-                .filter(|(_, l)| !matches!(l.route, Some(Route::Maildir(_))))
-                .map(|(m, l)| (m, l.entry.id.clone()))
-                .collect();
-            for (mailbox, id) in unrouted {
-                if let Some(listed) = self.cloud.copy_mut(mailbox, &id) {
-                    listed.route = Some(Route::Maildir(0));
-                }
-            }
+            // Everything goes to the first maildir (see `route_of`): nothing
+            // to ask or record.
             return;
         }
         let mut keys = Vec::new();
@@ -1053,7 +1031,7 @@ impl Engine {
                     id: listed.entry.id.clone(),
                     hash: *h,
                     flags: listed.entry.flags,
-                    route: listed.route.unwrap_or(Route::Failed),
+                    route: self.route_of(listed),
                 });
             }
             let files = local.len();
@@ -1355,8 +1333,85 @@ impl Engine {
     }
 }
 
+/// Where `listed` goes: the router's answer; without a custom router
+/// always the first maildir.
+fn route_of(listed: &super::index::Listed, custom_router: bool) -> Route {
+    match listed.route {
+        Some(r) => r,
+        None if !custom_router => Route::Maildir(0),
+        None => Route::Failed,
+    }
+}
+
+/// What a full cycle needs to tell which hashes are settled (see
+/// [`settled`]), shared by the threads that check them.
+struct Settle<'a> {
+    cloud: &'a CloudIndex,
+    local: &'a LocalIndex,
+    last: &'a LastState,
+    agreed_versions: &'a [u64],
+    custom_router: bool,
+    maildirs: usize,
+    supported: &'a [Flags],
+}
+
+impl Settle<'_> {
+    /// The hashes of `all` that need a plan, checked on two threads (at
+    /// start-up that is every message).
+    fn unsettled(&self, all: BTreeSet<ContentHash>) -> BTreeSet<ContentHash> {
+        let all: Vec<ContentHash> = all.into_iter().collect();
+        let (a, b) = all.split_at(all.len() / 2);
+        let keep = |part: &[ContentHash]| -> Vec<ContentHash> {
+            part.iter()
+                .filter(|h| !self.is_settled(h))
+                .copied()
+                .collect()
+        };
+        std::thread::scope(|s| {
+            let first = s.spawn(|| keep(a));
+            let second = keep(b);
+            let first = first
+                .join()
+                .unwrap_or_else(|p| std::panic::resume_unwind(p));
+            first.into_iter().chain(second).collect()
+        })
+    }
+
+    /// True when `hash` needs no plan: its files and fresh cloud copies
+    /// are exactly as agreed, each copy routed and none with a deletion
+    /// sent.
+    fn is_settled(&self, hash: &ContentHash) -> bool {
+        let Some(last) = self.last.entries.get(hash) else {
+            return false;
+        };
+        settled(
+            last,
+            self.supported,
+            self.maildirs,
+            self.local
+                .files_of(hash)
+                .map(|(m, _, f)| (m, f.entry.flags)),
+            self.cloud.copies_of(hash).map(|(i, listed)| {
+                let id = listed.entry.id.as_str();
+                // A stale listing or a deletion sent is no agreement.
+                let open = self
+                    .cloud
+                    .listing(i)
+                    .filter(|l| l.version >= self.agreed_versions[i])
+                    .is_some_and(|l| l.sent_deletions.is_empty() || !l.sent_deletions.contains(id));
+                let route = if open {
+                    route_of(listed, self.custom_router)
+                } else {
+                    Route::Failed
+                };
+                (i, id, listed.entry.flags, route)
+            }),
+        )
+    }
+}
+
 /// A full scan: per maildir, its files with their content.
-type Scanned = Vec<Vec<(Entry, ContentHash)>>;
+type Scanned = Vec<MaildirFiles>;
 
 /// Returns freed heap pages to the system (glibc keeps them otherwise).
 fn trim_heap() {

@@ -82,22 +82,52 @@ pub(super) fn file_name(entry: &Entry) -> String {
     )
 }
 
+/// One maildir's files, by name and by hash.
+#[derive(Debug, Default)]
+pub(super) struct MaildirFiles {
+    files: HashMap<String, File>,
+    by_hash: ByHash<String>,
+}
+
+impl MaildirFiles {
+    /// The files of a full scan (built on the scanning thread).
+    pub(super) fn of_scan(scanned: Vec<(Entry, ContentHash)>) -> MaildirFiles {
+        let mut m = MaildirFiles {
+            files: HashMap::with_capacity(scanned.len()),
+            by_hash: ByHash::default(),
+        };
+        for (entry, hash) in scanned {
+            m.put(entry, hash);
+        }
+        m
+    }
+
+    fn put(&mut self, entry: Entry, hash: ContentHash) -> Option<ContentHash> {
+        let name = file_name(&entry);
+        let old = self.remove(&name).map(|f| f.hash);
+        self.by_hash.add(hash, name.clone());
+        self.files.insert(name, File { entry, hash });
+        old
+    }
+
+    fn remove(&mut self, name: &str) -> Option<File> {
+        let f = self.files.remove(name)?;
+        self.by_hash.remove(&f.hash, &name.to_string());
+        Some(f)
+    }
+}
+
 /// Every file of every maildir, by maildir and name, and by hash.
 #[derive(Debug, Default)]
 pub(super) struct LocalIndex {
-    /// Per maildir, its files by name.
-    files: Vec<HashMap<String, File>>,
-    by_hash: ByHash<(usize, String)>,
-    counts: Vec<usize>,
+    maildirs: Vec<MaildirFiles>,
 }
 
 impl LocalIndex {
     /// An empty index over `maildirs` maildirs.
     pub(super) fn new(maildirs: usize) -> LocalIndex {
         LocalIndex {
-            files: (0..maildirs).map(|_| HashMap::new()).collect(),
-            counts: vec![0; maildirs],
-            ..LocalIndex::default()
+            maildirs: (0..maildirs).map(|_| MaildirFiles::default()).collect(),
         }
     }
 
@@ -109,75 +139,54 @@ impl LocalIndex {
         entry: Entry,
         hash: ContentHash,
     ) -> Option<ContentHash> {
-        let name = file_name(&entry);
-        let old = self.remove(maildir, &name).map(|f| f.hash);
-        let files = self.files.get_mut(maildir)?;
-        self.by_hash.add(hash, (maildir, name.clone()));
-        self.counts[maildir] += 1;
-        files.insert(name, File { entry, hash });
-        old
+        self.maildirs.get_mut(maildir)?.put(entry, hash)
     }
 
     /// Forgets file `name` of `maildir`, returning what was known of it.
     pub(super) fn remove(&mut self, maildir: usize, name: &str) -> Option<File> {
-        let f = self.files.get_mut(maildir)?.remove(name)?;
-        self.by_hash.remove(&f.hash, &(maildir, name.to_string()));
-        self.counts[maildir] = self.counts[maildir].saturating_sub(1);
-        Some(f)
+        self.maildirs.get_mut(maildir)?.remove(name)
     }
 
     /// File `name` of `maildir`.
     pub(super) fn get(&self, maildir: usize, name: &str) -> Option<&File> {
-        self.files.get(maildir)?.get(name)
+        self.maildirs.get(maildir)?.files.get(name)
     }
 
     /// The files holding `hash`, as (maildir, name, file).
-    pub(super) fn files_of(
-        &self,
-        hash: &ContentHash,
-    ) -> impl Iterator<Item = (usize, &str, &File)> {
-        self.by_hash.get(hash).iter().filter_map(|(m, name)| {
-            let f = self.files.get(*m)?.get(name)?;
-            Some((*m, name.as_str(), f))
+    pub(super) fn files_of<'a>(
+        &'a self,
+        hash: &'a ContentHash,
+    ) -> impl Iterator<Item = (usize, &'a str, &'a File)> + 'a {
+        self.maildirs.iter().enumerate().flat_map(move |(m, md)| {
+            md.by_hash
+                .get(hash)
+                .iter()
+                .filter_map(move |name| Some((m, name.as_str(), md.files.get(name)?)))
         })
     }
 
     /// True when some file holds `hash`.
     pub(super) fn holds(&self, hash: &ContentHash) -> bool {
-        self.by_hash.contains(hash)
+        self.maildirs.iter().any(|m| m.by_hash.contains(hash))
     }
 
-    /// Replaces what is known of `maildir` with a scan's `files`; returns
-    /// every hash held before or after.
-    pub(super) fn replace_maildir(
-        &mut self,
-        maildir: usize,
-        files: Vec<(Entry, ContentHash)>,
-    ) -> HashSet<ContentHash> {
-        let mut touched = HashSet::new();
-        let Some(old) = self.files.get_mut(maildir).map(std::mem::take) else {
-            return touched;
-        };
-        for (name, f) in old {
-            self.by_hash.remove(&f.hash, &(maildir, name));
-            touched.insert(f.hash);
+    /// Makes `files` (a full scan's) what is known of `maildir`; returns
+    /// what was known before.
+    pub(super) fn replace_maildir(&mut self, maildir: usize, files: MaildirFiles) -> MaildirFiles {
+        match self.maildirs.get_mut(maildir) {
+            Some(m) => std::mem::replace(m, files),
+            None => files,
         }
-        self.counts[maildir] = 0;
-        for (entry, hash) in files {
-            touched.insert(hash);
-            self.put(maildir, entry, hash);
-        }
-        touched
     }
 
     /// Files per maildir.
-    pub(super) fn counts(&self) -> &[usize] {
-        &self.counts
+    pub(super) fn counts(&self) -> Vec<usize> {
+        self.maildirs.iter().map(|m| m.files.len()).collect()
     }
 
-    /// Every hash some file holds.
+    /// Every hash some file holds (a hash in two maildirs comes twice).
     pub(super) fn hashes(&self) -> impl Iterator<Item = &ContentHash> {
-        self.by_hash.hashes()
+        self.maildirs.iter().flat_map(|m| m.by_hash.hashes())
     }
 }
 
@@ -515,13 +524,19 @@ mod tests {
         assert_eq!(l.put(0, entry("x"), h(1)), None);
         assert_eq!(l.put(1, entry("y"), h(1)), None);
         assert_eq!(l.put(1, entry("y"), h(2)), Some(h(1)));
-        assert_eq!(l.counts(), &[1, 1]);
+        assert_eq!(l.counts(), [1, 1]);
         assert_eq!(l.files_of(&h(1)).count(), 1);
-        let touched = l.replace_maildir(0, vec![(entry("z"), h(3))]);
-        assert_eq!(touched, HashSet::from_iter([h(1), h(3)]));
+        let old = l.replace_maildir(0, MaildirFiles::of_scan(vec![(entry("z"), h(3))]));
+        assert!(old.by_hash.contains(&h(1)));
         assert!(!l.holds(&h(1)));
         assert!(l.get(0, "cur/z").is_some());
+        assert_eq!(
+            l.files_of(&h(3))
+                .map(|(m, n, _)| (m, n))
+                .collect::<Vec<_>>(),
+            [(0, "cur/z")]
+        );
         assert_eq!(l.remove(1, "cur/y").map(|f| f.hash), Some(h(2)));
-        assert_eq!(l.counts(), &[1, 0]);
+        assert_eq!(l.counts(), [1, 0]);
     }
 }
