@@ -22,17 +22,6 @@ pub(crate) struct IdCache {
 }
 
 impl IdCache {
-    /// Every entry as `(kind, storage id, Message-ID, hash)`.
-    pub(crate) fn records(&self) -> Vec<(StorageKind, &str, Option<&str>, &ContentHash)> {
-        let mut out = Vec::with_capacity(self.len);
-        for (sid, entries) in &self.by_storage_id {
-            for e in entries {
-                out.push((e.kind, sid.as_str(), e.email_id.as_deref(), &e.hash));
-            }
-        }
-        out
-    }
-
     /// Number of cached ids.
     pub(crate) fn len(&self) -> usize {
         self.len
@@ -57,29 +46,6 @@ impl IdCache {
             .map(|e| e.hash)
     }
 
-    /// The hash for `(kind, storage_id)` whatever the Message-ID, when all
-    /// cached ids with that storage id agree on it.
-    pub(crate) fn get_by_storage_id(
-        &self,
-        kind: StorageKind,
-        storage_id: &str,
-    ) -> Option<ContentHash> {
-        let mut found = None;
-        for e in self
-            .by_storage_id
-            .get(storage_id)?
-            .iter()
-            .filter(|e| e.kind == kind)
-        {
-            match found {
-                None => found = Some(e.hash),
-                Some(h) if h == e.hash => {}
-                Some(_) => return None,
-            }
-        }
-        found
-    }
-
     /// Records `cid -> hash`; returns true when this changed the cache.
     pub(crate) fn insert(&mut self, cid: Cid, hash: ContentHash) -> bool {
         let entries = self.by_storage_id.entry(cid.storage_id).or_default();
@@ -98,6 +64,54 @@ impl IdCache {
         });
         self.len += 1;
         true
+    }
+
+    /// The cached ids of `kind` with storage id `storage_id`, as
+    /// (Message-ID, hash).
+    pub(crate) fn of<'a>(
+        &'a self,
+        kind: StorageKind,
+        storage_id: &str,
+    ) -> impl Iterator<Item = (Option<&'a str>, ContentHash)> + 'a {
+        self.by_storage_id
+            .get(storage_id)
+            .map_or(&[][..], Vec::as_slice)
+            .iter()
+            .filter(move |e| e.kind == kind)
+            .map(|e| (e.email_id.as_deref(), e.hash))
+    }
+
+    /// Forgets `cid` if it still maps to `hash`.
+    pub(crate) fn remove_if(&mut self, cid: &Cid, hash: ContentHash) {
+        let Some(entries) = self.by_storage_id.get_mut(&cid.storage_id) else {
+            return;
+        };
+        let before = entries.len();
+        entries.retain(|e| !(e.kind == cid.kind && e.email_id == cid.email_id && e.hash == hash));
+        self.len -= before - entries.len();
+        if entries.is_empty() {
+            self.by_storage_id.remove(&cid.storage_id);
+        }
+    }
+
+    /// Forgets every id mapping to one of `hashes`.
+    pub(crate) fn drop_hashes(&mut self, hashes: &HashSet<ContentHash>) {
+        if !hashes.is_empty() {
+            let mut len = 0;
+            self.by_storage_id.retain(|_, entries| {
+                entries.retain(|e| !hashes.contains(&e.hash));
+                len += entries.len();
+                !entries.is_empty()
+            });
+            self.len = len;
+        }
+    }
+
+    /// Every hash some id maps to.
+    pub(crate) fn hashes(&self) -> impl Iterator<Item = ContentHash> + '_ {
+        self.by_storage_id
+            .values()
+            .flat_map(|entries| entries.iter().map(|e| e.hash))
     }
 
     /// Drops ids whose hash is not in `live`; returns the hashes dropped
@@ -151,19 +165,28 @@ mod tests {
             c.get(&cid(StorageKind::Office365, "s1", Some("<a@x>"))),
             None
         );
-        assert_eq!(c.get_by_storage_id(StorageKind::Gmail, "s1"), Some(h(1)));
-        assert_eq!(c.get_by_storage_id(StorageKind::Office365, "s1"), None);
+        assert_eq!(c.of(StorageKind::Office365, "s1").count(), 0);
 
-        // Same storage id, another Message-ID, same content: still unique.
+        // Same storage id, other Message-IDs: one entry each, by kind.
         c.insert(cid(StorageKind::Gmail, "s1", None), h(1));
-        assert_eq!(c.get_by_storage_id(StorageKind::Gmail, "s1"), Some(h(1)));
-        // Different content: ambiguous, no loose answer.
         c.insert(cid(StorageKind::Gmail, "s1", Some("<b@x>")), h(2));
-        assert_eq!(c.get_by_storage_id(StorageKind::Gmail, "s1"), None);
-        // Fixing the conflicting entry makes it unique again.
+        assert_eq!(
+            c.of(StorageKind::Gmail, "s1").collect::<Vec<_>>(),
+            [(Some("<a@x>"), h(1)), (None, h(1)), (Some("<b@x>"), h(2))]
+        );
+        // Recording an id again replaces its hash.
         c.insert(cid(StorageKind::Gmail, "s1", Some("<b@x>")), h(1));
-        assert_eq!(c.get_by_storage_id(StorageKind::Gmail, "s1"), Some(h(1)));
+        assert_eq!(
+            c.get(&cid(StorageKind::Gmail, "s1", Some("<b@x>"))),
+            Some(h(1))
+        );
         assert_eq!(c.len(), 3);
+        c.remove_if(&cid(StorageKind::Gmail, "s1", None), h(2));
+        assert_eq!(c.len(), 3, "only when it still maps to that hash");
+        c.remove_if(&cid(StorageKind::Gmail, "s1", None), h(1));
+        assert_eq!(c.len(), 2);
+        c.drop_hashes(&[h(1)].into_iter().collect());
+        assert_eq!(c.len(), 0);
     }
 
     #[test]
@@ -175,7 +198,7 @@ mod tests {
         let live: HashSet<_> = [h(1), h(3)].into_iter().collect();
         assert_eq!(c.retain(&live), vec![h(2)]);
         assert_eq!(c.len(), 2);
-        assert_eq!(c.records().len(), 2);
+        assert_eq!(c.hashes().count(), 2);
         let back = c;
         assert_eq!(
             back.get(&cid(StorageKind::Office365, "c", Some("<n>"))),

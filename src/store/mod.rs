@@ -9,9 +9,13 @@
 //!
 //! [`Store`] is `Send + Sync` and its methods take `&self`; the heavy ones
 //! (hashing, linking, fsync, saving) block, so async callers share an
-//! `Arc<Store>` and run them in `spawn_blocking`. The caches live in memory
-//! for lookups; every change is also queued and written as rows by the next
-//! [`Store::commit`], so a save costs what changed, not the cache's size.
+//! `Arc<Store>` and run them in `spawn_blocking`. The inode cache lives in
+//! memory; the id cache lives in the database, with the ids recorded since
+//! the last commit in memory, and the whole table in memory only while a
+//! large batch of listed ids is being resolved (from start-up to the end of
+//! the first cycle, or one cycle taking in a full listing). Every change is
+//! queued and written as rows by the next [`Store::commit`], so a save costs
+//! what changed, not the cache's size.
 //! The map lock is a `std::sync::Mutex` held only for map updates, never
 //! across file IO or an `.await`; the database has its own.
 
@@ -143,7 +147,11 @@ enum InodeOp {
 struct Inner {
     /// Hashes with a file in `blobs/`.
     blobs: HashSet<ContentHash>,
-    ids: IdCache,
+    /// Ids recorded since the last commit (their rows are queued).
+    new_ids: IdCache,
+    /// The whole id table, while a large batch is resolved
+    /// ([`Store::cool_ids`] drops it); else lookups query the database.
+    warm_ids: Option<IdCache>,
     inodes: InodeCache,
     /// Id cache changes not yet committed, in order.
     id_ops: Vec<IdOp>,
@@ -219,7 +227,9 @@ impl Store {
             tmp_dir,
             inner: Mutex::new(Inner {
                 blobs,
-                ids,
+                new_ids: IdCache::default(),
+                // The first cycle resolves every listed id.
+                warm_ids: Some(ids),
                 inodes,
                 id_ops: Vec::new(),
                 inode_ops: Vec::new(),
@@ -471,33 +481,91 @@ impl Store {
 
     /// The hash cached for exactly this cloud id.
     pub fn lookup_id(&self, cid: &Cid) -> Option<ContentHash> {
-        lock(&self.inner).ids.get(cid)
+        let item = [(cid.storage_id.as_str(), cid.email_id.as_deref())];
+        self.lookup(cid.kind, &item, Lookup::Exact)[0]
     }
 
     /// The hash cached for `(kind, storage_id)` whatever the Message-ID,
     /// when every cached id with that storage id has the same hash.
     pub fn lookup_storage_id(&self, kind: StorageKind, storage_id: &str) -> Option<ContentHash> {
-        lock(&self.inner).ids.get_by_storage_id(kind, storage_id)
+        self.lookup(kind, &[(storage_id, None)], Lookup::Loose)[0]
     }
 
     /// For each listed `(storage id, Message-ID)` of `kind`, the content the
     /// store holds for it: the id cache's hash for exactly that id, else for
     /// its storage id alone ([`Store::lookup_storage_id`]), and only while
-    /// the blob is there. One lock for the whole batch.
+    /// the blob is there. A batch of [`WARM_BATCH`] or more loads the whole
+    /// id table into memory until [`Store::cool_ids`].
     pub fn resolve_ids<'a>(
         &self,
         kind: StorageKind,
         ids: impl Iterator<Item = (&'a str, Option<&'a str>)>,
     ) -> Vec<Option<ContentHash>> {
+        let items: Vec<(&str, Option<&str>)> = ids.collect();
+        if items.len() >= WARM_BATCH {
+            self.warm_ids();
+        }
+        self.lookup(kind, &items, Lookup::Stored)
+    }
+
+    /// Loads the whole id table into memory (once) for a large batch of
+    /// lookups; a failure leaves lookups on the database.
+    fn warm_ids(&self) {
+        // The database lock held throughout: no commit moves recorded ids
+        // into the table between the load and its installation.
+        let db = lock(&self.db);
+        if lock(&self.inner).warm_ids.is_some() {
+            return;
+        }
+        match load_ids(&db) {
+            Ok(ids) => lock(&self.inner).warm_ids = Some(ids),
+            Err(e) => tracing::debug!("id cache stays in the database: {e}"),
+        }
+    }
+
+    /// Drops the in-memory copy of the id table, if any; true when there
+    /// was one (the caller may hand the freed pages back).
+    pub fn cool_ids(&self) -> bool {
+        let warm = lock(&self.inner).warm_ids.take();
+        warm.is_some()
+    }
+
+    fn lookup(
+        &self,
+        kind: StorageKind,
+        items: &[(&str, Option<&str>)],
+        how: Lookup,
+    ) -> Vec<Option<ContentHash>> {
+        {
+            let inner = lock(&self.inner);
+            if let Some(warm) = &inner.warm_ids {
+                return items
+                    .iter()
+                    .map(|&(sid, email)| inner.decide(warm.of(kind, sid), kind, sid, email, how))
+                    .collect();
+            }
+        }
+        // Both locks, database first (the commit order): a commit cannot
+        // move recorded ids from memory into the table between the reads.
+        let db = lock(&self.db);
+        let rows: Vec<Vec<(Option<String>, ContentHash)>> = items
+            .iter()
+            .map(|(sid, _)| {
+                db_ids_of(&db, kind, sid).unwrap_or_else(|e| {
+                    tracing::debug!("id cache lookup: {e}");
+                    Vec::new()
+                })
+            })
+            .collect();
         let inner = lock(&self.inner);
-        ids.map(|(sid, email)| {
-            inner
-                .ids
-                .get_parts(kind, sid, email)
-                .or_else(|| inner.ids.get_by_storage_id(kind, sid))
-                .filter(|h| inner.blobs.contains(h))
-        })
-        .collect()
+        items
+            .iter()
+            .zip(&rows)
+            .map(|(&(sid, email), r)| {
+                let stored = r.iter().map(|(e, h)| (e.as_deref(), *h));
+                inner.decide(stored, kind, sid, email, how)
+            })
+            .collect()
     }
 
     /// Records that cloud id `cid` has content `hash`.
@@ -508,17 +576,36 @@ impl Store {
     /// Every content hash the id cache maps some cloud id to: content known
     /// to have come from a cloud folder.
     pub fn known_cloud_hashes(&self) -> std::collections::BTreeSet<ContentHash> {
-        lock(&self.inner)
-            .ids
-            .records()
-            .into_iter()
-            .map(|r| *r.3)
-            .collect()
+        let db = lock(&self.db);
+        let inner = lock(&self.inner);
+        let mut known: std::collections::BTreeSet<ContentHash> = match &inner.warm_ids {
+            Some(w) => w.hashes().collect(),
+            None => db_id_hashes(&db)
+                .unwrap_or_else(|e| {
+                    tracing::debug!("id cache hashes: {e}");
+                    HashSet::new()
+                })
+                .into_iter()
+                .collect(),
+        };
+        known.extend(inner.new_ids.hashes());
+        for op in &inner.id_ops {
+            if let IdOp::DropHash(h) = op {
+                known.remove(h);
+            }
+        }
+        known
     }
 
-    /// Number of cached cloud ids.
+    /// Number of cached cloud ids: the table's rows plus the ids recorded
+    /// since the last commit.
     pub fn id_count(&self) -> usize {
-        lock(&self.inner).ids.len()
+        let db = lock(&self.db);
+        let rows: i64 = db
+            .conn()
+            .query_row("SELECT count(*) FROM ids", [], |r| r.get(0))
+            .unwrap_or(0);
+        rows as usize + lock(&self.inner).new_ids.len()
     }
 
     /// Number of cached inode keys.
@@ -533,6 +620,8 @@ impl Store {
     /// complete set. Blocking.
     pub fn retain(&self, live: &HashSet<ContentHash>) -> Result<usize, StoreError> {
         let _links = lock(&self.links);
+        // The database before the maps, as a commit takes them.
+        let db = lock(&self.db);
         let doomed: Vec<ContentHash> = {
             let mut inner = lock(&self.inner);
             let with_pinned;
@@ -542,8 +631,17 @@ impl Store {
                 with_pinned = live.union(&inner.pinned).copied().collect();
                 &with_pinned
             };
-            for h in inner.ids.retain(live) {
+            let mut id_hashes: HashSet<ContentHash> = match &inner.warm_ids {
+                Some(w) => w.hashes().collect(),
+                None => db_id_hashes(&db).map_err(|e| db.err(e))?,
+            };
+            id_hashes.extend(inner.new_ids.hashes());
+            for h in id_hashes.into_iter().filter(|h| !live.contains(h)) {
                 inner.id_ops.push(IdOp::DropHash(h));
+            }
+            inner.new_ids.retain(live);
+            if let Some(w) = &mut inner.warm_ids {
+                w.retain(live);
             }
             for h in inner.inodes.retain(live) {
                 inner.inode_ops.push(InodeOp::DropHash(h));
@@ -559,6 +657,7 @@ impl Store {
             }
             doomed
         };
+        drop(db);
         self.remove_blobs(&doomed)
     }
 
@@ -643,7 +742,10 @@ impl Store {
             write_ops(tx, &id_ops, &inode_ops)?;
             extra(tx)
         }) {
-            Ok(v) => Ok(v),
+            Ok(v) => {
+                lock(&self.inner).committed_ids(&id_ops);
+                Ok(v)
+            }
             Err(e) => {
                 requeue(id_ops, inode_ops);
                 Err(e)
@@ -670,11 +772,84 @@ impl Store {
     }
 }
 
+/// What a lookup asks of the id cache.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Lookup {
+    /// The hash of exactly this id.
+    Exact,
+    /// The hash every id with this storage id agrees on.
+    Loose,
+    /// Exact, else loose, and only while the blob is there.
+    Stored,
+}
+
+/// Lookups of this many ids or more load the id table into memory.
+pub const WARM_BATCH: usize = 512;
+
 impl Inner {
-    /// Caches `cid -> hash`, queueing the row when it changed.
+    /// Caches `cid -> hash`, queueing the row unless it is known already.
     fn put_id(&mut self, cid: Cid, hash: ContentHash) {
-        if self.ids.insert(cid.clone(), hash) {
+        let known = match self.new_ids.get(&cid) {
+            Some(h) => h == hash,
+            None => self.warm_ids.as_ref().and_then(|w| w.get(&cid)) == Some(hash),
+        };
+        if !known {
+            self.new_ids.insert(cid.clone(), hash);
             self.id_ops.push(IdOp::Put(cid, hash));
+        }
+    }
+
+    /// The id rows `ops` are in the table now: the recorded ids among them
+    /// leave memory (unless recorded again since), and the in-memory copy
+    /// of the table, if any, follows.
+    fn committed_ids(&mut self, ops: &[IdOp]) {
+        let mut drops = HashSet::new();
+        for op in ops {
+            match op {
+                IdOp::Put(cid, h) => {
+                    self.new_ids.remove_if(cid, *h);
+                    if let Some(w) = &mut self.warm_ids {
+                        w.drop_hashes(&drops);
+                        w.insert(cid.clone(), *h);
+                    }
+                    drops.clear();
+                }
+                IdOp::DropHash(h) => {
+                    drops.insert(*h);
+                }
+            }
+        }
+        if let Some(w) = &mut self.warm_ids {
+            w.drop_hashes(&drops);
+        }
+    }
+
+    /// Decides a lookup of `(kind, sid, email)` over the ids `stored` (the
+    /// table's) and the ids recorded since, which take precedence.
+    fn decide<'a>(
+        &'a self,
+        stored: impl Iterator<Item = (Option<&'a str>, ContentHash)>,
+        kind: StorageKind,
+        sid: &str,
+        email: Option<&str>,
+        how: Lookup,
+    ) -> Option<ContentHash> {
+        let mut all: Vec<(Option<&str>, ContentHash)> = self.new_ids.of(kind, sid).collect();
+        let recorded = all.len();
+        for (e, h) in stored {
+            if !all[..recorded].iter().any(|(r, _)| *r == e) {
+                all.push((e, h));
+            }
+        }
+        let exact = || all.iter().find(|(e, _)| *e == email).map(|x| x.1);
+        let loose = || {
+            let first = all.first()?.1;
+            all.iter().all(|x| x.1 == first).then_some(first)
+        };
+        match how {
+            Lookup::Exact => exact(),
+            Lookup::Loose => loose(),
+            Lookup::Stored => exact().or_else(loose).filter(|h| self.blobs.contains(h)),
         }
     }
 
@@ -767,23 +942,8 @@ fn list_blobs(blobs_dir: &Path) -> Result<HashSet<ContentHash>, StoreError> {
 
 /// Reads both caches from the database.
 fn load_caches(db: &Db) -> Result<(IdCache, InodeCache), StoreError> {
-    let read = || -> rusqlite::Result<(IdCache, InodeCache)> {
-        let mut ids = IdCache::default();
-        let mut stmt = db
-            .conn()
-            .prepare("SELECT kind, storage_id, email_id, hash FROM ids ORDER BY rowid")?;
-        let mut rows = stmt.query([])?;
-        while let Some(r) = rows.next()? {
-            let kind: String = r.get(0)?;
-            ids.insert(
-                Cid {
-                    kind: db::kind_from(&kind)?,
-                    storage_id: r.get(1)?,
-                    email_id: r.get(2)?,
-                },
-                db::hash_from(r.get(3)?)?,
-            );
-        }
+    let ids = load_ids(db)?;
+    let read = || -> rusqlite::Result<InodeCache> {
         let mut inodes = InodeCache::default();
         let mut stmt = db
             .conn()
@@ -801,9 +961,55 @@ fn load_caches(db: &Db) -> Result<(IdCache, InodeCache), StoreError> {
                 db::hash_from(r.get(5)?)?,
             );
         }
-        Ok((ids, inodes))
+        Ok(inodes)
+    };
+    Ok((ids, read().map_err(|e| db.err(e))?))
+}
+
+/// Reads the whole id table.
+fn load_ids(db: &Db) -> Result<IdCache, StoreError> {
+    let read = || -> rusqlite::Result<IdCache> {
+        let mut ids = IdCache::default();
+        let mut stmt = db
+            .conn()
+            .prepare("SELECT kind, storage_id, email_id, hash FROM ids ORDER BY rowid")?;
+        let mut rows = stmt.query([])?;
+        while let Some(r) = rows.next()? {
+            let kind: String = r.get(0)?;
+            ids.insert(
+                Cid {
+                    kind: db::kind_from(&kind)?,
+                    storage_id: r.get(1)?,
+                    email_id: r.get(2)?,
+                },
+                db::hash_from(r.get(3)?)?,
+            );
+        }
+        Ok(ids)
     };
     read().map_err(|e| db.err(e))
+}
+
+/// The table's ids of `kind` with storage id `sid`, as (Message-ID, hash).
+fn db_ids_of(
+    db: &Db,
+    kind: StorageKind,
+    sid: &str,
+) -> rusqlite::Result<Vec<(Option<String>, ContentHash)>> {
+    let mut stmt = db
+        .conn()
+        .prepare_cached("SELECT email_id, hash FROM ids WHERE storage_id = ?1 AND kind = ?2")?;
+    let rows = stmt.query_map(rusqlite::params![sid, kind.as_str()], |r| {
+        Ok((r.get(0)?, db::hash_from(r.get(1)?)?))
+    })?;
+    rows.collect()
+}
+
+/// Every hash the id table maps some id to.
+fn db_id_hashes(db: &Db) -> rusqlite::Result<HashSet<ContentHash>> {
+    let mut stmt = db.conn().prepare("SELECT DISTINCT hash FROM ids")?;
+    let rows = stmt.query_map([], |r| db::hash_from(r.get(0)?))?;
+    rows.collect()
 }
 
 /// A temporary file inside the store being filled with a message; hashes

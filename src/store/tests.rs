@@ -397,3 +397,103 @@ fn downloads_stay_until_released() {
     assert_eq!(store.retain(&[h].into_iter().collect()).unwrap(), 1);
     assert!(!store.blob_path(&h2).exists());
 }
+
+/// The id cache answers the same whether the table is in memory (a large
+/// batch) or read row by row from the database, with ids recorded since
+/// the last commit taking precedence in both, and a retain dropping the
+/// ids of content nothing references in both.
+#[test]
+fn ids_answer_the_same_from_memory_and_from_the_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let blobs: Vec<ContentHash> = (0..WARM_BATCH + 10)
+        .map(|i| {
+            store
+                .insert_bytes(format!("Subject: {i}\n\nbody\n").as_bytes())
+                .unwrap()
+        })
+        .collect();
+    for (i, h) in blobs.iter().enumerate() {
+        store.record_id(cid(&format!("m{i}")), *h);
+    }
+    // A second Message-ID for one storage id, with other content: only an
+    // exact lookup finds either.
+    let other = Cid {
+        email_id: Some("<other@x>".into()),
+        ..cid("m0")
+    };
+    store.record_id(other.clone(), blobs[1]);
+    store.save().unwrap();
+    assert!(
+        store.cool_ids(),
+        "start-up loads the table for the first cycle"
+    );
+    assert!(!store.cool_ids());
+
+    let ask: Vec<(String, Option<String>)> = (0..WARM_BATCH + 12)
+        .map(|i| {
+            let c = cid(&format!("m{i}"));
+            (c.storage_id, c.email_id)
+        })
+        .chain([
+            ("m0".to_string(), None),
+            ("m0".to_string(), Some("<other@x>".to_string())),
+        ])
+        .collect();
+    let asked = || ask.iter().map(|(s, e)| (s.as_str(), e.as_deref()));
+    // Row by row (a small batch each), then as one large batch.
+    let one_by_one: Vec<Option<ContentHash>> = asked()
+        .flat_map(|item| store.resolve_ids(StorageKind::Office365, std::iter::once(item)))
+        .collect();
+    assert!(!store.cool_ids(), "small batches stay on the database");
+    let batch = store.resolve_ids(StorageKind::Office365, asked());
+    assert!(store.cool_ids(), "a large batch loads the table");
+    assert_eq!(one_by_one, batch);
+    assert_eq!(batch[0], Some(blobs[0]));
+    assert_eq!(batch[WARM_BATCH + 10], None, "never recorded");
+    assert_eq!(
+        batch[WARM_BATCH + 12],
+        None,
+        "two contents for m0: no loose answer"
+    );
+    assert_eq!(batch[WARM_BATCH + 13], Some(blobs[1]));
+    assert_eq!(store.lookup_storage_id(StorageKind::Office365, "m0"), None);
+    assert_eq!(
+        store.lookup_storage_id(StorageKind::Office365, "m5"),
+        Some(blobs[5])
+    );
+
+    // A new mapping recorded but not committed wins over the table's.
+    store.record_id(cid("m5"), blobs[6]);
+    assert_eq!(store.lookup_id(&cid("m5")), Some(blobs[6]));
+    assert_eq!(
+        store.resolve_ids(StorageKind::Office365, asked())[5],
+        Some(blobs[6])
+    );
+    assert!(store.cool_ids());
+    store.save().unwrap();
+    assert_eq!(store.lookup_id(&cid("m5")), Some(blobs[6]), "committed");
+    assert_eq!(store.id_count(), WARM_BATCH + 11);
+
+    // Retain, from the database and from memory, drops what is not live.
+    let live: HashSet<ContentHash> = blobs[2..].iter().copied().collect();
+    let known = store.known_cloud_hashes();
+    assert!(known.contains(&blobs[0]) && known.contains(&blobs[1]));
+    assert_eq!(store.retain(&live).unwrap(), 2);
+    assert!(
+        !store.known_cloud_hashes().contains(&blobs[0]),
+        "drop queued"
+    );
+    store.save().unwrap();
+    assert_eq!(store.lookup_id(&cid("m0")), None);
+    assert_eq!(store.lookup_id(&other), None);
+    let _ = store.resolve_ids(StorageKind::Office365, asked());
+    let live: HashSet<ContentHash> = blobs[3..].iter().copied().collect();
+    assert_eq!(store.retain(&live).unwrap(), 1);
+    store.save().unwrap();
+    assert_eq!(store.resolve_ids(StorageKind::Office365, asked())[2], None);
+    assert!(store.cool_ids());
+    assert_eq!(store.lookup_id(&cid("m2")), None);
+    assert_eq!(store.lookup_id(&cid("m3")), Some(blobs[3]));
+    assert_eq!(store.id_count(), WARM_BATCH + 10 - 3);
+}

@@ -532,7 +532,8 @@ impl Engine {
             }
         }
         self.persist(&hashes, new_last, scope).await?;
-        if plan_all {
+        // The id table was in memory for this cycle's large batch.
+        if self.store.cool_ids() || plan_all {
             // A full cycle's copies of the world are freed now; hand the
             // pages back instead of keeping the peak for the daemon's life.
             drop((input, plan, hashes));
