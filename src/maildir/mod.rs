@@ -166,6 +166,27 @@ fn entry_of(path: PathBuf, sub: Subdir, name: &str, meta: &fs::Metadata) -> Entr
     }
 }
 
+impl Entry {
+    /// The entry for file `name` (`cur/<file>` or `new/<file>`) of the
+    /// maildir at `root`, as it was seen with inode key `key` (no IO).
+    pub fn named(root: &Path, name: &str, key: InodeKey) -> Option<Entry> {
+        let (sub, file) = match name.split_once('/')? {
+            ("cur", f) => (Subdir::Cur, f),
+            ("new", f) => (Subdir::New, f),
+            _ => return None,
+        };
+        let (base, flags, other) = parse_name(file);
+        Some(Entry {
+            base: base.to_string(),
+            path: root.join(name),
+            subdir: sub,
+            flags,
+            other,
+            key,
+        })
+    }
+}
+
 impl Maildir {
     /// Opens an existing maildir, checking that its three directories exist.
     pub fn open(root: &Path) -> Result<Maildir, MaildirError> {

@@ -56,7 +56,27 @@ fn deliver_places_by_flags_and_scan_finds_them() {
     assert!(!scan.changed);
     let mut got = scan.entries.clone();
     got.sort_by(|x, y| x.base.cmp(&y.base));
-    assert_eq!(got, vec![a, b]);
+    assert_eq!(got, vec![a.clone(), b.clone()]);
+    // An entry follows from its maildir, its name and its inode key.
+    for (e, name) in [(&a, "new/a1"), (&b, "cur/b1:2,FS")] {
+        assert_eq!(Entry::named(md.path(), name, e.key).as_ref(), Some(e));
+    }
+    let mut c = md
+        .deliver_bytes(
+            b"Subject: c
+
+",
+            "c1",
+            Flags::READ,
+        )
+        .unwrap();
+    let renamed = c.path.with_file_name("c1:2,Sax");
+    fs::rename(&c.path, &renamed).unwrap();
+    c.path = renamed;
+    c.other = "ax".into();
+    assert_eq!(Entry::named(md.path(), "cur/c1:2,Sax", c.key), Some(c));
+    assert_eq!(Entry::named(md.path(), "tmp/x", a.key), None);
+    assert_eq!(Entry::named(md.path(), "x", a.key), None);
 }
 
 #[test]

@@ -706,7 +706,7 @@ impl Engine {
         let listed: Vec<(String, Option<String>)> = ids
             .into_iter()
             .filter_map(|id| {
-                let email_id = listing.entries.get(&id)?.entry.email_id.clone();
+                let email_id = listing.entries.get(id.as_str())?.entry.email_id.clone();
                 Some((id, email_id))
             })
             .collect();
@@ -911,7 +911,7 @@ impl Engine {
                     if self
                         .local
                         .get(m, &name)
-                        .is_some_and(|f| f.hash == hash && f.entry.key == entry.key)
+                        .is_some_and(|f| f.hash == hash && f.key == entry.key)
                     {
                         continue;
                     }
@@ -1041,7 +1041,7 @@ impl Engine {
                     maildir,
                     name: name.to_string(),
                     hash: *h,
-                    flags: f.entry.flags,
+                    flags: f.flags,
                 });
             }
             let entry = self.last.entries.get(h);
@@ -1195,8 +1195,9 @@ impl Engine {
             };
             if let Some((m, name)) = source
                 && let Some(f) = self.local.get(m, name)
+                && let Some(entry) = Entry::named(self.maildirs[m].path(), name, f.key)
             {
-                files.insert((m, name.clone()), f.entry.clone());
+                files.insert((m, name.clone()), entry);
             }
             let why = reasons.get(&i).cloned().unwrap_or(Reason::debug("planned"));
             local.push((i, a.clone(), why));
@@ -1389,9 +1390,7 @@ impl Settle<'_> {
             last,
             self.supported,
             self.maildirs,
-            self.local
-                .files_of(hash)
-                .map(|(m, _, f)| (m, f.entry.flags)),
+            self.local.files_of(hash).map(|(m, _, f)| (m, f.flags)),
             self.cloud.copies_of(hash).map(|(i, listed)| {
                 let id = listed.entry.id.as_str();
                 // A stale listing or a deletion sent is no agreement.
@@ -1469,7 +1468,7 @@ fn apply_effects(l: &mut Listing, effects: &[&CloudEffect], version: u64) {
     for e in effects {
         match e {
             CloudEffect::Flags { id, set, clear, .. } => {
-                if let Some(listed) = l.entries.get_mut(id) {
+                if let Some(listed) = l.entries.get_mut(id.as_str()) {
                     listed.entry.flags = (listed.entry.flags & !*clear) | *set;
                     // The filter sees the flags: ask it again.
                     listed.route = None;

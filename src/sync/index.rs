@@ -6,10 +6,13 @@
 
 use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 
+use std::sync::Arc;
+
 use super::plan::Route;
 use crate::cloud::CloudEntry;
+use crate::fsutil::InodeKey;
 use crate::maildir::Entry;
-use crate::types::ContentHash;
+use crate::types::{ContentHash, Flags};
 
 /// Keys grouped by content hash.
 #[derive(Debug)]
@@ -60,13 +63,16 @@ impl<K: PartialEq> ByHash<K> {
     }
 }
 
-/// A maildir file as the engine last saw it.
-#[derive(Clone, Debug)]
+/// A maildir file as the engine last saw it (its name is its key; the
+/// rest of its [`Entry`] follows from the name: [`Entry::named`]).
+#[derive(Clone, Copy, Debug)]
 pub(super) struct File {
-    /// The file as a scan lists it.
-    pub entry: Entry,
     /// Its content.
     pub hash: ContentHash,
+    /// The R/S/F/T flags of its name.
+    pub flags: Flags,
+    /// Its inode key when it was seen.
+    pub key: InodeKey,
 }
 
 /// The name the planner knows a file by: `cur/<name>` or `new/<name>`.
@@ -85,8 +91,9 @@ pub(super) fn file_name(entry: &Entry) -> String {
 /// One maildir's files, by name and by hash.
 #[derive(Debug, Default)]
 pub(super) struct MaildirFiles {
-    files: HashMap<String, File>,
-    by_hash: ByHash<String>,
+    /// One allocation per name, shared by both maps.
+    files: HashMap<Arc<str>, File>,
+    by_hash: ByHash<Arc<str>>,
 }
 
 impl MaildirFiles {
@@ -103,16 +110,21 @@ impl MaildirFiles {
     }
 
     fn put(&mut self, entry: Entry, hash: ContentHash) -> Option<ContentHash> {
-        let name = file_name(&entry);
+        let name: Arc<str> = file_name(&entry).into();
         let old = self.remove(&name).map(|f| f.hash);
         self.by_hash.add(hash, name.clone());
-        self.files.insert(name, File { entry, hash });
+        let file = File {
+            hash,
+            flags: entry.flags,
+            key: entry.key,
+        };
+        self.files.insert(name, file);
         old
     }
 
     fn remove(&mut self, name: &str) -> Option<File> {
-        let f = self.files.remove(name)?;
-        self.by_hash.remove(&f.hash, &name.to_string());
+        let (name, f) = self.files.remove_entry(name)?;
+        self.by_hash.remove(&f.hash, &name);
         Some(f)
     }
 }
@@ -161,7 +173,7 @@ impl LocalIndex {
             md.by_hash
                 .get(hash)
                 .iter()
-                .filter_map(move |name| Some((m, name.as_str(), md.files.get(name)?)))
+                .filter_map(move |name| Some((m, name.as_ref(), md.files.get(name)?)))
         })
     }
 
@@ -206,8 +218,8 @@ pub(super) struct Listed {
 /// of the actions taken since applied.
 #[derive(Debug)]
 pub(super) struct Listing {
-    /// By message id.
-    pub entries: HashMap<String, Listed>,
+    /// By message id (the key's allocation shared with the by-hash index).
+    pub entries: HashMap<Arc<str>, Listed>,
     /// Changes whenever the picture changes (a list call, applied effects).
     pub version: u64,
     /// Deletions sent since the last list call: not sent again until a
@@ -234,7 +246,7 @@ pub(super) struct Relisted {
 #[derive(Debug)]
 pub(super) struct CloudIndex {
     listings: Vec<Option<Listing>>,
-    by_hash: ByHash<(usize, String)>,
+    by_hash: ByHash<(usize, Arc<str>)>,
 }
 
 impl CloudIndex {
@@ -265,7 +277,7 @@ impl CloudIndex {
         let mut old_entries = match old {
             Some(l) => {
                 for id in &l.sent_deletions {
-                    if let Some(h) = l.entries.get(id).and_then(|x| x.hash) {
+                    if let Some(h) = l.entries.get(id.as_str()).and_then(|x| x.hash) {
                         out.dirty.insert(h);
                     }
                 }
@@ -280,7 +292,11 @@ impl CloudIndex {
             unresolved: HashSet::new(),
         };
         for e in entries {
-            let listed = match old_entries.remove(&e.id) {
+            let (key, was) = match old_entries.remove_entry(e.id.as_str()) {
+                Some((key, was)) => (key, Some(was)),
+                None => (Arc::from(e.id.as_str()), None),
+            };
+            let listed = match was {
                 Some(was) if was.entry == e => was,
                 Some(was) => {
                     if let Some(h) = was.hash {
@@ -302,14 +318,14 @@ impl CloudIndex {
                 out.unresolved.push(listed.entry.id.clone());
                 listing.unresolved.insert(listed.entry.id.clone());
             }
-            listing.entries.insert(listed.entry.id.clone(), listed);
+            listing.entries.insert(key, listed);
         }
         for (id, was) in old_entries {
             if let Some(h) = was.hash {
                 self.by_hash.remove(&h, &(i, id.clone()));
                 out.dirty.insert(h);
             }
-            out.gone.push((id, was.hash));
+            out.gone.push((id.to_string(), was.hash));
         }
         self.listings[i] = Some(listing);
         out
@@ -328,13 +344,13 @@ impl CloudIndex {
         let l = self.listings.get_mut(i)?.as_mut()?;
         let mut out = Relisted::default();
         for id in std::mem::take(&mut l.sent_deletions) {
-            if let Some(h) = l.entries.get(&id).and_then(|x| x.hash) {
+            if let Some(h) = l.entries.get(id.as_str()).and_then(|x| x.hash) {
                 out.dirty.insert(h);
             }
         }
         l.version = version;
         for e in upsert {
-            match l.entries.get_mut(&e.id) {
+            match l.entries.get_mut(e.id.as_str()) {
                 Some(was) if was.entry == e => {}
                 Some(was) => {
                     if let Some(h) = was.hash {
@@ -353,17 +369,17 @@ impl CloudIndex {
                         hash: None,
                         route: None,
                     };
-                    l.entries.insert(listed.entry.id.clone(), listed);
+                    l.entries.insert(listed.entry.id.as_str().into(), listed);
                 }
             }
         }
         for id in gone {
-            let Some(was) = l.entries.remove(&id) else {
+            let Some((key, was)) = l.entries.remove_entry(id.as_str()) else {
                 continue;
             };
             l.unresolved.remove(&id);
             if let Some(h) = was.hash {
-                self.by_hash.remove(&h, &(i, id.clone()));
+                self.by_hash.remove(&h, &(i, key));
                 out.dirty.insert(h);
             }
             out.gone.push((id, was.hash));
@@ -377,6 +393,9 @@ impl CloudIndex {
         let Some(l) = self.listings.get_mut(i).and_then(Option::as_mut) else {
             return false;
         };
+        let Some(key) = l.entries.get_key_value(id).map(|(k, _)| k.clone()) else {
+            return false;
+        };
         let Some(listed) = l.entries.get_mut(id) else {
             return false;
         };
@@ -384,9 +403,9 @@ impl CloudIndex {
         if let Some(old) = listed.hash.replace(hash)
             && old != hash
         {
-            self.by_hash.remove(&old, &(i, id.to_string()));
+            self.by_hash.remove(&old, &(i, key.clone()));
         }
-        self.by_hash.add(hash, (i, id.to_string()));
+        self.by_hash.add(hash, (i, key));
         true
     }
 
@@ -394,7 +413,7 @@ impl CloudIndex {
     pub(super) fn copies_of(&self, hash: &ContentHash) -> impl Iterator<Item = (usize, &Listed)> {
         self.by_hash.get(hash).iter().filter_map(|(i, id)| {
             self.listing(*i)
-                .and_then(|l| l.entries.get(id))
+                .and_then(|l| l.entries.get(&**id))
                 .map(|x| (*i, x))
         })
     }
