@@ -563,9 +563,7 @@ impl Engine {
 
     /// Folder `i`'s listing, unless it is older than the agreement.
     fn fresh(&self, i: usize) -> Option<&Listing> {
-        self.cloud
-            .listing(i)
-            .filter(|l| l.version >= self.agreed_versions[i])
+        fresh_listing(&self.cloud, &self.agreed_versions, i)
     }
 
     /// Start listings of the chosen folders (and any never listed or
@@ -1335,6 +1333,16 @@ impl Engine {
     }
 }
 
+/// Folder `i`'s listing in `cloud`, unless it is older than the
+/// agreement (`agreed_versions`).
+fn fresh_listing<'a>(
+    cloud: &'a CloudIndex,
+    agreed_versions: &[u64],
+    i: usize,
+) -> Option<&'a Listing> {
+    cloud.listing(i).filter(|l| l.version >= agreed_versions[i])
+}
+
 /// Where `listed` goes: the router's answer; without a custom router
 /// always the first maildir.
 fn route_of(listed: &super::index::Listed, custom_router: bool) -> Route {
@@ -1394,10 +1402,7 @@ impl Settle<'_> {
             self.cloud.copies_of(hash).map(|(i, listed)| {
                 let id = listed.entry.id.as_str();
                 // A stale listing or a deletion sent is no agreement.
-                let open = self
-                    .cloud
-                    .listing(i)
-                    .filter(|l| l.version >= self.agreed_versions[i])
+                let open = fresh_listing(self.cloud, self.agreed_versions, i)
                     .is_some_and(|l| l.sent_deletions.is_empty() || !l.sent_deletions.contains(id));
                 let route = if open {
                     route_of(listed, self.custom_router)
