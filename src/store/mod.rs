@@ -527,6 +527,9 @@ impl Store {
     /// was one (the caller may hand the freed pages back).
     pub fn cool_ids(&self) -> bool {
         let warm = lock(&self.inner).warm_ids.take();
+        if let Some(w) = &warm {
+            tracing::debug!(ids = w.len(), "id table no longer in memory");
+        }
         warm.is_some()
     }
 

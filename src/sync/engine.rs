@@ -168,8 +168,13 @@ pub struct Engine {
     versions: u64,
     maildirs: Vec<Maildir>,
     state: SyncState,
-    /// The agreement as the database holds it.
-    last: LastState,
+    /// The whole agreement, while a cycle planning every hash needs it
+    /// (from start-up, or loaded for such a cycle, to that cycle's end);
+    /// other cycles read the entries of the hashes they plan from the
+    /// database.
+    all_agreed: Option<BTreeMap<ContentHash, LastEntry>>,
+    /// Files in each maildir after the last cycle's actions (as agreed).
+    agreed_counts: Vec<usize>,
     mode: Mode,
     stop: Stop,
     sizes: std::sync::Mutex<HashMap<ContentHash, u64>>,
@@ -248,7 +253,8 @@ impl Engine {
             last_present: vec![true; maildirs.len()],
             maildirs,
             state,
-            last,
+            all_agreed: Some(last.entries),
+            agreed_counts: last.maildir_counts,
             mode: if offline {
                 Mode::OfflineFirstCycle
             } else {
@@ -277,9 +283,17 @@ impl Engine {
         self.folders.len()
     }
 
-    /// The last agreement (for tests and status).
-    pub fn last_state(&self) -> &LastState {
-        &self.last
+    /// The last agreement, read from the database unless it is in memory
+    /// (for tests and status). Blocking.
+    pub fn last_state(&self) -> Result<LastState, SyncError> {
+        let entries = match &self.all_agreed {
+            Some(all) => all.clone(),
+            None => self.state.load_agreement(&self.store)?,
+        };
+        Ok(LastState {
+            entries,
+            maildir_counts: self.agreed_counts.clone(),
+        })
     }
 
     /// Files of maildir `i` the engine knows (for tests and status).
@@ -431,12 +445,19 @@ impl Engine {
                 .any(|(now, was)| *now && !*was);
         self.last_present.clone_from(&present);
         self.last_complete.clone_from(&complete);
+        if plan_all && self.all_agreed.is_none() {
+            let (state, store) = (self.state.clone(), self.store.clone());
+            let all = tokio::task::spawn_blocking(move || state.load_agreement(&store))
+                .await
+                .map_err(|e| SyncError::Task(e.to_string()))??;
+            self.all_agreed = Some(all);
+        }
         let mut hashes: BTreeSet<ContentHash> = if plan_all {
             self.pending.clear();
             self.cloud
                 .hashes()
                 .chain(self.local.hashes())
-                .chain(self.last.entries.keys())
+                .chain(self.all_agreed.iter().flat_map(|a| a.keys()))
                 .copied()
                 .collect()
         } else {
@@ -463,10 +484,11 @@ impl Engine {
                 .iter()
                 .map(|f| f.cloud.supported_flags())
                 .collect();
+            let none = BTreeMap::new();
             let check = Settle {
                 cloud: &self.cloud,
                 local: &self.local,
-                last: &self.last,
+                last: self.all_agreed.as_ref().unwrap_or(&none),
                 agreed_versions: &self.agreed_versions,
                 custom_router: self.router.is_custom(),
                 maildirs: self.maildirs.len(),
@@ -474,7 +496,8 @@ impl Engine {
             };
             hashes = check.unsettled(hashes);
         }
-        let input = self.input_for(&hashes, &complete, &present, plan_all);
+        let agreed = self.agreement_of(&hashes).await?;
+        let mut input = self.input_for(&hashes, agreed, &complete, &present, plan_all);
         let plan = plan(&input);
         for w in &plan.warnings {
             tracing::error!("{}", describe_warning(w, &self.maildirs));
@@ -514,6 +537,7 @@ impl Engine {
 
         let mut new_last = next_state(&input, &plan, &outcomes);
         new_last.maildir_counts = self.local.counts();
+        let old_last = std::mem::take(&mut input.last.entries);
         // The listings now show what the agreement assumes the cloud holds.
         let effects = cloud_effects(&plan, &outcomes, &attempted);
         report.touched = vec![false; self.folders.len()];
@@ -531,12 +555,14 @@ impl Engine {
                 }
             }
         }
-        self.persist(&hashes, new_last, scope).await?;
-        // The id table was in memory for this cycle's large batch.
+        self.persist(&hashes, &old_last, new_last, scope).await?;
+        // The id table was in memory for this cycle's large batch, the
+        // agreement for planning every hash.
         if self.store.cool_ids() || plan_all {
+            self.all_agreed = None;
             // A full cycle's copies of the world are freed now; hand the
             // pages back instead of keeping the peak for the daemon's life.
-            drop((input, plan, hashes));
+            drop((input, plan, hashes, old_last));
             trim_heap();
         }
         let all_complete = complete.iter().all(|c| *c);
@@ -704,7 +730,12 @@ impl Engine {
         let listed: Vec<(String, Option<String>)> = ids
             .into_iter()
             .filter_map(|id| {
-                let email_id = listing.entries.get(id.as_str())?.entry.email_id.clone();
+                let email_id = listing
+                    .entries
+                    .get(id.as_str())?
+                    .email_id
+                    .as_deref()
+                    .map(str::to_string);
                 Some((id, email_id))
             })
             .collect();
@@ -759,10 +790,9 @@ impl Engine {
                     // and Message-ID) fills in the listing's entry.
                     let learned = self.folders[folder].cloud.fetched_entry(&id);
                     if let (Some(f), Some(listed)) = (learned, self.cloud.copy_mut(folder, &id)) {
-                        let e = &mut listed.entry;
-                        e.received_time = e.received_time.or(f.received_time);
-                        if e.email_id.is_none() {
-                            e.email_id = f.email_id;
+                        listed.received_time = listed.received_time.or(f.received_time);
+                        if listed.email_id.is_none() {
+                            listed.email_id = f.email_id.map(String::into_boxed_str);
                         }
                         listed.route = None;
                     }
@@ -962,7 +992,7 @@ impl Engine {
         let mut keys = Vec::new();
         let mut requests = Vec::new();
         for h in hashes {
-            for (mailbox, listed) in self.cloud.copies_of(h) {
+            for (mailbox, id, listed) in self.cloud.copies_of(h) {
                 let ask = match listed.route {
                     None => true,
                     Some(Route::Failed) => retry_failed,
@@ -971,18 +1001,17 @@ impl Engine {
                 if !ask {
                     continue;
                 }
-                let entry = &listed.entry;
-                keys.push((mailbox, entry.id.clone()));
+                keys.push((mailbox, id.to_string()));
                 requests.push(RouteRequest {
                     mailbox,
                     content_hash: *h,
-                    storage_id: entry.id.clone(),
-                    email_id: entry.email_id.clone(),
-                    flags: entry.flags,
-                    received_time: entry.received_time,
+                    storage_id: id.to_string(),
+                    email_id: listed.email_id.as_deref().map(str::to_string),
+                    flags: listed.flags,
+                    received_time: listed.received_time,
                     // The listings carry no size (Graph's and Gmail's count
                     // CRLF); the stored content's is what a filter expects.
-                    size: entry.size.unwrap_or_else(|| self.content_size(h)),
+                    size: self.content_size(h),
                     content_path: self.store.blob_path(h),
                 });
             }
@@ -1006,30 +1035,53 @@ impl Engine {
         }
     }
 
+    /// The agreement entries of `hashes`: from memory while the whole
+    /// agreement is there, else from the database.
+    async fn agreement_of(
+        &self,
+        hashes: &BTreeSet<ContentHash>,
+    ) -> Result<BTreeMap<ContentHash, LastEntry>, SyncError> {
+        if let Some(all) = &self.all_agreed {
+            return Ok(hashes
+                .iter()
+                .filter_map(|h| Some((*h, all.get(h)?.clone())))
+                .collect());
+        }
+        if hashes.is_empty() {
+            return Ok(BTreeMap::new());
+        }
+        let (state, store) = (self.state.clone(), self.store.clone());
+        let hashes: Vec<ContentHash> = hashes.iter().copied().collect();
+        tokio::task::spawn_blocking(move || state.agreement_of(&store, hashes.iter()))
+            .await
+            .map_err(|e| SyncError::Task(e.to_string()))?
+            .map_err(SyncError::from)
+    }
+
     /// The planner's input for `hashes`: their listed copies (of folders
     /// whose listing is current), files and agreement entries.
     fn input_for(
         &self,
         hashes: &BTreeSet<ContentHash>,
+        last: BTreeMap<ContentHash, LastEntry>,
         complete: &[bool],
         present: &[bool],
         all: bool,
     ) -> PlanInput {
         let mut cloud = Vec::new();
         let mut local = Vec::new();
-        let mut last = BTreeMap::new();
         let mut local_only = false;
         for h in hashes {
             let before = cloud.len();
-            for (mailbox, listed) in self.cloud.copies_of(h) {
+            for (mailbox, id, listed) in self.cloud.copies_of(h) {
                 if self.fresh(mailbox).is_none() {
                     continue;
                 }
                 cloud.push(CloudMsg {
                     mailbox,
-                    id: listed.entry.id.clone(),
+                    id: id.to_string(),
                     hash: *h,
-                    flags: listed.entry.flags,
+                    flags: listed.flags,
                     route: self.route_of(listed),
                 });
             }
@@ -1042,11 +1094,7 @@ impl Engine {
                     flags: f.flags,
                 });
             }
-            let entry = self.last.entries.get(h);
-            if let Some(e) = entry {
-                last.insert(*h, e.clone());
-            }
-            local_only |= cloud.len() == before && local.len() > files && entry.is_none();
+            local_only |= cloud.len() == before && local.len() > files && !last.contains_key(h);
         }
         // Only a file nothing else knows asks whether its content came from
         // the cloud.
@@ -1079,7 +1127,7 @@ impl Engine {
             local,
             last: LastState {
                 entries: last,
-                maildir_counts: self.last.maildir_counts.clone(),
+                maildir_counts: self.agreed_counts.clone(),
             },
             known_cloud_content,
         }
@@ -1236,13 +1284,14 @@ impl Engine {
     async fn persist(
         &mut self,
         hashes: &BTreeSet<ContentHash>,
+        old_last: &BTreeMap<ContentHash, LastEntry>,
         mut new_last: LastState,
         scope: Scope,
     ) -> Result<(), SyncError> {
         let mut rows: Vec<(ContentHash, Option<LastEntry>)> = Vec::new();
         for h in hashes {
             let new = new_last.entries.remove(h);
-            if self.last.entries.get(h) != new.as_ref() {
+            if old_last.get(h) != new.as_ref() {
                 rows.push((*h, new));
             }
         }
@@ -1265,14 +1314,14 @@ impl Engine {
                 || written
                     .get(h)
                     .copied()
-                    .unwrap_or_else(|| self.last.entries.contains_key(h))
+                    .unwrap_or_else(|| old_last.contains_key(h))
         };
         let release = match scope {
             Scope::Full => Release::Keep(
                 self.cloud
                     .hashes()
                     .chain(self.local.hashes())
-                    .chain(self.last.entries.keys())
+                    .chain(self.all_agreed.iter().flat_map(|a| a.keys()))
                     .chain(rows.iter().filter(|r| r.1.is_some()).map(|r| &r.0))
                     .copied()
                     .collect(),
@@ -1283,7 +1332,7 @@ impl Engine {
         };
         let store = self.store.clone();
         let state = self.state.clone();
-        let old_counts = self.last.maildir_counts.clone();
+        let old_counts = self.agreed_counts.clone();
         let joined = tokio::task::spawn_blocking(move || {
             let released = match &release {
                 Release::Keep(live) => store.retain(live),
@@ -1316,13 +1365,15 @@ impl Engine {
         };
         match result {
             Ok(counts) => {
-                for (h, new) in rows {
-                    match new {
-                        Some(e) => self.last.entries.insert(h, e),
-                        None => self.last.entries.remove(&h),
-                    };
+                if let Some(all) = &mut self.all_agreed {
+                    for (h, new) in rows {
+                        match new {
+                            Some(e) => all.insert(h, e),
+                            None => all.remove(&h),
+                        };
+                    }
                 }
-                self.last.maildir_counts = counts;
+                self.agreed_counts = counts;
                 Ok(())
             }
             Err(e) => {
@@ -1358,7 +1409,7 @@ fn route_of(listed: &super::index::Listed, custom_router: bool) -> Route {
 struct Settle<'a> {
     cloud: &'a CloudIndex,
     local: &'a LocalIndex,
-    last: &'a LastState,
+    last: &'a BTreeMap<ContentHash, LastEntry>,
     agreed_versions: &'a [u64],
     custom_router: bool,
     maildirs: usize,
@@ -1391,7 +1442,7 @@ impl Settle<'_> {
     /// are exactly as agreed, each copy routed and none with a deletion
     /// sent.
     fn is_settled(&self, hash: &ContentHash) -> bool {
-        let Some(last) = self.last.entries.get(hash) else {
+        let Some(last) = self.last.get(hash) else {
             return false;
         };
         settled(
@@ -1399,8 +1450,7 @@ impl Settle<'_> {
             self.supported,
             self.maildirs,
             self.local.files_of(hash).map(|(m, _, f)| (m, f.flags)),
-            self.cloud.copies_of(hash).map(|(i, listed)| {
-                let id = listed.entry.id.as_str();
+            self.cloud.copies_of(hash).map(|(i, id, listed)| {
                 // A stale listing or a deletion sent is no agreement.
                 let open = fresh_listing(self.cloud, self.agreed_versions, i)
                     .is_some_and(|l| l.sent_deletions.is_empty() || !l.sent_deletions.contains(id));
@@ -1409,7 +1459,7 @@ impl Settle<'_> {
                 } else {
                     Route::Failed
                 };
-                (i, id, listed.entry.flags, route)
+                (i, id, listed.flags, route)
             }),
         )
     }
@@ -1474,7 +1524,7 @@ fn apply_effects(l: &mut Listing, effects: &[&CloudEffect], version: u64) {
         match e {
             CloudEffect::Flags { id, set, clear, .. } => {
                 if let Some(listed) = l.entries.get_mut(id.as_str()) {
-                    listed.entry.flags = (listed.entry.flags & !*clear) | *set;
+                    listed.flags = (listed.flags & !*clear) | *set;
                     // The filter sees the flags: ask it again.
                     listed.route = None;
                 }

@@ -5,6 +5,7 @@
 //! scanning and listing the world again.
 
 use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
+use smallvec::SmallVec;
 
 use std::sync::Arc;
 
@@ -14,10 +15,10 @@ use crate::fsutil::InodeKey;
 use crate::maildir::Entry;
 use crate::types::{ContentHash, Flags};
 
-/// Keys grouped by content hash.
+/// Keys grouped by content hash (nearly always one key: kept inline).
 #[derive(Debug)]
 pub(super) struct ByHash<K> {
-    map: HashMap<ContentHash, Vec<K>>,
+    map: HashMap<ContentHash, SmallVec<[K; 1]>>,
 }
 
 impl<K> Default for ByHash<K> {
@@ -49,7 +50,7 @@ impl<K: PartialEq> ByHash<K> {
 
     /// The keys under `hash`.
     pub(super) fn get(&self, hash: &ContentHash) -> &[K] {
-        self.map.get(hash).map_or(&[], Vec::as_slice)
+        self.map.get(hash).map_or(&[], SmallVec::as_slice)
     }
 
     /// True when some key is under `hash`.
@@ -202,16 +203,49 @@ impl LocalIndex {
     }
 }
 
-/// One listed cloud message as the engine knows it.
+/// One listed cloud message as the engine knows it (its id is its key in
+/// [`Listing::entries`]).
 #[derive(Clone, Debug)]
 pub(super) struct Listed {
-    /// What the listing said (with the effects of our actions applied).
-    pub entry: CloudEntry,
+    /// Its flags as listed (with the effects of our actions applied).
+    pub flags: Flags,
+    /// The Message-ID header, when known.
+    pub email_id: Option<Box<str>>,
+    /// Received time, seconds since the epoch, when known.
+    pub received_time: Option<i64>,
     /// Its content, once known (id cache or download).
     pub hash: Option<ContentHash>,
     /// Where the config routes it, once asked (asked again when the entry
     /// changes).
     pub route: Option<Route>,
+}
+
+impl Listed {
+    /// A new listing entry whose content and route are not known yet.
+    fn of(e: CloudEntry) -> Listed {
+        Listed {
+            flags: e.flags,
+            email_id: e.email_id.map(String::into_boxed_str),
+            received_time: e.received_time,
+            hash: None,
+            route: None,
+        }
+    }
+
+    /// True when `e` lists what this entry says (its id aside).
+    fn lists_as(&self, e: &CloudEntry) -> bool {
+        self.flags == e.flags
+            && self.email_id.as_deref() == e.email_id.as_deref()
+            && self.received_time == e.received_time
+    }
+
+    /// Takes in what `e` lists now; the route is asked again.
+    fn update(&mut self, e: CloudEntry) {
+        self.flags = e.flags;
+        self.email_id = e.email_id.map(String::into_boxed_str);
+        self.received_time = e.received_time;
+        self.route = None;
+    }
 }
 
 /// A folder's messages: what the last list call returned, with the effects
@@ -296,27 +330,21 @@ impl CloudIndex {
                 Some((key, was)) => (key, Some(was)),
                 None => (Arc::from(e.id.as_str()), None),
             };
+            let id = (was.as_ref().is_none_or(|w| w.hash.is_none())).then(|| e.id.clone());
             let listed = match was {
-                Some(was) if was.entry == e => was,
-                Some(was) => {
+                Some(was) if was.lists_as(&e) => was,
+                Some(mut was) => {
                     if let Some(h) = was.hash {
                         out.dirty.insert(h);
                     }
-                    Listed {
-                        entry: e,
-                        hash: was.hash,
-                        route: None,
-                    }
+                    was.update(e);
+                    was
                 }
-                None => Listed {
-                    entry: e,
-                    hash: None,
-                    route: None,
-                },
+                None => Listed::of(e),
             };
-            if listed.hash.is_none() {
-                out.unresolved.push(listed.entry.id.clone());
-                listing.unresolved.insert(listed.entry.id.clone());
+            if let Some(id) = id {
+                listing.unresolved.insert(id.clone());
+                out.unresolved.push(id);
             }
             listing.entries.insert(key, listed);
         }
@@ -351,25 +379,20 @@ impl CloudIndex {
         l.version = version;
         for e in upsert {
             match l.entries.get_mut(e.id.as_str()) {
-                Some(was) if was.entry == e => {}
+                Some(was) if was.lists_as(&e) => {}
                 Some(was) => {
                     if let Some(h) = was.hash {
                         out.dirty.insert(h);
                     } else {
                         out.unresolved.push(e.id.clone());
                     }
-                    was.entry = e;
-                    was.route = None;
+                    was.update(e);
                 }
                 None => {
                     out.unresolved.push(e.id.clone());
                     l.unresolved.insert(e.id.clone());
-                    let listed = Listed {
-                        entry: e,
-                        hash: None,
-                        route: None,
-                    };
-                    l.entries.insert(listed.entry.id.as_str().into(), listed);
+                    let key: Arc<str> = e.id.as_str().into();
+                    l.entries.insert(key, Listed::of(e));
                 }
             }
         }
@@ -409,12 +432,15 @@ impl CloudIndex {
         true
     }
 
-    /// The listed copies of `hash`, as (folder, entry).
-    pub(super) fn copies_of(&self, hash: &ContentHash) -> impl Iterator<Item = (usize, &Listed)> {
+    /// The listed copies of `hash`, as (folder, id, entry).
+    pub(super) fn copies_of(
+        &self,
+        hash: &ContentHash,
+    ) -> impl Iterator<Item = (usize, &str, &Listed)> {
         self.by_hash.get(hash).iter().filter_map(|(i, id)| {
             self.listing(*i)
                 .and_then(|l| l.entries.get(&**id))
-                .map(|x| (*i, x))
+                .map(|x| (*i, &**id, x))
         })
     }
 
@@ -515,7 +541,7 @@ mod tests {
             "unchanged keeps its route"
         );
         assert_eq!(l.entries["b"].route, None, "changed is routed again");
-        assert_eq!(l.entries["b"].entry.flags, Flags::READ);
+        assert_eq!(l.entries["b"].flags, Flags::READ);
         assert!(l.unresolved.contains("c"));
         let r = c
             .apply_changes(0, Vec::new(), vec!["a".into(), "c".into()], 3)

@@ -89,40 +89,7 @@ impl SyncState {
     fn load(&self, conn: &rusqlite::Connection) -> rusqlite::Result<Loaded> {
         let md: HashMap<i64, usize> = index_of(&self.maildir_ids);
         let fd: HashMap<i64, usize> = index_of(&self.folder_ids);
-        let mut entries = BTreeMap::new();
-        let mut stmt = conn.prepare("SELECT hash, flags, maildir, local FROM agreement")?;
-        let mut rows = stmt.query([])?;
-        while let Some(r) = rows.next()? {
-            let Some(&maildir) = md.get(&r.get::<_, i64>(2)?) else {
-                continue;
-            };
-            entries.insert(
-                hash_from(r.get(0)?)?,
-                LastEntry {
-                    flags: Flags(r.get(1)?),
-                    maildir,
-                    local: Flags(r.get(3)?),
-                    cloud: Vec::new(),
-                },
-            );
-        }
-        let mut stmt = conn.prepare("SELECT hash, folder, id, flags FROM agreement_cloud")?;
-        let mut rows = stmt.query([])?;
-        while let Some(r) = rows.next()? {
-            let hash = hash_from(r.get(0)?)?;
-            let (Some(e), Some(&mailbox)) = (entries.get_mut(&hash), fd.get(&r.get::<_, i64>(1)?))
-            else {
-                continue;
-            };
-            e.cloud.push(CloudBase {
-                mailbox,
-                id: r.get(2)?,
-                flags: Flags(r.get(3)?),
-            });
-        }
-        for e in entries.values_mut() {
-            e.cloud.sort();
-        }
+        let entries = self.all_entries(conn)?;
         let mut counts = vec![0; self.maildir_ids.len()];
         let mut stmt = conn.prepare("SELECT id, agreed_count FROM maildirs")?;
         let mut rows = stmt.query([])?;
@@ -158,6 +125,106 @@ impl SyncState {
             },
             cursors,
         ))
+    }
+
+    /// The whole agreement, re-indexed to the config. Blocking.
+    pub fn load_agreement(
+        &self,
+        store: &Store,
+    ) -> Result<BTreeMap<ContentHash, LastEntry>, StoreError> {
+        store.with_db(|db| self.all_entries(db.conn()).map_err(|e| db.err(e)))
+    }
+
+    /// The agreement entries of `hashes` (those it has), re-indexed to the
+    /// config. Blocking.
+    pub fn agreement_of<'a>(
+        &self,
+        store: &Store,
+        hashes: impl Iterator<Item = &'a ContentHash>,
+    ) -> Result<BTreeMap<ContentHash, LastEntry>, StoreError> {
+        store.with_db(|db| {
+            let read = || -> rusqlite::Result<_> {
+                let conn = db.conn();
+                let mut head = conn.prepare_cached(
+                    "SELECT flags, maildir, local FROM agreement WHERE hash = ?1",
+                )?;
+                let mut copies = conn.prepare_cached(
+                    "SELECT folder, id, flags FROM agreement_cloud WHERE hash = ?1",
+                )?;
+                let mut out = BTreeMap::new();
+                for h in hashes {
+                    let mut rows = head.query([&h.0[..]])?;
+                    let Some(r) = rows.next()? else { continue };
+                    let Some(maildir) = position(&self.maildir_ids, r.get(1)?) else {
+                        continue;
+                    };
+                    let mut e = LastEntry {
+                        flags: Flags(r.get(0)?),
+                        maildir,
+                        local: Flags(r.get(2)?),
+                        cloud: Vec::new(),
+                    };
+                    let mut rows = copies.query([&h.0[..]])?;
+                    while let Some(r) = rows.next()? {
+                        if let Some(mailbox) = position(&self.folder_ids, r.get(0)?) {
+                            e.cloud.push(CloudBase {
+                                mailbox,
+                                id: r.get(1)?,
+                                flags: Flags(r.get(2)?),
+                            });
+                        }
+                    }
+                    e.cloud.sort();
+                    out.insert(*h, e);
+                }
+                Ok(out)
+            };
+            read().map_err(|e| db.err(e))
+        })
+    }
+
+    /// Every agreement entry whose maildir is configured.
+    fn all_entries(
+        &self,
+        conn: &rusqlite::Connection,
+    ) -> rusqlite::Result<BTreeMap<ContentHash, LastEntry>> {
+        let md: HashMap<i64, usize> = index_of(&self.maildir_ids);
+        let fd: HashMap<i64, usize> = index_of(&self.folder_ids);
+        let mut entries = BTreeMap::new();
+        let mut stmt = conn.prepare("SELECT hash, flags, maildir, local FROM agreement")?;
+        let mut rows = stmt.query([])?;
+        while let Some(r) = rows.next()? {
+            let Some(&maildir) = md.get(&r.get::<_, i64>(2)?) else {
+                continue;
+            };
+            entries.insert(
+                hash_from(r.get(0)?)?,
+                LastEntry {
+                    flags: Flags(r.get(1)?),
+                    maildir,
+                    local: Flags(r.get(3)?),
+                    cloud: Vec::new(),
+                },
+            );
+        }
+        let mut stmt = conn.prepare("SELECT hash, folder, id, flags FROM agreement_cloud")?;
+        let mut rows = stmt.query([])?;
+        while let Some(r) = rows.next()? {
+            let hash = hash_from(r.get(0)?)?;
+            let (Some(e), Some(&mailbox)) = (entries.get_mut(&hash), fd.get(&r.get::<_, i64>(1)?))
+            else {
+                continue;
+            };
+            e.cloud.push(CloudBase {
+                mailbox,
+                id: r.get(2)?,
+                flags: Flags(r.get(3)?),
+            });
+        }
+        for e in entries.values_mut() {
+            e.cloud.sort();
+        }
+        Ok(entries)
     }
 
     /// Writes into `tx` the agreement rows given (hash, new entry or
@@ -432,6 +499,11 @@ fn import_v01(tx: &Transaction<'_>, v: V01) -> rusqlite::Result<usize> {
 /// Database id → config index.
 fn index_of(ids: &[i64]) -> HashMap<i64, usize> {
     ids.iter().enumerate().map(|(i, &id)| (id, i)).collect()
+}
+
+/// The config index of database id `id` among `ids`.
+fn position(ids: &[i64], id: i64) -> Option<usize> {
+    ids.iter().position(|&x| x == id)
 }
 
 #[cfg(test)]

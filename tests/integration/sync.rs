@@ -608,7 +608,7 @@ async fn v01_state_directory_is_imported_without_downloads_or_rehash() {
     let mut e = w.engine(false).await;
     let r = e.cycle().await.unwrap();
     assert_eq!(r.downloads, 30);
-    let agreed = e.last_state().clone();
+    let agreed = e.last_state().unwrap();
     drop(e);
     let state = w.home.path().join("mail/.cms/state");
     downgrade_to_v01(&state);
@@ -623,12 +623,12 @@ async fn v01_state_directory_is_imported_without_downloads_or_rehash() {
         false,
     )
     .expect("engine");
-    assert_eq!(e.last_state(), &agreed, "the same agreement");
+    assert_eq!(e.last_state().unwrap(), agreed, "the same agreement");
     let r = e.cycle().await.unwrap();
     assert_eq!((r.downloads, r.actions), (0, 0), "{r:?}");
     assert_eq!(w.cloud.counters().downloads, downloads);
     assert_eq!(store.hashes_performed(), 0, "no maildir file hashed again");
-    assert_eq!(e.last_state(), &agreed);
+    assert_eq!(e.last_state().unwrap(), agreed);
     for f in ["ids.json", "inodes.json", "sync.json"] {
         assert!(!state.join(f).exists(), "{f} removed after the import");
     }
