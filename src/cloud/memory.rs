@@ -160,7 +160,7 @@ impl CloudMailbox for MemoryMailbox {
             Ok(g.messages
                 .iter()
                 .map(|(id, m)| CloudEntry {
-                    id: id.clone(),
+                    id: id.as_str().into(),
                     email_id: None,
                     flags: m.flags,
                     received_time: Some(m.received_time),

@@ -9,6 +9,7 @@ pub mod memory;
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 pub use cursor::CursorDelta;
@@ -45,10 +46,11 @@ pub type BoxFut<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 /// One message as the cloud lists it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CloudEntry {
-    /// The service's id (Graph immutable id, Gmail message id).
-    pub id: String,
+    /// The service's id (Graph immutable id, Gmail message id); shared
+    /// with the backend's and the engine's indexes.
+    pub id: Arc<str>,
     /// The Message-ID header, when the listing carries it.
-    pub email_id: Option<String>,
+    pub email_id: Option<Arc<str>>,
     /// Flags the cloud stores for it (only the mailbox's supported bits).
     pub flags: Flags,
     /// Received time, seconds since the epoch.

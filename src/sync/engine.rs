@@ -792,7 +792,7 @@ impl Engine {
                     if let (Some(f), Some(listed)) = (learned, self.cloud.copy_mut(folder, &id)) {
                         listed.received_time = listed.received_time.or(f.received_time);
                         if listed.email_id.is_none() {
-                            listed.email_id = f.email_id.map(String::into_boxed_str);
+                            listed.email_id = f.email_id;
                         }
                         listed.route = None;
                     }
@@ -1471,9 +1471,18 @@ type Scanned = Vec<MaildirFiles>;
 /// Returns freed heap pages to the system (glibc keeps them otherwise).
 fn trim_heap() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim only walks the allocator's own free lists.
-    unsafe {
-        libc::malloc_trim(0);
+    {
+        // SAFETY: malloc_trim and mallinfo2 only walk the allocator's own
+        // free lists.
+        let heap = unsafe {
+            libc::malloc_trim(0);
+            libc::mallinfo2()
+        };
+        tracing::debug!(
+            in_use = heap.uordblks + heap.hblkhd,
+            free = heap.fordblks,
+            "heap after a full cycle"
+        );
     }
 }
 

@@ -210,7 +210,7 @@ pub(super) struct Listed {
     /// Its flags as listed (with the effects of our actions applied).
     pub flags: Flags,
     /// The Message-ID header, when known.
-    pub email_id: Option<Box<str>>,
+    pub email_id: Option<Arc<str>>,
     /// Received time, seconds since the epoch, when known.
     pub received_time: Option<i64>,
     /// Its content, once known (id cache or download).
@@ -225,7 +225,7 @@ impl Listed {
     fn of(e: CloudEntry) -> Listed {
         Listed {
             flags: e.flags,
-            email_id: e.email_id.map(String::into_boxed_str),
+            email_id: e.email_id,
             received_time: e.received_time,
             hash: None,
             route: None,
@@ -242,7 +242,7 @@ impl Listed {
     /// Takes in what `e` lists now; the route is asked again.
     fn update(&mut self, e: CloudEntry) {
         self.flags = e.flags;
-        self.email_id = e.email_id.map(String::into_boxed_str);
+        self.email_id = e.email_id;
         self.received_time = e.received_time;
         self.route = None;
     }
@@ -326,11 +326,11 @@ impl CloudIndex {
             unresolved: HashSet::new(),
         };
         for e in entries {
-            let (key, was) = match old_entries.remove_entry(e.id.as_str()) {
+            let (key, was) = match old_entries.remove_entry(&*e.id) {
                 Some((key, was)) => (key, Some(was)),
-                None => (Arc::from(e.id.as_str()), None),
+                None => (e.id.clone(), None),
             };
-            let id = (was.as_ref().is_none_or(|w| w.hash.is_none())).then(|| e.id.clone());
+            let id = (was.as_ref().is_none_or(|w| w.hash.is_none())).then(|| e.id.to_string());
             let listed = match was {
                 Some(was) if was.lists_as(&e) => was,
                 Some(mut was) => {
@@ -378,21 +378,20 @@ impl CloudIndex {
         }
         l.version = version;
         for e in upsert {
-            match l.entries.get_mut(e.id.as_str()) {
+            match l.entries.get_mut(&*e.id) {
                 Some(was) if was.lists_as(&e) => {}
                 Some(was) => {
                     if let Some(h) = was.hash {
                         out.dirty.insert(h);
                     } else {
-                        out.unresolved.push(e.id.clone());
+                        out.unresolved.push(e.id.to_string());
                     }
                     was.update(e);
                 }
                 None => {
-                    out.unresolved.push(e.id.clone());
-                    l.unresolved.insert(e.id.clone());
-                    let key: Arc<str> = e.id.as_str().into();
-                    l.entries.insert(key, Listed::of(e));
+                    out.unresolved.push(e.id.to_string());
+                    l.unresolved.insert(e.id.to_string());
+                    l.entries.insert(e.id.clone(), Listed::of(e));
                 }
             }
         }

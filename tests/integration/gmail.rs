@@ -318,8 +318,12 @@ fn as_map(entries: &[CloudEntry]) -> BTreeMap<String, (Flags, i64, Option<String
         .iter()
         .map(|e| {
             (
-                e.id.clone(),
-                (e.flags, e.received_time.unwrap_or(-1), e.email_id.clone()),
+                e.id.to_string(),
+                (
+                    e.flags,
+                    e.received_time.unwrap_or(-1),
+                    e.email_id.as_deref().map(str::to_string),
+                ),
             )
         })
         .collect()
@@ -545,7 +549,7 @@ async fn labels_of_one_account_share_the_idle_poll() {
     let id = env.deliver(&raw_message(4), &["Lists"]).await;
     let (a, b) = tokio::join!(inbox.list(), lists.list());
     assert_listing(&env, "INBOX", &a.expect("inbox")).await;
-    assert!(b.expect("lists").iter().any(|e| e.id == id));
+    assert!(b.expect("lists").iter().any(|e| *e.id == *id));
 }
 
 #[tokio::test]
@@ -622,7 +626,7 @@ async fn restart_resumes_from_the_cursor_with_one_request() {
     env.reset_stats().await;
     let after = mb.list().await.expect("list");
     assert_listing(&env, "INBOX", &after).await;
-    assert!(after.iter().any(|e| e.id == id));
+    assert!(after.iter().any(|e| *e.id == *id));
     assert_eq!(env.stats().await.http_requests(), 2, "profile and history");
     // The cursor delta holds the new message's record only.
     let d = mb.cursor_delta().expect("delta");
@@ -657,7 +661,7 @@ async fn too_old_history_relists_correctly_and_cheaply() {
     env.reset_stats().await;
     let after = mb.list().await.expect("relist");
     assert_listing(&env, "INBOX", &after).await;
-    assert!(after.iter().any(|e| e.id == new));
+    assert!(after.iter().any(|e| *e.id == *new));
     let s = env.stats().await;
     // The 404, then a full listing with flags from label+UNREAD/STARRED
     // lists; the new message needs nothing more (its download tells).

@@ -238,7 +238,16 @@ fn lf(m: &Value) -> String {
 
 fn as_map(list: &[CloudEntry]) -> BTreeMap<String, (Flags, Option<String>, Option<i64>)> {
     list.iter()
-        .map(|e| (e.id.clone(), (e.flags, e.email_id.clone(), e.received_time)))
+        .map(|e| {
+            (
+                e.id.to_string(),
+                (
+                    e.flags,
+                    e.email_id.as_deref().map(str::to_string),
+                    e.received_time,
+                ),
+            )
+        })
         .collect()
 }
 
@@ -421,7 +430,7 @@ async fn list_changes_hands_out_what_the_delta_round_changed() {
     let Listed::Changes { upsert, gone } = mb.list_changes().await.expect("changes") else {
         panic!("an incremental round hands out its changes");
     };
-    let mut up: Vec<&str> = upsert.iter().map(|e| e.id.as_str()).collect();
+    let mut up: Vec<&str> = upsert.iter().map(|e| &*e.id).collect();
     up.sort();
     let mut want = vec![ids[2].as_str(), new.as_str()];
     want.sort();
@@ -623,7 +632,7 @@ async fn flag_writes_land_as_behavior_says() {
         as_map(&mb.list().await.expect("list")),
         c.expected("Inbox").await
     );
-    let flags = |l: &[CloudEntry], id: &str| l.iter().find(|e| e.id == id).map(|e| e.flags);
+    let flags = |l: &[CloudEntry], id: &str| l.iter().find(|e| &*e.id == id).map(|e| e.flags);
     let l = mb.list().await.expect("list");
     assert_eq!(flags(&l, &ids[2]), Some(Flags::REPLIED | Flags::READ));
     assert_eq!(flags(&l, &ids[3]), Some(Flags::REPLIED));
@@ -684,7 +693,7 @@ async fn many_changes_go_in_batches_of_twenty() {
         .map(|id| {
             let read = before
                 .iter()
-                .any(|e| e.id == *id && e.flags.contains(Flags::READ));
+                .any(|e| *e.id == **id && e.flags.contains(Flags::READ));
             if read {
                 change(id, Flags::FLAGGED, Flags::READ)
             } else {
@@ -705,12 +714,12 @@ async fn many_changes_go_in_batches_of_twenty() {
     for id in &ids[..45] {
         let was = before
             .iter()
-            .find(|e| e.id == *id)
+            .find(|e| *e.id == **id)
             .map(|e| e.flags)
             .unwrap_or_default();
         let now = after
             .iter()
-            .find(|e| e.id == *id)
+            .find(|e| *e.id == **id)
             .map(|e| e.flags)
             .unwrap_or_default();
         assert_eq!(
@@ -765,7 +774,7 @@ async fn throttling_and_server_errors_converge() {
     for id in &ids[..10] {
         assert!(
             l.iter()
-                .any(|e| e.id == *id && e.flags.contains(Flags::FLAGGED))
+                .any(|e| *e.id == **id && e.flags.contains(Flags::FLAGGED))
         );
     }
 

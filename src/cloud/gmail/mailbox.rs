@@ -693,8 +693,8 @@ fn entries(messages: &BTreeMap<String, Known>) -> Vec<CloudEntry> {
 
 fn entry(id: &str, k: &Known) -> CloudEntry {
     CloudEntry {
-        id: id.to_string(),
-        email_id: k.email_id.clone(),
+        id: id.into(),
+        email_id: k.email_id.as_deref().map(Arc::from),
         flags: flags_of(k.bits),
         received_time: k.received_ms.map(|ms| ms.div_euclid(1000)),
         size: None,

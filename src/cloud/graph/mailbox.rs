@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::io::Write;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
@@ -44,7 +44,7 @@ const MAX_RESYNCS: u32 = 2;
 /// What we keep per listed message.
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct Entry {
-    email_id: Option<String>,
+    email_id: Option<Arc<str>>,
     flags: Flags,
     received: Option<i64>,
     /// The replied state comes (also) from PidTagMessageStatus, which Graph
@@ -53,9 +53,9 @@ struct Entry {
 }
 
 impl Entry {
-    fn listed(&self, id: &str) -> CloudEntry {
+    fn listed(&self, id: &Arc<str>) -> CloudEntry {
         CloudEntry {
-            id: id.to_string(),
+            id: id.clone(),
             email_id: self.email_id.clone(),
             flags: self.flags,
             received_time: self.received,
@@ -103,10 +103,10 @@ impl Change {
         }
     }
 
-    fn apply(self, entries: &mut BTreeMap<String, Entry>) {
+    fn apply(self, entries: &mut BTreeMap<Arc<str>, Entry>) {
         match self {
             Change::Remove(id) => {
-                entries.remove(&id);
+                entries.remove(id.as_str());
             }
             Change::Upsert {
                 id,
@@ -116,7 +116,7 @@ impl Change {
                 replied,
                 received,
             } => {
-                let old = entries.get(&id);
+                let old = entries.get(id.as_str());
                 let was = |bit: Flags| old.is_some_and(|e| e.flags.contains(bit));
                 let mut f = Flags::NONE;
                 f = f.with(Flags::READ, is_read.unwrap_or_else(|| was(Flags::READ)));
@@ -128,12 +128,21 @@ impl Change {
                 // an absent list means "not replied".
                 f = f.with(Flags::REPLIED, replied.replied);
                 let e = Entry {
-                    email_id: email_id.or_else(|| old.and_then(|e| e.email_id.clone())),
+                    email_id: email_id
+                        .map(Arc::from)
+                        .or_else(|| old.and_then(|e| e.email_id.clone())),
                     flags: f,
                     received: received.or_else(|| old.and_then(|e| e.received)),
                     status_answered: replied.status_answered,
                 };
-                entries.insert(id, e);
+                // An id already listed keeps its allocation (shared with
+                // the engine's index).
+                match entries.get_mut(id.as_str()) {
+                    Some(old) => *old = e,
+                    None => {
+                        entries.insert(Arc::from(id), e);
+                    }
+                }
             }
         }
     }
@@ -142,7 +151,7 @@ impl Change {
 /// The listing as of `delta_link`.
 #[derive(Default)]
 struct Committed {
-    entries: BTreeMap<String, Entry>,
+    entries: BTreeMap<Arc<str>, Entry>,
     delta_link: Option<String>,
     /// Entries changed since the last cursor delta.
     changed: Changed,
@@ -501,8 +510,8 @@ impl GraphMailbox {
                     }
                     let (mut upsert, mut gone) = (Vec::new(), Vec::new());
                     for id in touched {
-                        match c.entries.get(&id) {
-                            Some(e) => upsert.push(e.listed(&id)),
+                        match c.entries.get_key_value(id.as_str()) {
+                            Some((key, e)) => upsert.push(e.listed(key)),
                             None => gone.push(id),
                         }
                     }
@@ -624,7 +633,7 @@ impl GraphMailbox {
         {
             let c = lock(&self.committed);
             for ch in &changes {
-                let known = c.entries.get(&ch.id);
+                let known = c.entries.get(ch.id.as_str());
                 let read_now = known.is_some_and(|e| e.flags.contains(Flags::READ));
                 if ch.clear.contains(Flags::REPLIED) && known.is_some_and(|e| e.status_answered) {
                     tracing::warn!(
@@ -732,7 +741,7 @@ impl GraphMailbox {
             || {
                 entries
                     .iter()
-                    .filter_map(|(id, e)| Some((id.clone(), record(&cursor_entry(id, e))?)))
+                    .filter_map(|(id, e)| Some((id.to_string(), record(&cursor_entry(id, e))?)))
                     .collect()
             },
         ))
@@ -766,9 +775,9 @@ impl GraphMailbox {
             .into_iter()
             .map(|(id, email_id, f, received, status_answered)| {
                 (
-                    id,
+                    Arc::from(id),
                     Entry {
-                        email_id,
+                        email_id: email_id.map(Arc::from),
                         flags: Flags(f) & (Flags::READ | Flags::FLAGGED | Flags::REPLIED),
                         received,
                         status_answered,
@@ -790,8 +799,14 @@ impl GraphMailbox {
 fn cursor_entry<'a>(
     id: &'a str,
     e: &'a Entry,
-) -> (&'a str, &'a Option<String>, u8, Option<i64>, bool) {
-    (id, &e.email_id, e.flags.0, e.received, e.status_answered)
+) -> (&'a str, Option<&'a str>, u8, Option<i64>, bool) {
+    (
+        id,
+        e.email_id.as_deref(),
+        e.flags.0,
+        e.received,
+        e.status_answered,
+    )
 }
 
 impl CloudMailbox for GraphMailbox {
