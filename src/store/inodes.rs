@@ -47,6 +47,25 @@ impl InodeCache {
         self.map.insert((key.dev, key.ino), v) != Some(v)
     }
 
+    /// True when some version of `key`'s inode is cached (whichever).
+    pub(crate) fn knows(&self, key: &InodeKey) -> bool {
+        self.map.contains_key(&(key.dev, key.ino))
+    }
+
+    /// Forgets `key`'s inode if the cached version is `key` with `hash`.
+    pub(crate) fn remove_if(&mut self, key: &InodeKey, hash: ContentHash) {
+        if self.get(key) == Some(hash) {
+            self.map.remove(&(key.dev, key.ino));
+        }
+    }
+
+    /// Drops the entries holding one of `hashes`.
+    pub(crate) fn drop_hashes(&mut self, hashes: &HashSet<ContentHash>) {
+        if !hashes.is_empty() {
+            self.map.retain(|_, v| !hashes.contains(&v.hash));
+        }
+    }
+
     /// Drops entries whose hash is not in `live`; returns the hashes
     /// dropped (each once).
     pub(crate) fn retain(&mut self, live: &HashSet<ContentHash>) -> Vec<ContentHash> {

@@ -152,7 +152,12 @@ struct Inner {
     /// The whole id table, while a large batch is resolved
     /// ([`Store::cool_ids`] drops it); else lookups query the database.
     warm_ids: Option<IdCache>,
-    inodes: InodeCache,
+    /// Inode versions recorded since the last commit (their rows are
+    /// queued); they take precedence over the table.
+    new_inodes: InodeCache,
+    /// The whole inode table, while a full scan looks up every file
+    /// ([`Store::cool_inodes`] drops it); else lookups query the database.
+    warm_inodes: Option<InodeCache>,
     /// Id cache changes not yet committed, in order.
     id_ops: Vec<IdOp>,
     /// Inode cache changes not yet committed, in order.
@@ -230,7 +235,9 @@ impl Store {
                 new_ids: IdCache::default(),
                 // The first cycle resolves every listed id.
                 warm_ids: Some(ids),
-                inodes,
+                new_inodes: InodeCache::default(),
+                // The first cycle scans every maildir.
+                warm_inodes: Some(inodes),
                 id_ops: Vec::new(),
                 inode_ops: Vec::new(),
                 new_blobs: false,
@@ -448,7 +455,7 @@ impl Store {
     /// (counted in [`Store::hashes_performed`]) and caching the result if
     /// the file did not change while being read. Blocking.
     pub fn hash_for_file(&self, path: &Path, key: &InodeKey) -> Result<ContentHash, StoreError> {
-        if let Some(hash) = lock(&self.inner).inodes.get(key) {
+        if let Some(hash) = self.cached_hash(key) {
             return Ok(hash);
         }
         let read_err = |source| StoreError::Read {
@@ -468,9 +475,49 @@ impl Store {
         Ok(hash)
     }
 
-    /// The cached hash of the file version `key`, without any IO.
+    /// The cached hash of the file version `key`, without reading the
+    /// file: from the versions recorded since the last commit, else the
+    /// table (in memory while warm). Blocking.
     pub fn cached_hash(&self, key: &InodeKey) -> Option<ContentHash> {
-        lock(&self.inner).inodes.get(key)
+        {
+            let inner = lock(&self.inner);
+            if let Some(answer) = inner.inode_in_memory(key) {
+                return answer;
+            }
+        }
+        // Both locks, database first (the commit order): a commit cannot
+        // move a recorded version from memory into the table between the
+        // reads.
+        let db = lock(&self.db);
+        let row = db_inode(&db, key).unwrap_or_else(|e| {
+            tracing::debug!("inode cache lookup: {e}");
+            None
+        });
+        let inner = lock(&self.inner);
+        inner.inode_in_memory(key).unwrap_or(row)
+    }
+
+    /// Loads the whole inode table into memory (once) for a full scan; a
+    /// failure leaves lookups on the database. Blocking.
+    pub fn warm_inodes(&self) {
+        let db = lock(&self.db);
+        if lock(&self.inner).warm_inodes.is_some() {
+            return;
+        }
+        match load_inodes(&db) {
+            Ok(inodes) => lock(&self.inner).warm_inodes = Some(inodes),
+            Err(e) => tracing::debug!("inode cache stays in the database: {e}"),
+        }
+    }
+
+    /// Drops the in-memory copy of the inode table, if any; true when
+    /// there was one.
+    pub fn cool_inodes(&self) -> bool {
+        let warm = lock(&self.inner).warm_inodes.take();
+        if let Some(w) = &warm {
+            tracing::debug!(inodes = w.len(), "inode table no longer in memory");
+        }
+        warm.is_some()
     }
 
     /// Records that the file version `key` has content `hash` (after a
@@ -611,9 +658,15 @@ impl Store {
         rows as usize + lock(&self.inner).new_ids.len()
     }
 
-    /// Number of cached inode keys.
+    /// Number of cached inode keys: the table's rows plus the versions
+    /// recorded since the last commit.
     pub fn inode_count(&self) -> usize {
-        lock(&self.inner).inodes.len()
+        let db = lock(&self.db);
+        let rows: i64 = db
+            .conn()
+            .query_row("SELECT count(*) FROM inodes", [], |r| r.get(0))
+            .unwrap_or(0);
+        rows as usize + lock(&self.inner).new_inodes.len()
     }
 
     /// Keeps only what `live` references (and pinned downloads): removes
@@ -646,7 +699,16 @@ impl Store {
             if let Some(w) = &mut inner.warm_ids {
                 w.retain(live);
             }
-            for h in inner.inodes.retain(live) {
+            let mut inode_hashes: HashSet<ContentHash> = match &mut inner.warm_inodes {
+                Some(w) => w.retain(live).into_iter().collect(),
+                None => db_inode_hashes(&db)
+                    .map_err(|e| db.err(e))?
+                    .into_iter()
+                    .filter(|h| !live.contains(h))
+                    .collect(),
+            };
+            inode_hashes.extend(inner.new_inodes.retain(live));
+            for h in inode_hashes {
                 inner.inode_ops.push(InodeOp::DropHash(h));
             }
             let doomed: Vec<ContentHash> = inner
@@ -746,7 +808,9 @@ impl Store {
             extra(tx)
         }) {
             Ok(v) => {
-                lock(&self.inner).committed_ids(&id_ops);
+                let mut inner = lock(&self.inner);
+                inner.committed_ids(&id_ops);
+                inner.committed_inodes(&inode_ops);
                 Ok(v)
             }
             Err(e) => {
@@ -856,10 +920,50 @@ impl Inner {
         }
     }
 
-    /// Caches `key -> hash`, queueing the row when it changed.
+    /// Caches `key -> hash`, queueing the row unless it is known already.
     fn put_inode(&mut self, key: InodeKey, hash: ContentHash) {
-        if self.inodes.insert(key, hash) {
+        let known = match self.inode_in_memory(&key) {
+            Some(answer) => answer == Some(hash),
+            None => false,
+        };
+        if !known {
+            self.new_inodes.insert(key, hash);
             self.inode_ops.push(InodeOp::Put(key, hash));
+        }
+    }
+
+    /// What memory can tell of file version `key` (`None`: ask the
+    /// table): the version recorded since the last commit for its inode,
+    /// else the warm table's answer.
+    fn inode_in_memory(&self, key: &InodeKey) -> Option<Option<ContentHash>> {
+        if self.new_inodes.knows(key) {
+            return Some(self.new_inodes.get(key));
+        }
+        self.warm_inodes.as_ref().map(|w| w.get(key))
+    }
+
+    /// The inode rows `ops` are in the table now: the recorded versions
+    /// among them leave memory (unless recorded again since), and the
+    /// in-memory copy of the table, if any, follows.
+    fn committed_inodes(&mut self, ops: &[InodeOp]) {
+        let mut drops = HashSet::new();
+        for op in ops {
+            match op {
+                InodeOp::Put(key, h) => {
+                    self.new_inodes.remove_if(key, *h);
+                    if let Some(w) = &mut self.warm_inodes {
+                        w.drop_hashes(&drops);
+                        w.insert(*key, *h);
+                    }
+                    drops.clear();
+                }
+                InodeOp::DropHash(h) => {
+                    drops.insert(*h);
+                }
+            }
+        }
+        if let Some(w) = &mut self.warm_inodes {
+            w.drop_hashes(&drops);
         }
     }
 }
@@ -945,7 +1049,11 @@ fn list_blobs(blobs_dir: &Path) -> Result<HashSet<ContentHash>, StoreError> {
 
 /// Reads both caches from the database.
 fn load_caches(db: &Db) -> Result<(IdCache, InodeCache), StoreError> {
-    let ids = load_ids(db)?;
+    Ok((load_ids(db)?, load_inodes(db)?))
+}
+
+/// Reads the whole inode table.
+fn load_inodes(db: &Db) -> Result<InodeCache, StoreError> {
     let read = || -> rusqlite::Result<InodeCache> {
         let mut inodes = InodeCache::default();
         let mut stmt = db
@@ -966,7 +1074,37 @@ fn load_caches(db: &Db) -> Result<(IdCache, InodeCache), StoreError> {
         }
         Ok(inodes)
     };
-    Ok((ids, read().map_err(|e| db.err(e))?))
+    read().map_err(|e| db.err(e))
+}
+
+/// The table's hash for file version `key`, if its row is that version.
+fn db_inode(db: &Db, key: &InodeKey) -> rusqlite::Result<Option<ContentHash>> {
+    let mut stmt = db.conn().prepare_cached(
+        "SELECT size, mtime_ns, ctime_ns, hash FROM inodes WHERE dev = ?1 AND ino = ?2",
+    )?;
+    let mut rows = stmt.query(rusqlite::params![key.dev as i64, key.ino as i64])?;
+    let Some(r) = rows.next()? else {
+        return Ok(None);
+    };
+    let same = r.get::<_, i64>(0)? as u64 == key.size
+        && r.get::<_, i64>(1)? == key.mtime_ns
+        && r.get::<_, i64>(2)? == key.ctime_ns;
+    Ok(if same {
+        Some(db::hash_from(r.get(3)?)?)
+    } else {
+        None
+    })
+}
+
+/// Every hash the inode table names.
+fn db_inode_hashes(db: &Db) -> rusqlite::Result<HashSet<ContentHash>> {
+    let mut stmt = db.conn().prepare("SELECT DISTINCT hash FROM inodes")?;
+    let mut rows = stmt.query([])?;
+    let mut out = HashSet::new();
+    while let Some(r) = rows.next()? {
+        out.insert(db::hash_from(r.get(0)?)?);
+    }
+    Ok(out)
 }
 
 /// Reads the whole id table.

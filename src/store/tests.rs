@@ -497,3 +497,67 @@ fn ids_answer_the_same_from_memory_and_from_the_database() {
     assert_eq!(store.lookup_id(&cid("m3")), Some(blobs[3]));
     assert_eq!(store.id_count(), WARM_BATCH + 10 - 3);
 }
+
+/// The inode cache answers the same whether the table is in memory (a full
+/// scan) or read row by row from the database: a version recorded since the
+/// last commit wins over the table's row for its inode, a newer version of
+/// an inode hides the older, and a retain drops what nothing references.
+#[test]
+fn inodes_answer_the_same_from_memory_and_from_the_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let key = |ino: u64, ctime_ns: i64| InodeKey {
+        dev: 3,
+        ino,
+        size: 10,
+        mtime_ns: 5,
+        ctime_ns,
+    };
+    let h = |n: u8| ContentHash([n; 32]);
+    for i in 0..20u8 {
+        store.record_inode(key(i.into(), 100), h(i));
+    }
+    store.save().unwrap();
+    // Versions to ask about: cached ones, newer ones, unknown inodes.
+    let asked: Vec<InodeKey> = (0..25u64)
+        .map(|i| key(i, 100))
+        .chain([key(3, 101), key(4, 99)])
+        .collect();
+    let answers = |store: &Store| -> Vec<Option<ContentHash>> {
+        asked.iter().map(|k| store.cached_hash(k)).collect()
+    };
+    let warm = answers(&store);
+    assert!(store.cool_inodes(), "start-up loads the table for its scan");
+    assert!(!store.cool_inodes());
+    assert_eq!(answers(&store), warm, "the database answers the same");
+    assert_eq!(warm[3], Some(h(3)));
+    assert_eq!(warm[22], None, "never recorded");
+    assert_eq!(warm[25], None, "another version of a cached inode");
+
+    // A newer version recorded, not committed: it hides the table's row.
+    store.record_inode(key(3, 101), h(30));
+    let cold = answers(&store);
+    assert_eq!((cold[3], cold[25]), (None, Some(h(30))));
+    store.warm_inodes();
+    assert_eq!(answers(&store), cold);
+    store.save().unwrap();
+    assert_eq!(answers(&store), cold, "committed, in memory");
+    assert!(store.cool_inodes());
+    assert_eq!(answers(&store), cold, "committed, from the database");
+    assert_eq!(store.inode_count(), 20);
+
+    // Retain drops what is not live, from the database and from memory.
+    let live: HashSet<ContentHash> = (2..20u8).map(h).chain([h(30)]).collect();
+    store.retain(&live).unwrap();
+    store.save().unwrap();
+    assert_eq!(store.cached_hash(&key(0, 100)), None);
+    assert_eq!(store.cached_hash(&key(2, 100)), Some(h(2)));
+    store.warm_inodes();
+    let live: HashSet<ContentHash> = (5..20u8).map(h).chain([h(30)]).collect();
+    store.retain(&live).unwrap();
+    store.save().unwrap();
+    assert!(store.cool_inodes());
+    assert_eq!(store.cached_hash(&key(2, 100)), None);
+    assert_eq!(store.cached_hash(&key(3, 101)), Some(h(30)));
+    assert_eq!(store.inode_count(), 16);
+}

@@ -557,8 +557,9 @@ impl Engine {
         }
         self.persist(&hashes, &old_last, new_last, scope).await?;
         // The id table was in memory for this cycle's large batch, the
-        // agreement for planning every hash.
-        if self.store.cool_ids() || plan_all {
+        // inode table for its full scan, the agreement for planning every
+        // hash.
+        if self.store.cool_ids() | self.store.cool_inodes() || plan_all {
             self.all_agreed = None;
             // A full cycle's copies of the world are freed now; hand the
             // pages back instead of keeping the peak for the daemon's life.
@@ -790,11 +791,11 @@ impl Engine {
                     // and Message-ID) fills in the listing's entry.
                     let learned = self.folders[folder].cloud.fetched_entry(&id);
                     if let (Some(f), Some(listed)) = (learned, self.cloud.copy_mut(folder, &id)) {
-                        listed.received_time = listed.received_time.or(f.received_time);
+                        listed.learn_received_time(f.received_time);
                         if listed.email_id.is_none() {
                             listed.email_id = f.email_id;
                         }
-                        listed.route = None;
+                        listed.set_route(None);
                     }
                     self.cloud.resolve(folder, &id, hash);
                 }
@@ -824,6 +825,9 @@ impl Engine {
         let maildirs = self.maildirs.clone();
         let store = self.store.clone();
         tokio::task::spawn_blocking(move || -> Result<_, SyncError> {
+            // Every file is looked up: the inode table in memory until the
+            // cycle ends.
+            store.warm_inodes();
             let mut out = Vec::new();
             for md in &maildirs {
                 let mut files = Vec::new();
@@ -993,7 +997,7 @@ impl Engine {
         let mut requests = Vec::new();
         for h in hashes {
             for (mailbox, id, listed) in self.cloud.copies_of(h) {
-                let ask = match listed.route {
+                let ask = match listed.route() {
                     None => true,
                     Some(Route::Failed) => retry_failed,
                     Some(Route::Maildir(_)) => false,
@@ -1008,7 +1012,7 @@ impl Engine {
                     storage_id: id.to_string(),
                     email_id: listed.email_id.as_deref().map(str::to_string),
                     flags: listed.flags,
-                    received_time: listed.received_time,
+                    received_time: listed.received_time(),
                     // The listings carry no size (Graph's and Gmail's count
                     // CRLF); the stored content's is what a filter expects.
                     size: self.content_size(h),
@@ -1030,7 +1034,7 @@ impl Engine {
                 }
             };
             if let Some(listed) = self.cloud.copy_mut(mailbox, &id) {
-                listed.route = Some(route);
+                listed.set_route(Some(route));
             }
         }
     }
@@ -1397,7 +1401,7 @@ fn fresh_listing<'a>(
 /// Where `listed` goes: the router's answer; without a custom router
 /// always the first maildir.
 fn route_of(listed: &super::index::Listed, custom_router: bool) -> Route {
-    match listed.route {
+    match listed.route() {
         Some(r) => r,
         None if !custom_router => Route::Maildir(0),
         None => Route::Failed,
@@ -1535,7 +1539,7 @@ fn apply_effects(l: &mut Listing, effects: &[&CloudEffect], version: u64) {
                 if let Some(listed) = l.entries.get_mut(id.as_str()) {
                     listed.flags = (listed.flags & !*clear) | *set;
                     // The filter sees the flags: ask it again.
-                    listed.route = None;
+                    listed.set_route(None);
                 }
             }
             CloudEffect::DeletionSent { id, .. } => {

@@ -211,14 +211,23 @@ pub(super) struct Listed {
     pub flags: Flags,
     /// The Message-ID header, when known.
     pub email_id: Option<Arc<str>>,
-    /// Received time, seconds since the epoch, when known.
-    pub received_time: Option<i64>,
+    /// Received time, seconds since the epoch ([`NO_TIME`] when not
+    /// known): 8 bytes instead of an `Option`'s 16, per listed message.
+    received: i64,
     /// Its content, once known (id cache or download).
     pub hash: Option<ContentHash>,
     /// Where the config routes it, once asked (asked again when the entry
-    /// changes).
-    pub route: Option<Route>,
+    /// changes), as [`Listed::route`] decodes it.
+    route: u32,
 }
+
+/// [`Listed`]'s received time when the listing did not give one.
+const NO_TIME: i64 = i64::MIN;
+
+/// [`Listed`]'s route before the config was asked, and after it failed;
+/// a maildir index `i` is stored as `i + 2`.
+const NOT_ROUTED: u32 = 0;
+const ROUTE_FAILED: u32 = 1;
 
 impl Listed {
     /// A new listing entry whose content and route are not known yet.
@@ -226,25 +235,60 @@ impl Listed {
         Listed {
             flags: e.flags,
             email_id: e.email_id,
-            received_time: e.received_time,
+            received: e.received_time.unwrap_or(NO_TIME),
             hash: None,
-            route: None,
+            route: NOT_ROUTED,
         }
+    }
+
+    /// Received time, seconds since the epoch, when known.
+    pub(super) fn received_time(&self) -> Option<i64> {
+        (self.received != NO_TIME).then_some(self.received)
+    }
+
+    /// Fills in the received time when the listing had none.
+    pub(super) fn learn_received_time(&mut self, t: Option<i64>) {
+        if self.received == NO_TIME {
+            self.received = t.unwrap_or(NO_TIME);
+        }
+    }
+
+    /// Where the config routes it, once asked.
+    pub(super) fn route(&self) -> Option<Route> {
+        match self.route {
+            NOT_ROUTED => None,
+            ROUTE_FAILED => Some(Route::Failed),
+            n => Some(Route::Maildir((n - 2) as usize)),
+        }
+    }
+
+    /// Records the config's answer (`None`: ask again).
+    pub(super) fn set_route(&mut self, route: Option<Route>) {
+        self.route = match route {
+            None => NOT_ROUTED,
+            // A maildir index past u32 (never: maildirs are configured by
+            // hand) would read as a failed route and be asked again.
+            Some(Route::Maildir(i)) => u32::try_from(i)
+                .ok()
+                .and_then(|i| i.checked_add(2))
+                .unwrap_or(ROUTE_FAILED),
+            Some(Route::Failed) => ROUTE_FAILED,
+        };
     }
 
     /// True when `e` lists what this entry says (its id aside).
     fn lists_as(&self, e: &CloudEntry) -> bool {
         self.flags == e.flags
             && self.email_id.as_deref() == e.email_id.as_deref()
-            && self.received_time == e.received_time
+            && self.received_time() == e.received_time
     }
 
     /// Takes in what `e` lists now; the route is asked again.
     fn update(&mut self, e: CloudEntry) {
         self.flags = e.flags;
         self.email_id = e.email_id;
-        self.received_time = e.received_time;
-        self.route = None;
+        self.received = e.received_time.unwrap_or(NO_TIME);
+        self.route = NOT_ROUTED;
     }
 }
 
@@ -479,13 +523,35 @@ mod tests {
     }
 
     #[test]
+    fn a_listed_message_is_small_and_keeps_its_route_and_time() {
+        // Kept for every listed message between cycles.
+        assert!(std::mem::size_of::<Listed>() <= 64);
+        let mut l = Listed::of(e("a", Flags::NONE));
+        assert_eq!((l.route(), l.received_time()), (None, None));
+        for r in [
+            Some(Route::Maildir(0)),
+            Some(Route::Maildir(7)),
+            Some(Route::Failed),
+            None,
+        ] {
+            l.set_route(r);
+            assert_eq!(l.route(), r);
+        }
+        l.learn_received_time(Some(-5));
+        l.learn_received_time(Some(9));
+        assert_eq!(l.received_time(), Some(-5), "a known time stays");
+    }
+
+    #[test]
     fn relisting_reports_what_changed_and_keeps_the_rest() {
         let mut c = CloudIndex::new(1);
         let r = c.relist(0, vec![e("a", Flags::NONE), e("b", Flags::NONE)], 1);
         assert_eq!(r.unresolved.len(), 2);
         assert!(c.resolve(0, "a", h(1)));
         assert!(c.resolve(0, "b", h(2)));
-        c.copy_mut(0, "a").unwrap().route = Some(Route::Maildir(0));
+        c.copy_mut(0, "a")
+            .unwrap()
+            .set_route(Some(Route::Maildir(0)));
         let r = c.relist(
             0,
             vec![
@@ -499,8 +565,8 @@ mod tests {
         assert_eq!(r.dirty, HashSet::from_iter([h(2)]));
         assert!(r.gone.is_empty());
         let a = c.listing(0).unwrap().entries.get("a").unwrap();
-        assert_eq!((a.hash, a.route), (Some(h(1)), Some(Route::Maildir(0))));
-        assert_eq!(c.listing(0).unwrap().entries["b"].route, None);
+        assert_eq!((a.hash, a.route()), (Some(h(1)), Some(Route::Maildir(0))));
+        assert_eq!(c.listing(0).unwrap().entries["b"].route(), None);
         let r = c.relist(0, vec![e("b", Flags::READ)], 3);
         assert_eq!(r.dirty, HashSet::from_iter([h(1)]));
         assert_eq!(r.gone.len(), 2, "a (known) and c (never resolved)");
@@ -515,8 +581,12 @@ mod tests {
         c.relist(0, vec![e("a", Flags::NONE), e("b", Flags::NONE)], 1);
         assert!(c.resolve(0, "a", h(1)));
         assert!(c.resolve(0, "b", h(2)));
-        c.copy_mut(0, "a").unwrap().route = Some(Route::Maildir(0));
-        c.copy_mut(0, "b").unwrap().route = Some(Route::Maildir(0));
+        c.copy_mut(0, "a")
+            .unwrap()
+            .set_route(Some(Route::Maildir(0)));
+        c.copy_mut(0, "b")
+            .unwrap()
+            .set_route(Some(Route::Maildir(0)));
         let r = c
             .apply_changes(
                 0,
@@ -535,11 +605,11 @@ mod tests {
         let l = c.listing(0).unwrap();
         assert_eq!(l.version, 2);
         assert_eq!(
-            l.entries["a"].route,
+            l.entries["a"].route(),
             Some(Route::Maildir(0)),
             "unchanged keeps its route"
         );
-        assert_eq!(l.entries["b"].route, None, "changed is routed again");
+        assert_eq!(l.entries["b"].route(), None, "changed is routed again");
         assert_eq!(l.entries["b"].flags, Flags::READ);
         assert!(l.unresolved.contains("c"));
         let r = c

@@ -554,6 +554,46 @@ mod tests {
         }
     }
 
+    /// The entries of some hashes, read from the database, are those the
+    /// whole agreement holds, re-indexed the same way.
+    #[test]
+    fn entries_read_by_hash_match_the_whole_agreement() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let md = vec!["/m/a".to_string(), "/m/b".to_string()];
+        let fd = vec!["gmail:u/INBOX".to_string(), "office365:u/inbox".to_string()];
+        let (st, (empty, _)) = SyncState::open(&store, &md, &fd, &[]).unwrap();
+        let mut last = LastState::default();
+        for i in 0..10u8 {
+            let mut e = entry(usize::from(i % 2), usize::from(i % 2));
+            e.cloud.push(CloudBase {
+                mailbox: 1,
+                id: format!("c{i}"),
+                flags: Flags(i % 4),
+            });
+            e.cloud.sort();
+            last.entries.insert(ContentHash([i; 32]), e);
+        }
+        last.maildir_counts = vec![5, 5];
+        store
+            .commit(|tx| write_diff(&st, tx, &empty, &last, &[]))
+            .unwrap();
+        // Another order of the config: both reads re-index alike.
+        let (st, _) = SyncState::open(&store, &[md[1].clone(), md[0].clone()], &fd, &[]).unwrap();
+        let all = st.load_agreement(&store).unwrap();
+        let asked = [
+            ContentHash([3; 32]),
+            ContentHash([8; 32]),
+            ContentHash([77; 32]),
+        ];
+        let some = st.agreement_of(&store, asked.iter()).unwrap();
+        assert_eq!(some.len(), 2, "a hash without an entry is left out");
+        for (h, e) in &some {
+            assert_eq!(Some(e), all.get(h));
+        }
+        assert_eq!(all[&ContentHash([3; 32])].maildir, 0, "/m/b is first now");
+    }
+
     #[test]
     fn reindexes_after_config_edit() {
         let dir = tempfile::tempdir().unwrap();
