@@ -940,11 +940,7 @@ impl Engine {
         for (m, name, now) in seen {
             match now {
                 Some((entry, hash)) => {
-                    if self
-                        .local
-                        .get(m, &name)
-                        .is_some_and(|f| f.hash == hash && f.key == entry.key)
-                    {
+                    if self.local.get(m, &name).is_some_and(|f| f.hash == hash) {
                         continue;
                     }
                     dirty.insert(hash);
@@ -1244,8 +1240,10 @@ impl Engine {
                 _ => None,
             };
             if let Some((m, name)) = source
-                && let Some(f) = self.local.get(m, name)
-                && let Some(entry) = Entry::named(self.maildirs[m].path(), name, f.key)
+                && self.local.get(m, name).is_some()
+                // The actions work from the name; the inode key is not kept.
+                && let Some(entry) =
+                    Entry::named(self.maildirs[m].path(), name, crate::fsutil::InodeKey::default())
             {
                 files.insert((m, name.clone()), entry);
             }

@@ -11,7 +11,6 @@ use std::sync::Arc;
 
 use super::plan::Route;
 use crate::cloud::CloudEntry;
-use crate::fsutil::InodeKey;
 use crate::maildir::Entry;
 use crate::types::{ContentHash, Flags};
 
@@ -65,15 +64,14 @@ impl<K: PartialEq> ByHash<K> {
 }
 
 /// A maildir file as the engine last saw it (its name is its key; the
-/// rest of its [`Entry`] follows from the name: [`Entry::named`]).
+/// rest of its [`Entry`] follows from the name: [`Entry::named`]). Its
+/// inode key is the store's inode cache's business, not kept here.
 #[derive(Clone, Copy, Debug)]
 pub(super) struct File {
     /// Its content.
     pub hash: ContentHash,
     /// The R/S/F/T flags of its name.
     pub flags: Flags,
-    /// Its inode key when it was seen.
-    pub key: InodeKey,
 }
 
 /// The name the planner knows a file by: `cur/<name>` or `new/<name>`.
@@ -117,7 +115,6 @@ impl MaildirFiles {
         let file = File {
             hash,
             flags: entry.flags,
-            key: entry.key,
         };
         self.files.insert(name, file);
         old
@@ -466,6 +463,11 @@ impl CloudIndex {
             return false;
         };
         l.unresolved.remove(id);
+        if l.unresolved.is_empty() && l.unresolved.capacity() > 0 {
+            // A full listing's worth of ids was unresolved: not kept
+            // allocated for the rest of the run.
+            l.unresolved = HashSet::new();
+        }
         if let Some(old) = listed.hash.replace(hash)
             && old != hash
         {
