@@ -193,6 +193,9 @@ impl Background {
             s.pipes[i].listing = true;
         }
         let (shared, notify) = (self.shared.clone(), self.notify.clone());
+        // Every poll starts listings: without reaping, an idle daemon's set
+        // would grow by one finished task per folder per poll.
+        self.reap();
         self.tasks.spawn(async move {
             let call = async {
                 if changes_only {
@@ -305,8 +308,19 @@ impl Background {
             self.tasks
                 .spawn(async move { worker(slot, cloud, store, stop, notify).await });
         }
-        // Reap finished tasks so the set does not grow.
+        self.reap();
+    }
+
+    /// Drops the finished tasks (their results were handed over through
+    /// `shared`), so the set does not grow.
+    fn reap(&mut self) {
         while self.tasks.try_join_next().is_some() {}
+    }
+
+    /// Tasks started and not yet reaped (for tests).
+    #[cfg(test)]
+    pub(super) fn task_count(&self) -> usize {
+        self.tasks.len()
     }
 
     /// Records when a cycle ended and how long it took, less the time it
@@ -448,4 +462,26 @@ async fn fetch(
 /// The error a cloud call interrupted by a stop reports.
 pub(super) fn stopping(folder: &str) -> CloudError {
     CloudError::new(folder, ErrorKind::Retry, "stopping")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cloud::memory::MemoryMailbox;
+    use crate::types::Flags;
+
+    /// An idle daemon lists every folder every poll: the finished listing
+    /// tasks are reaped, not kept for the life of the run.
+    #[tokio::test]
+    async fn finished_listings_are_reaped() {
+        let mut bg = Background::new(1);
+        let cloud: Arc<dyn CloudMailbox> = Arc::new(MemoryMailbox::new("m", Flags::READ));
+        for v in 0..50 {
+            bg.start_listing(0, v, true, cloud.clone(), Stop::default());
+            while bg.take_listing(0).is_none() {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        }
+        assert!(bg.task_count() <= 1, "{} tasks kept", bg.task_count());
+    }
 }
