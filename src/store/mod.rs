@@ -169,6 +169,21 @@ struct Inner {
     pinned: HashSet<ContentHash>,
 }
 
+/// The id and inode tables as they were held in memory, taken out of the
+/// store by [`Store::take_warm`].
+#[derive(Debug, Default)]
+pub struct Warm {
+    ids: Option<IdCache>,
+    inodes: Option<InodeCache>,
+}
+
+impl Warm {
+    /// True when either table was in memory.
+    pub fn is_some(&self) -> bool {
+        self.ids.is_some() || self.inodes.is_some()
+    }
+}
+
 /// The content-addressed message store; see the module documentation.
 #[derive(Debug)]
 pub struct Store {
@@ -514,9 +529,6 @@ impl Store {
     /// there was one.
     pub fn cool_inodes(&self) -> bool {
         let warm = lock(&self.inner).warm_inodes.take();
-        if let Some(w) = &warm {
-            tracing::debug!(inodes = w.len(), "inode table no longer in memory");
-        }
         warm.is_some()
     }
 
@@ -574,10 +586,26 @@ impl Store {
     /// was one (the caller may hand the freed pages back).
     pub fn cool_ids(&self) -> bool {
         let warm = lock(&self.inner).warm_ids.take();
-        if let Some(w) = &warm {
+        warm.is_some()
+    }
+
+    /// Takes the in-memory copies of the id and inode tables out of the
+    /// store (lookups go to the database from now on), for the caller to
+    /// free where it costs no one a wait.
+    pub fn take_warm(&self) -> Warm {
+        let mut inner = lock(&self.inner);
+        let warm = Warm {
+            ids: inner.warm_ids.take(),
+            inodes: inner.warm_inodes.take(),
+        };
+        drop(inner);
+        if let Some(w) = &warm.ids {
             tracing::debug!(ids = w.len(), "id table no longer in memory");
         }
-        warm.is_some()
+        if let Some(w) = &warm.inodes {
+            tracing::debug!(inodes = w.len(), "inode table no longer in memory");
+        }
+        warm
     }
 
     fn lookup(

@@ -559,12 +559,16 @@ impl Engine {
         // The id table was in memory for this cycle's large batch, the
         // inode table for its full scan, the agreement for planning every
         // hash.
-        if self.store.cool_ids() | self.store.cool_inodes() || plan_all {
-            self.all_agreed = None;
-            // A full cycle's copies of the world are freed now; hand the
-            // pages back instead of keeping the peak for the daemon's life.
-            drop((input, plan, hashes, old_last));
-            trim_heap();
+        let warm = self.store.take_warm();
+        if warm.is_some() || plan_all {
+            // A full cycle's copies of the world are freed, and the pages
+            // handed back instead of keeping the peak for the daemon's
+            // life, on a blocking thread: the cycle does not wait for it.
+            let freed = (warm, self.all_agreed.take(), input, plan, hashes, old_last);
+            tokio::task::spawn_blocking(move || {
+                drop(freed);
+                trim_heap();
+            });
         }
         let all_complete = complete.iter().all(|c| *c);
         if report.is_clean() && all_complete {
