@@ -1474,7 +1474,10 @@ impl Settle<'_> {
 /// A full scan: per maildir, its files with their content.
 type Scanned = Vec<MaildirFiles>;
 
-/// Returns freed heap pages to the system (glibc keeps them otherwise).
+/// Returns glibc's freed heap pages to the system (it keeps them
+/// otherwise): the whole heap where the library runs on glibc's malloc
+/// (tests), CPython's and SQLite's where the binary runs on jemalloc,
+/// which purges its own pages from a background thread.
 fn trim_heap() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
@@ -1487,7 +1490,7 @@ fn trim_heap() {
         tracing::debug!(
             in_use = heap.uordblks + heap.hblkhd,
             free = heap.fordblks,
-            "heap after a full cycle"
+            "C library heap after a full cycle"
         );
     }
 }
