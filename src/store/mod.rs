@@ -145,8 +145,10 @@ enum InodeOp {
 /// The in-memory part of the store, behind [`Store`]'s mutex.
 #[derive(Debug, Default)]
 struct Inner {
-    /// Hashes with a file in `blobs/`.
-    blobs: HashSet<ContentHash>,
+    /// Hashes with a file in `blobs/`, while a full cycle asks about every
+    /// one ([`Store::take_warm`] drops it); else `blobs/` itself answers
+    /// (one `lstat` per question).
+    blobs: Option<HashSet<ContentHash>>,
     /// Ids recorded since the last commit (their rows are queued).
     new_ids: IdCache,
     /// The whole id table, while a large batch is resolved
@@ -175,12 +177,13 @@ struct Inner {
 pub struct Warm {
     ids: Option<IdCache>,
     inodes: Option<InodeCache>,
+    blobs: Option<HashSet<ContentHash>>,
 }
 
 impl Warm {
-    /// True when either table was in memory.
+    /// True when any table was in memory.
     pub fn is_some(&self) -> bool {
-        self.ids.is_some() || self.inodes.is_some()
+        self.ids.is_some() || self.inodes.is_some() || self.blobs.is_some()
     }
 }
 
@@ -246,7 +249,8 @@ impl Store {
             blobs_dir,
             tmp_dir,
             inner: Mutex::new(Inner {
-                blobs,
+                // The first cycle looks up every file's content.
+                blobs: Some(blobs),
                 new_ids: IdCache::default(),
                 // The first cycle resolves every listed id.
                 warm_ids: Some(ids),
@@ -276,14 +280,35 @@ impl Store {
         self.blobs_dir.join(hash.to_hex())
     }
 
-    /// True when the store holds the content for `hash`.
+    /// True when the store holds the content for `hash`: from the blob
+    /// list while it is in memory, else from `blobs/`. Blocking.
     pub fn have(&self, hash: &ContentHash) -> bool {
-        lock(&self.inner).blobs.contains(hash)
+        if let Some(blobs) = &lock(&self.inner).blobs {
+            return blobs.contains(hash);
+        }
+        fs::symlink_metadata(self.blob_path(hash)).is_ok()
     }
 
-    /// Number of blobs in the store.
+    /// Number of blobs in the store. Blocking.
     pub fn blob_count(&self) -> usize {
-        lock(&self.inner).blobs.len()
+        if let Some(blobs) = &lock(&self.inner).blobs {
+            return blobs.len();
+        }
+        list_blobs(&self.blobs_dir).map_or(0, |b| b.len())
+    }
+
+    /// Reads the blob list into memory (once) for a cycle that asks about
+    /// every message; a failure leaves the answers to `blobs/`. Blocking.
+    pub fn warm_blobs(&self) {
+        // No blob is linked or removed while the directory is read.
+        let _links = lock(&self.links);
+        if lock(&self.inner).blobs.is_some() {
+            return;
+        }
+        match list_blobs(&self.blobs_dir) {
+            Ok(blobs) => lock(&self.inner).blobs = Some(blobs),
+            Err(e) => tracing::debug!("blob list stays on disk: {e}"),
+        }
     }
 
     /// How many files this store has actually read and hashed (inode cache
@@ -411,7 +436,7 @@ impl Store {
             None
         };
         let mut inner = lock(&self.inner);
-        inner.blobs.insert(hash);
+        inner.add_blob(hash);
         inner.new_blobs |= linked;
         if let Some(key) = key {
             inner.put_inode(key, hash);
@@ -426,7 +451,7 @@ impl Store {
         let blob = self.blob_path(hash);
         fs::hard_link(&blob, dest).map_err(|source| {
             if source.kind() == io::ErrorKind::NotFound && fs::symlink_metadata(&blob).is_err() {
-                lock(&self.inner).blobs.remove(hash);
+                lock(&self.inner).forget_blob(hash);
                 StoreError::MissingBlob { path: blob.clone() }
             } else {
                 StoreError::Link {
@@ -460,7 +485,7 @@ impl Store {
             }
         };
         let mut inner = lock(&self.inner);
-        inner.blobs.insert(*hash);
+        inner.add_blob(*hash);
         inner.new_blobs |= linked;
         Ok(linked)
     }
@@ -562,6 +587,7 @@ impl Store {
     ) -> Vec<Option<ContentHash>> {
         let items: Vec<(&str, Option<&str>)> = ids.collect();
         if items.len() >= WARM_BATCH {
+            self.warm_blobs();
             self.warm_ids();
         }
         self.lookup(kind, &items, Lookup::Stored)
@@ -589,14 +615,16 @@ impl Store {
         warm.is_some()
     }
 
-    /// Takes the in-memory copies of the id and inode tables out of the
-    /// store (lookups go to the database from now on), for the caller to
-    /// free where it costs no one a wait.
+    /// Takes the in-memory copies of the id and inode tables and of the
+    /// blob list out of the store (lookups go to the database and to
+    /// `blobs/` from now on), for the caller to free where it costs no one
+    /// a wait.
     pub fn take_warm(&self) -> Warm {
         let mut inner = lock(&self.inner);
         let warm = Warm {
             ids: inner.warm_ids.take(),
             inodes: inner.warm_inodes.take(),
+            blobs: inner.blobs.take(),
         };
         drop(inner);
         if let Some(w) = &warm.ids {
@@ -609,6 +637,23 @@ impl Store {
     }
 
     fn lookup(
+        &self,
+        kind: StorageKind,
+        items: &[(&str, Option<&str>)],
+        how: Lookup,
+    ) -> Vec<Option<ContentHash>> {
+        let mut found = self.lookup_ids(kind, items, how);
+        if how == Lookup::Stored {
+            for f in &mut found {
+                *f = f.filter(|h| self.have(h));
+            }
+        }
+        found
+    }
+
+    /// What the id cache says of `items` (for [`Lookup::Stored`], before
+    /// the blob check).
+    fn lookup_ids(
         &self,
         kind: StorageKind,
         items: &[(&str, Option<&str>)],
@@ -739,14 +784,21 @@ impl Store {
             for h in inode_hashes {
                 inner.inode_ops.push(InodeOp::DropHash(h));
             }
-            let doomed: Vec<ContentHash> = inner
-                .blobs
+            let on_disk;
+            let blobs = match &inner.blobs {
+                Some(b) => b,
+                None => {
+                    on_disk = list_blobs(&self.blobs_dir)?;
+                    &on_disk
+                }
+            };
+            let doomed: Vec<ContentHash> = blobs
                 .iter()
                 .filter(|h| !live.contains(h))
                 .copied()
                 .collect();
             for h in &doomed {
-                inner.blobs.remove(h);
+                inner.forget_blob(h);
             }
             doomed
         };
@@ -761,7 +813,7 @@ impl Store {
             let path = self.blob_path(h);
             if let Err(source) = fsutil::remove_if_present(&path) {
                 // Still there: keep it known so `have` stays truthful.
-                lock(&self.inner).blobs.insert(*h);
+                lock(&self.inner).add_blob(*h);
                 return Err(StoreError::Remove { path, source });
             }
         }
@@ -778,14 +830,15 @@ impl Store {
     pub fn drop_unreferenced(&self, hashes: &[ContentHash]) -> Result<usize, StoreError> {
         let _links = lock(&self.links);
         let doomed: Vec<ContentHash> = {
+            let present: Vec<ContentHash> =
+                hashes.iter().filter(|h| self.have(h)).copied().collect();
             let mut inner = lock(&self.inner);
-            let doomed: Vec<ContentHash> = hashes
-                .iter()
-                .filter(|h| !inner.pinned.contains(h) && inner.blobs.contains(h))
-                .copied()
+            let doomed: Vec<ContentHash> = present
+                .into_iter()
+                .filter(|h| !inner.pinned.contains(h))
                 .collect();
             for h in &doomed {
-                inner.blobs.remove(h);
+                inner.forget_blob(h);
                 inner.id_ops.push(IdOp::DropHash(*h));
                 inner.inode_ops.push(InodeOp::DropHash(*h));
             }
@@ -882,6 +935,20 @@ enum Lookup {
 pub const WARM_BATCH: usize = 512;
 
 impl Inner {
+    /// Notes a blob now in `blobs/` (in the list, while it is in memory).
+    fn add_blob(&mut self, hash: ContentHash) {
+        if let Some(b) = &mut self.blobs {
+            b.insert(hash);
+        }
+    }
+
+    /// Notes a blob gone from `blobs/` (from the list, while in memory).
+    fn forget_blob(&mut self, hash: &ContentHash) {
+        if let Some(b) = &mut self.blobs {
+            b.remove(hash);
+        }
+    }
+
     /// Caches `cid -> hash`, queueing the row unless it is known already.
     fn put_id(&mut self, cid: Cid, hash: ContentHash) {
         let known = match self.new_ids.get(&cid) {
@@ -944,7 +1011,8 @@ impl Inner {
         match how {
             Lookup::Exact => exact(),
             Lookup::Loose => loose(),
-            Lookup::Stored => exact().or_else(loose).filter(|h| self.blobs.contains(h)),
+            // The caller checks the blob.
+            Lookup::Stored => exact().or_else(loose),
         }
     }
 

@@ -39,8 +39,21 @@ fn open_creates_private_layout_and_locks() {
 
 #[test]
 fn insert_link_adopt_and_retain() {
+    insert_link_adopt_and_retain_with(false);
+}
+
+/// The same answers with the blob list out of memory (`blobs/` answers).
+#[test]
+fn insert_link_adopt_and_retain_cool() {
+    insert_link_adopt_and_retain_with(true);
+}
+
+fn insert_link_adopt_and_retain_with(cool: bool) {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(&dir.path().join("cms")).unwrap();
+    if cool {
+        assert!(store.take_warm().is_some(), "open reads the blob list");
+    }
     let h = store.insert_bytes(b"Subject: x\r\n\r\nhi\r\n").unwrap();
     assert_eq!(h, hash_bytes(b"Subject: x\n\nhi\n"));
     assert!(store.have(&h));
@@ -93,6 +106,19 @@ fn insert_link_adopt_and_retain() {
         fs::read(store.blob_path(&h)).unwrap(),
         b"Subject: x\r\n\r\nhi\r\n"
     );
+    assert_eq!(store.blob_count(), 2);
+
+    // An id answers only while its blob is there.
+    store.record_id(cid("a"), h);
+    let stored = |store: &Store| {
+        store.resolve_ids(StorageKind::Office365, [("a", Some("<a@x>"))].into_iter())
+    };
+    assert_eq!(stored(&store), vec![Some(h)]);
+    assert_eq!(store.drop_unreferenced(&[h]).unwrap(), 1);
+    assert_eq!(stored(&store), vec![None]);
+    assert!(!store.have(&h) && !store.blob_path(&h).exists());
+    assert_eq!(store.blob_count(), 1);
+    assert_eq!(store.take_warm().is_some(), !cool);
 }
 
 #[test]

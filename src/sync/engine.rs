@@ -829,9 +829,10 @@ impl Engine {
         let maildirs = self.maildirs.clone();
         let store = self.store.clone();
         tokio::task::spawn_blocking(move || -> Result<_, SyncError> {
-            // Every file is looked up: the inode table in memory until the
-            // cycle ends.
+            // Every file is looked up: the inode table and the blob list in
+            // memory until the cycle ends.
             store.warm_inodes();
+            store.warm_blobs();
             let mut out = Vec::new();
             for md in &maildirs {
                 let mut files = Vec::new();
