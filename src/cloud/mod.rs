@@ -7,9 +7,9 @@ pub mod gmail;
 pub mod graph;
 pub mod memory;
 
+use arcstr::ArcStr;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::time::Duration;
 
 pub use cursor::CursorDelta;
@@ -48,9 +48,9 @@ pub type BoxFut<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 pub struct CloudEntry {
     /// The service's id (Graph immutable id, Gmail message id); shared
     /// with the backend's and the engine's indexes.
-    pub id: Arc<str>,
+    pub id: ArcStr,
     /// The Message-ID header, when the listing carries it.
-    pub email_id: Option<Arc<str>>,
+    pub email_id: Option<ArcStr>,
     /// Flags the cloud stores for it (only the mailbox's supported bits).
     pub flags: Flags,
     /// Received time, seconds since the epoch.

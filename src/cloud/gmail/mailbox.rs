@@ -11,6 +11,7 @@
 //! and is not in Trash or Spam (unless the label is `TRASH` or `SPAM`), the
 //! same rule `messages.list` applies.
 
+use arcstr::ArcStr;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -694,7 +695,7 @@ fn entries(messages: &BTreeMap<String, Known>) -> Vec<CloudEntry> {
 fn entry(id: &str, k: &Known) -> CloudEntry {
     CloudEntry {
         id: id.into(),
-        email_id: k.email_id.as_deref().map(Arc::from),
+        email_id: k.email_id.as_deref().map(ArcStr::from),
         flags: flags_of(k.bits),
         received_time: k.received_ms.map(|ms| ms.div_euclid(1000)),
         size: None,

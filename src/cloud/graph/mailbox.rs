@@ -5,9 +5,10 @@
 //! turned into LF and are checked for completeness; flag changes and
 //! deletions go through `$batch`.
 
+use arcstr::ArcStr;
 use std::collections::BTreeMap;
 use std::io::Write;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
@@ -44,7 +45,7 @@ const MAX_RESYNCS: u32 = 2;
 /// What we keep per listed message.
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct Entry {
-    email_id: Option<Arc<str>>,
+    email_id: Option<ArcStr>,
     flags: Flags,
     received: Option<i64>,
     /// The replied state comes (also) from PidTagMessageStatus, which Graph
@@ -53,7 +54,7 @@ struct Entry {
 }
 
 impl Entry {
-    fn listed(&self, id: &Arc<str>) -> CloudEntry {
+    fn listed(&self, id: &ArcStr) -> CloudEntry {
         CloudEntry {
             id: id.clone(),
             email_id: self.email_id.clone(),
@@ -103,7 +104,7 @@ impl Change {
         }
     }
 
-    fn apply(self, entries: &mut BTreeMap<Arc<str>, Entry>) {
+    fn apply(self, entries: &mut BTreeMap<ArcStr, Entry>) {
         match self {
             Change::Remove(id) => {
                 entries.remove(id.as_str());
@@ -129,7 +130,7 @@ impl Change {
                 f = f.with(Flags::REPLIED, replied.replied);
                 let e = Entry {
                     email_id: email_id
-                        .map(Arc::from)
+                        .map(ArcStr::from)
                         .or_else(|| old.and_then(|e| e.email_id.clone())),
                     flags: f,
                     received: received.or_else(|| old.and_then(|e| e.received)),
@@ -140,7 +141,7 @@ impl Change {
                 match entries.get_mut(id.as_str()) {
                     Some(old) => *old = e,
                     None => {
-                        entries.insert(Arc::from(id), e);
+                        entries.insert(ArcStr::from(id), e);
                     }
                 }
             }
@@ -151,7 +152,7 @@ impl Change {
 /// The listing as of `delta_link`.
 #[derive(Default)]
 struct Committed {
-    entries: BTreeMap<Arc<str>, Entry>,
+    entries: BTreeMap<ArcStr, Entry>,
     delta_link: Option<String>,
     /// Entries changed since the last cursor delta.
     changed: Changed,
@@ -775,9 +776,9 @@ impl GraphMailbox {
             .into_iter()
             .map(|(id, email_id, f, received, status_answered)| {
                 (
-                    Arc::from(id),
+                    ArcStr::from(id),
                     Entry {
-                        email_id: email_id.map(Arc::from),
+                        email_id: email_id.map(ArcStr::from),
                         flags: Flags(f) & (Flags::READ | Flags::FLAGGED | Flags::REPLIED),
                         received,
                         status_answered,
