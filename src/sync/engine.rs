@@ -175,7 +175,10 @@ pub struct Engine {
     all_agreed: Option<BTreeMap<ContentHash, LastEntry>>,
     /// Files in each maildir after the last cycle's actions (as agreed).
     agreed_counts: Vec<usize>,
-    mode: Mode,
+    /// Per folder: still on the `--offline` start-up rule (until its
+    /// first cycle that lists it completely with no failed action on its
+    /// messages).
+    offline: Vec<bool>,
     stop: Stop,
     sizes: std::sync::Mutex<HashMap<ContentHash, u64>>,
     /// Listings and downloads running per folder, across cycles.
@@ -255,11 +258,7 @@ impl Engine {
             state,
             all_agreed: Some(last.entries),
             agreed_counts: last.maildir_counts,
-            mode: if offline {
-                Mode::OfflineFirstCycle
-            } else {
-                Mode::Online
-            },
+            offline: vec![offline; n_folders],
             stop: Stop::default(),
             sizes: std::sync::Mutex::new(HashMap::new()),
             background: Background::new(n_folders),
@@ -525,6 +524,7 @@ impl Engine {
             .zip(&held)
             .filter(|(o, h)| **o == Outcome::Failed && !**h)
             .count();
+        self.leave_offline(&complete, &plan, &outcomes, &input);
         // What did not happen is planned again next cycle.
         for (i, a) in plan.actions.iter().enumerate() {
             if outcomes[i] != Outcome::Done || held[i] {
@@ -571,9 +571,6 @@ impl Engine {
             });
         }
         let all_complete = complete.iter().all(|c| *c);
-        if report.is_clean() && all_complete {
-            self.mode = Mode::Online;
-        }
         self.quiet = report.is_clean()
             && all_complete
             && report.actions == 0
@@ -584,6 +581,40 @@ impl Engine {
             && self.pending.is_empty()
             && !self.background.busy();
         Ok(report)
+    }
+
+    /// Folders on the `--offline` start-up rule leave it after a cycle that
+    /// listed them completely and failed no action on a message they hold;
+    /// another folder's failures do not hold them back.
+    fn leave_offline(
+        &mut self,
+        complete: &[bool],
+        plan: &Plan,
+        outcomes: &[Outcome],
+        input: &PlanInput,
+    ) {
+        if !self.offline.iter().any(|o| *o) {
+            return;
+        }
+        let failed: HashSet<ContentHash> = plan
+            .actions
+            .iter()
+            .zip(outcomes)
+            .filter(|(_, o)| **o == Outcome::Failed)
+            .map(|(a, _)| a.hash())
+            .collect();
+        let mut held_back = vec![false; self.offline.len()];
+        for c in input.cloud.iter().filter(|c| failed.contains(&c.hash)) {
+            if let Some(h) = held_back.get_mut(c.mailbox) {
+                *h = true;
+            }
+        }
+        for (i, offline) in self.offline.iter_mut().enumerate() {
+            if *offline && complete[i] && !held_back[i] {
+                *offline = false;
+                tracing::debug!(folder = %self.folders[i].key, "offline start-up rule done");
+            }
+        }
     }
 
     /// Where `listed` goes: the router's answer; without a custom router
@@ -1113,15 +1144,20 @@ impl Engine {
             BTreeSet::new()
         };
         PlanInput {
-            mode: self.mode,
             mailboxes: self
                 .folders
                 .iter()
                 .zip(complete)
-                .map(|(f, &complete)| MailboxInfo {
+                .zip(&self.offline)
+                .map(|((f, &complete), &offline)| MailboxInfo {
                     supported: f.cloud.supported_flags(),
                     delete_action: f.delete_action,
                     complete,
+                    mode: if offline {
+                        Mode::OfflineFirstCycle
+                    } else {
+                        Mode::Online
+                    },
                 })
                 .collect(),
             maildirs: present

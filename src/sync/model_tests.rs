@@ -484,9 +484,9 @@ impl Model {
                 DeleteAction::Delete
             },
             complete: incomplete != Some(mailbox),
+            mode: self.mode,
         };
         PlanInput {
-            mode: self.mode,
             mailboxes: vec![info(0), info(1)],
             maildirs: self
                 .absent

@@ -17,15 +17,17 @@ pub(crate) const SYNCED: Flags = Flags(Flags::REPLIED.0 | Flags::READ.0 | Flags:
 /// A maildir that lost more than this many files may be a mass deletion.
 const GUARD_MIN_MISSING: usize = 50;
 
-/// Which start-up rule applies to this cycle.
+/// Which start-up rule applies to a folder this cycle.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Mode {
     /// The normal case: cloud authoritative on first sight, three-way merge
     /// otherwise.
     #[default]
     Online,
-    /// The first cycle after an `--offline` start: on first sight local flags
-    /// win, and files missing locally are restored rather than deleted.
+    /// Until the folder's first successful cycle after an `--offline`
+    /// start: on first sight local flags win, and files missing locally
+    /// are restored rather than deleted. A message with a copy in such a
+    /// folder is planned this way.
     OfflineFirstCycle,
 }
 
@@ -63,6 +65,8 @@ pub struct MailboxInfo {
     pub delete_action: DeleteAction,
     /// False when its listing or a download failed this cycle.
     pub complete: bool,
+    /// Its start-up rule.
+    pub mode: Mode,
 }
 
 /// A file in a maildir.
@@ -122,8 +126,6 @@ pub struct LastState {
 /// Everything the planner looks at.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PlanInput {
-    /// Which start-up rule applies.
-    pub mode: Mode,
     /// The synced cloud folders, by index.
     pub mailboxes: Vec<MailboxInfo>,
     /// The maildirs, by index; index 0 is the default.
@@ -446,8 +448,8 @@ fn decide(input: &PlanInput, g: &Group<'_>, guarded: &BTreeSet<usize>) -> (Vec<A
         // Offline first cycle the local flags win, and a `T` deletes.
         (true, true, None) => {
             let flags = first_sight(input, g);
-            let delete = input.mode == Mode::OfflineFirstCycle
-                && g.local.iter().any(|f| f.flags.contains(Flags::DELETED));
+            let delete =
+                offline(input, g) && g.local.iter().any(|f| f.flags.contains(Flags::DELETED));
             keep_known(input, g, flags, delete)
         }
         // Removed locally since the last agreement: delete the copies that
@@ -482,7 +484,7 @@ fn decide(input: &PlanInput, g: &Group<'_>, guarded: &BTreeSet<usize>) -> (Vec<A
                     .or_else(|| default(input));
                 deliver(input, g, flags, dest)
             };
-            if held || input.mode == Mode::OfflineFirstCycle {
+            if held || offline(input, g) {
                 restore()
             } else if !known.is_empty() {
                 let actions = known
@@ -575,6 +577,17 @@ fn three_way(input: &PlanInput, g: &Group<'_>, s: &LastEntry) -> Flags {
     (flags & !(set | cleared)) | set
 }
 
+/// True when a cloud copy of the message is in a folder still on the
+/// `--offline` start-up rule.
+fn offline(input: &PlanInput, g: &Group<'_>) -> bool {
+    g.cloud.iter().any(|c| {
+        input
+            .mailboxes
+            .get(c.mailbox)
+            .is_some_and(|m| m.mode == Mode::OfflineFirstCycle)
+    })
+}
+
 /// Merge with no last agreement: the cloud's bits (union over the copies
 /// that store them) win, bits no copy stores keep the local value; in the
 /// offline first cycle the local flags win outright.
@@ -584,7 +597,7 @@ fn first_sight(input: &PlanInput, g: &Group<'_>) -> Flags {
         local |= f.flags;
     }
     local = local & SYNCED;
-    if input.mode == Mode::OfflineFirstCycle && !g.local.is_empty() {
+    if offline(input, g) && !g.local.is_empty() {
         return local;
     }
     let (mut stored, mut cloud) = (Flags::NONE, Flags::NONE);

@@ -21,20 +21,28 @@ fn h(n: u16) -> ContentHash {
     ContentHash(b)
 }
 
+/// Every mailbox of `w` on start-up rule `mode`.
+fn set_mode(w: &mut PlanInput, mode: Mode) {
+    for m in &mut w.mailboxes {
+        m.mode = mode;
+    }
+}
+
 /// Two complete mailboxes and two present maildirs, nothing else.
 fn world() -> PlanInput {
     PlanInput {
-        mode: Mode::Online,
         mailboxes: vec![
             MailboxInfo {
                 supported: R | S | F,
                 delete_action: DeleteAction::Archive,
                 complete: true,
+                mode: Mode::Online,
             },
             MailboxInfo {
                 supported: S | F,
                 delete_action: DeleteAction::Delete,
                 complete: true,
+                mode: Mode::Online,
             },
         ],
         maildirs: vec![MaildirInfo { present: true }, MaildirInfo { present: true }],
@@ -325,10 +333,43 @@ fn removed_locally_unknown_copy_not_deleted() {
 fn removed_locally_offline_first_cycle_restores() {
     let mut w = known(S, S | F, S);
     w.local.clear();
-    w.mode = Mode::OfflineFirstCycle;
+    set_mode(&mut w, Mode::OfflineFirstCycle);
     let p = plan(&w);
     assert_eq!(p.actions, vec![deliver(0, 1, S | F)]);
     assert_eq!(p.warnings, vec![]);
+}
+
+#[test]
+fn offline_rule_is_per_folder() {
+    // Two messages removed locally: one in a folder still before its first
+    // successful cycle after an --offline start (restored), one in a folder
+    // past it (deleted there), in the same plan.
+    let mut w = known(S, S, S);
+    w.local.clear();
+    w.cloud.push(cloud(GMAIL, "g", 2, F, 0));
+    w.last.entries.insert(h(2), entry(F, 0, &[(GMAIL, "g")]));
+    w.last.maildir_counts = vec![2, 0];
+    w.mailboxes[GRAPH].mode = Mode::OfflineFirstCycle;
+    assert_eq!(
+        plan(&w).actions,
+        vec![
+            deliver(0, 1, S),
+            delete(GMAIL, "g", 2, DeleteAction::Delete)
+        ]
+    );
+    // A message with a copy in each follows the offline rule.
+    w.cloud.push(cloud(GMAIL, "g1", 1, S, 0));
+    w.last
+        .entries
+        .get_mut(&h(1))
+        .unwrap()
+        .cloud
+        .push(CloudBase {
+            mailbox: GMAIL,
+            id: "g1".into(),
+            flags: S,
+        });
+    assert_eq!(plan(&w).actions[0], deliver(0, 1, S));
 }
 
 /// `total` agreed messages in maildir 0, of which the first `missing` have no
@@ -521,14 +562,14 @@ fn first_sight_rename_failed_cloud_still_wins_next_cycle() {
 #[test]
 fn offline_first_cycle_local_wins() {
     let mut w = world();
-    w.mode = Mode::OfflineFirstCycle;
+    set_mode(&mut w, Mode::OfflineFirstCycle);
     w.cloud.push(cloud(GRAPH, "a", 1, F, 0));
     w.local.push(file(0, "m1", 1, S));
     let p = plan(&w);
     assert_eq!(p.actions, vec![set_cloud(GRAPH, "a", 1, S, F)]);
     // A failed push is still pushed by the next (online) cycle.
     let mut w2 = w.clone();
-    w2.mode = Mode::Online;
+    set_mode(&mut w2, Mode::Online);
     w2.last = next_state(&w, &p, &[Outcome::Failed]);
     assert_eq!(plan(&w2).actions, p.actions);
 }
@@ -536,7 +577,7 @@ fn offline_first_cycle_local_wins() {
 #[test]
 fn offline_first_cycle_local_t_deletes() {
     let mut w = world();
-    w.mode = Mode::OfflineFirstCycle;
+    set_mode(&mut w, Mode::OfflineFirstCycle);
     w.cloud.push(cloud(GRAPH, "a", 1, N, 0));
     w.local.push(file(0, "m1", 1, T));
     let p = plan(&w);
@@ -545,7 +586,7 @@ fn offline_first_cycle_local_t_deletes() {
         vec![delete(GRAPH, "a", 1, DeleteAction::Archive)]
     );
     let mut w2 = w.clone();
-    w2.mode = Mode::Online;
+    set_mode(&mut w2, Mode::Online);
     w2.last = next_state(&w, &p, &[Outcome::Failed]);
     assert_eq!(plan(&w2).actions, p.actions);
 }
@@ -553,7 +594,7 @@ fn offline_first_cycle_local_t_deletes() {
 #[test]
 fn offline_first_cycle_known_merges_three_way() {
     let mut w = known(N, F, S);
-    w.mode = Mode::OfflineFirstCycle;
+    set_mode(&mut w, Mode::OfflineFirstCycle);
     assert_eq!(
         plan(&w).actions,
         vec![set_cloud(GRAPH, "a", 1, S, N), set_local(0, "m1", 1, S | F)]
@@ -949,13 +990,13 @@ fn settled_messages_plan_to_nothing_and_keep_their_agreement() {
     let (mut yes, mut differs_and_yes) = (0, 0);
     for _ in 0..50_000 {
         let mut w = world();
-        w.mode = if rnd(4) == 0 {
-            Mode::OfflineFirstCycle
-        } else {
-            Mode::Online
-        };
         for m in &mut w.mailboxes {
             m.complete = rnd(5) != 0;
+            m.mode = if rnd(4) == 0 {
+                Mode::OfflineFirstCycle
+            } else {
+                Mode::Online
+            };
         }
         w.maildirs[1].present = rnd(8) != 0;
         let sup: Vec<Flags> = w.mailboxes.iter().map(|m| m.supported).collect();

@@ -65,11 +65,18 @@ impl World {
 
     /// A fresh engine, as after a daemon restart.
     async fn engine(&self, offline: bool) -> Engine {
+        self.engine_with(Vec::new(), offline).await
+    }
+
+    /// A fresh engine over the world's folder and `more`.
+    async fn engine_with(&self, more: Vec<Folder>, offline: bool) -> Engine {
         let (store, maildirs) = daemon::prepare(&self.loaded).await.expect("prepare");
+        let mut folders = self.folders();
+        folders.extend(more);
         Engine::new(
             store,
             self.loaded.router.clone(),
-            self.folders(),
+            folders,
             maildirs,
             offline,
         )
@@ -393,6 +400,57 @@ async fn offline_first_cycle_trusts_local_flags() {
     let mut e = w.engine(true).await;
     e.cycle().await.unwrap();
     assert_eq!(w.cloud.messages()[&a].flags, Flags::READ);
+}
+
+#[tokio::test]
+async fn offline_rule_ends_per_folder_whatever_another_folder_does() {
+    // A second folder that never lists (misnamed, or its account waiting
+    // for a login) must not keep the good folder on the --offline rule.
+    let w = World::new();
+    let bad = MemoryMailbox::new("office365:other@example.com/inbox", GRAPH_FLAGS);
+    bad.fail_next(u32::MAX);
+    let bad_folder = || {
+        vec![Folder {
+            cloud: Arc::new(bad.clone()),
+            key: "office365:other@example.com/inbox".into(),
+            delete_action: DeleteAction::Archive,
+        }]
+    };
+    let a = w.cloud.add(&msg(1, false), Flags::NONE);
+    let b = w.cloud.add(&msg(2, false), Flags::NONE);
+    let mut e = w.engine_with(bad_folder(), false).await;
+    assert!(!e.cycle().await.unwrap().cloud_errors.is_empty());
+    drop(e);
+    assert_eq!(w.files("inbox").len(), 2);
+
+    // While stopped: a flag set on one file, the other file removed.
+    let mut files = w.files("inbox");
+    let (p1, _) = files.remove(0);
+    let (p2, _) = files.remove(0);
+    set_local(&p1, Flags::READ);
+    std::fs::remove_file(&p2).unwrap();
+    let mut e = w.engine_with(bad_folder(), true).await;
+    let r = e.cycle().await.unwrap();
+    assert!(!r.cloud_errors.is_empty(), "the bad folder still fails");
+    // The offline rule on the good folder's first cycle: local flags win,
+    // the missing file is restored.
+    let flags: Vec<Flags> = [&a, &b]
+        .iter()
+        .map(|id| w.cloud.messages()[*id].flags)
+        .collect();
+    assert!(flags.contains(&Flags::READ), "{flags:?}");
+    assert_eq!(w.files("inbox").len(), 2);
+    assert!(w.cloud.counters().deletes.is_empty());
+
+    // After it, a local deletion is a deletion, though the bad folder has
+    // never had a successful cycle.
+    let (p, _) = w.files("inbox").remove(0);
+    std::fs::remove_file(&p).unwrap();
+    e.request_rescan();
+    let r = e.cycle().await.unwrap();
+    assert!(!r.cloud_errors.is_empty());
+    assert_eq!(w.cloud.counters().deletes.len(), 1, "{r:?}");
+    assert_eq!(w.files("inbox").len(), 1);
 }
 
 #[tokio::test]
