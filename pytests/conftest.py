@@ -3,6 +3,7 @@ a private HOME per test, so nothing touches the real user's mail."""
 
 import json
 import os
+import time
 import pathlib
 import subprocess
 import urllib.parse
@@ -30,6 +31,26 @@ def binary(name):
     if not path.exists():
         pytest.fail(f"{path} is missing: run `cargo build --workspace --bins` first")
     return path
+
+
+def maildir_files(home, md="inbox"):
+    """Paths of the messages in maildir `~/mail/<md>` (cur/ and new/)."""
+    out = []
+    for sub in ("cur", "new"):
+        d = home / "mail" / md / sub
+        if d.exists():
+            out.extend(d / n for n in os.listdir(d))
+    return out
+
+
+def wait_for(what, pred, timeout):
+    """Polls `pred` every 50 ms; fails naming `what` after `timeout` s."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if pred():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
 
 
 class Env:

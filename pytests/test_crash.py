@@ -15,7 +15,7 @@ import sqlite3
 import subprocess
 import time
 
-from conftest import assert_no_tokens, binary
+from conftest import assert_no_tokens, binary, maildir_files
 
 USER = "crash@contoso.example"
 MESSAGES = int(os.environ.get("CMS_CRASH_MESSAGES", "3000"))
@@ -35,15 +35,6 @@ Office365("inbox", Office365_Account(user="{USER}"))
 def value_requests(cloud):
     return sum(v["requests"] for r, v in cloud.stats()["routes"].items()
                if r.startswith("graph ") and "$value" in r and "(in $batch)" not in r)
-
-
-def maildir_files(home):
-    out = []
-    for sub in ("cur", "new"):
-        d = home / "mail" / "inbox" / sub
-        if d.exists():
-            out.extend(d / n for n in os.listdir(d))
-    return out
 
 
 def message_ids(files):

@@ -11,7 +11,7 @@ import signal
 import subprocess
 import time
 
-from conftest import assert_no_tokens, binary
+from conftest import assert_no_tokens, binary, wait_for
 
 BIG = "big@contoso.example"
 SMALL = "small@contoso.example"
@@ -42,15 +42,6 @@ def files(home, md):
 def value_requests(cloud, user):
     stats = cloud.stats()
     return stats["mailboxes"].get(f"graph {user}", {}).get("charged", 0)
-
-
-def wait_for(what, pred, timeout):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if pred():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def deliver(cloud, user, n):

@@ -1,8 +1,10 @@
 //! The daemon: after the config validated, creates the state directory and
 //! maildirs, opens the store, and runs sync cycles one at a time, woken by
-//! the maildir watcher (push local changes, no listing), per-folder poll
-//! timers (list that folder again) and errors (back off with jitter). A
-//! shutdown signal stops it between cycles, state saved.
+//! the maildir watcher (push local changes, no listing), per-folder timers
+//! (a folder's poll, or its retry as its error's kind says: [`schedule`])
+//! and logins. A shutdown signal stops it between cycles, state saved.
+
+mod schedule;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -17,6 +19,7 @@ use crate::credsrv::{self, Broker, BrokerAccount};
 use crate::maildir::{self, Maildir, MaildirError};
 use crate::store::{Store, StoreError};
 use crate::sync::engine::{CycleReport, Engine, Folder, SyncError};
+use schedule::Schedule;
 
 /// Run-time options from the command line.
 #[derive(Clone, Copy, Debug, Default)]
@@ -88,10 +91,6 @@ pub enum DaemonError {
 /// How long the watcher waits for a burst of maildir changes to settle (a
 /// mail client's renames come within milliseconds of each other).
 const WATCH_DEBOUNCE: Duration = Duration::from_millis(50);
-/// First retry delay after a failed cycle; doubles up to [`MAX_BACKOFF`].
-const FIRST_BACKOFF: Duration = Duration::from_secs(10);
-/// Longest retry delay.
-const MAX_BACKOFF: Duration = Duration::from_secs(300);
 
 /// Create the state directory (0700) and the maildirs, open the store.
 pub async fn prepare(loaded: &Loaded) -> Result<(Arc<Store>, Vec<Maildir>), DaemonError> {
@@ -305,6 +304,7 @@ async fn run_with_logins(
         .iter()
         .map(|m| m.poll_interval)
         .collect();
+    let keys: Vec<String> = folders.iter().map(|f| f.key.clone()).collect();
     let watch_dirs: Vec<PathBuf> = maildirs.iter().map(|m| m.path().to_path_buf()).collect();
     let router = loaded.router.clone();
     let mut engine = FreeLater(Some({
@@ -370,9 +370,8 @@ async fn run_with_logins(
         }
     };
     let n = engine.folder_count();
-    let mut next_poll: Vec<Instant> = vec![Instant::now(); n];
+    let mut schedule = Schedule::new(keys, &polls, Instant::now());
     let mut relist = vec![true; n];
-    let mut backoff: Option<Duration> = None;
     let mut rng = Jitter::new();
     // The first cycle scans every maildir; so does one every
     // `cfg.rescan_interval`, the safety net for anything the watcher missed (an
@@ -389,43 +388,23 @@ async fn run_with_logins(
             tracing::info!("stopping; state saved");
             return Ok(());
         }
-        let now = Instant::now();
-        for (i, due) in next_poll.iter_mut().enumerate() {
-            if relist[i] {
-                *due = now + polls.get(i).copied().unwrap_or(Duration::from_secs(15));
-            }
-        }
-        let failed = match &result {
+        let report = match &result {
             Ok(report) => {
                 log_report(report);
-                !report.is_clean()
+                Some(report)
             }
             Err(e) => {
                 tracing::error!("sync cycle failed: {e}");
-                true
+                None
             }
         };
-        // A server that said when to come back is not asked sooner.
-        let asked = match &result {
-            Ok(report) => report
-                .cloud_errors
-                .iter()
-                .filter_map(|e| e.retry_after)
-                .max(),
-            Err(_) => None,
-        };
-        backoff = next_backoff(backoff, failed, asked);
+        // Each folder is due again as its own outcome says; jitter spreads
+        // retries, but never below what a server asked.
+        schedule.after_cycle(&relist, report, Instant::now(), &mut |d| rng.around(d));
         // Wait for the next reason to run.
-        // Jitter spreads retries, but never below what the server asked.
-        let retry_at = backoff.map(|b| now + rng.around(b).max(asked.unwrap_or_default()));
-        relist = vec![false; n];
-        let poll_at = next_poll.iter().min().copied();
-        let wake_at = match (retry_at, poll_at) {
-            (Some(r), Some(p)) => r.min(p),
-            (Some(r), None) => r,
-            (None, Some(p)) => p,
-            (None, None) => now + Duration::from_secs(3600),
-        };
+        let wake_at = schedule
+            .next()
+            .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
         // Listings and downloads still running in the background wake the
         // loop when a batch of them is ready to be taken in.
         let busy = engine.background_busy();
@@ -440,27 +419,16 @@ async fn run_with_logins(
             }
             Ok(()) = logins.changed() => {
                 // A login finished (or an account needs one): list again.
-                relist = vec![true; n];
+                schedule.login_changed(Instant::now());
             }
             Some(event) = events.recv() => {
-                // A local change: push it without listing again, unless a
-                // retry is due anyway.
+                // A local change: push it without listing again (folders
+                // due anyway are listed too).
                 engine.files_changed(event);
-                if retry_at.is_some_and(|r| r <= Instant::now()) {
-                    relist = vec![true; n];
-                }
             }
-            _ = tokio::time::sleep_until(wake_at.into()) => {
-                let now = Instant::now();
-                if retry_at.is_some_and(|r| r <= now) {
-                    relist = vec![true; n];
-                } else {
-                    for (i, due) in next_poll.iter().enumerate() {
-                        relist[i] = *due <= now;
-                    }
-                }
-            }
+            _ = tokio::time::sleep_until(wake_at.into()) => {}
         }
+        relist = schedule.due(Instant::now());
         // Everything else the watcher reported meanwhile goes into the
         // same cycle.
         while let Ok(event) = events.try_recv() {
@@ -470,17 +438,6 @@ async fn run_with_logins(
             return Ok(());
         }
     }
-}
-
-/// The delay before retrying after a cycle: none after a clean cycle; 10 s
-/// doubling to 5 min after failures, but never shorter than a server's
-/// `Retry-After` (`asked`).
-fn next_backoff(prev: Option<Duration>, failed: bool, asked: Option<Duration>) -> Option<Duration> {
-    if !failed {
-        return None;
-    }
-    let next = prev.map_or(FIRST_BACKOFF, |b| (b * 2).min(MAX_BACKOFF));
-    Some(asked.map_or(next, |a| next.max(a)))
 }
 
 fn summary(r: &CycleReport) -> String {
@@ -528,18 +485,6 @@ impl Jitter {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn backoff_doubles_caps_and_honours_retry_after() {
-        let s = Duration::from_secs;
-        assert_eq!(next_backoff(None, false, None), None);
-        assert_eq!(next_backoff(Some(s(40)), false, Some(s(90))), None);
-        assert_eq!(next_backoff(None, true, None), Some(s(10)));
-        assert_eq!(next_backoff(Some(s(10)), true, None), Some(s(20)));
-        assert_eq!(next_backoff(Some(s(200)), true, None), Some(s(300)));
-        assert_eq!(next_backoff(None, true, Some(s(90))), Some(s(90)));
-        assert_eq!(next_backoff(Some(s(160)), true, Some(s(90))), Some(s(300)));
-    }
 
     #[test]
     fn jitter_stays_in_range() {

@@ -15,7 +15,9 @@
 //! - [`maildir`]: scan, flag codec, delivery through `tmp/`, watching.
 //! - [`store`]: the content-addressed message store, id and inode caches,
 //!   atomic state files.
-//! - [`daemon`]: wiring and the loop: triggers, backoff, shutdown.
+//! - [`daemon`]: wiring and the loop: triggers, per-folder retries, shutdown.
+//! - [`error`]: the [`error::Kind`] every error maps to, and what the daemon
+//!   does about each.
 //! - [`fsutil`]: atomic writes and private directories.
 //! - [`types`]: flags, content hashes and cloud ids shared by all modules.
 pub mod auth;
@@ -24,6 +26,7 @@ pub mod config;
 pub mod credclient;
 pub mod credsrv;
 pub mod daemon;
+pub mod error;
 pub mod fsutil;
 pub mod maildir;
 pub mod store;

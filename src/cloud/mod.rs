@@ -8,6 +8,8 @@ pub mod graph;
 pub mod memory;
 
 use arcstr::ArcStr;
+
+use crate::error::{HasKind, Kind};
 use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
@@ -70,17 +72,23 @@ pub struct FlagChange {
     pub clear: Flags,
 }
 
-/// What the daemon should do about a failed cloud call.
+/// How a backend classifies a failed cloud call; [`CloudError`]'s
+/// [`HasKind`] maps it to the daemon's [`Kind`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ErrorKind {
     /// Transient (network, 5xx, 429): retry later, after `retry_after` if given.
     Retry,
     /// The token was refused: refresh or log in again, then retry.
     Auth,
-    /// The message no longer exists in the cloud.
+    /// What the call names no longer exists: a message (the next listing
+    /// shows it gone), or the configured folder or label itself.
     NotFound,
-    /// The request can never succeed as configured (missing folder, bad
-    /// request): report and stop trying this mailbox.
+    /// The request can never succeed as configured (an ambiguous or empty
+    /// folder name, a request the service refuses).
+    Config,
+    /// We built a request we cannot send (our bug).
+    Bug,
+    /// Nothing will help until a restart (no HTTP client).
     Fatal,
 }
 
@@ -96,6 +104,22 @@ pub struct CloudError {
     pub retry_after: Option<Duration>,
     /// Human-readable detail (never contains a token).
     pub message: String,
+}
+
+impl HasKind for CloudError {
+    fn kind(&self) -> Kind {
+        match self.kind {
+            ErrorKind::Retry if self.retry_after.is_some() => Kind::RateLimited {
+                retry_after: self.retry_after,
+            },
+            ErrorKind::Retry => Kind::Transient,
+            ErrorKind::Auth => Kind::NeedsLogin,
+            ErrorKind::NotFound => Kind::NotFound,
+            ErrorKind::Config => Kind::Config,
+            ErrorKind::Bug => Kind::Bug,
+            ErrorKind::Fatal => Kind::Fatal,
+        }
+    }
 }
 
 impl CloudError {
@@ -204,7 +228,7 @@ pub fn folders_for(
         let acct = &config.accounts[m.account];
         let user = acct.user.clone().unwrap_or_default();
         let source = tokens.get(m.account).cloned().ok_or_else(|| {
-            CloudError::new(&m.name, ErrorKind::Fatal, "no token source for the account")
+            CloudError::new(&m.name, ErrorKind::Bug, "no token source for the account")
         })?;
         let key = format!(
             "{}:{}/{}",

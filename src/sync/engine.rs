@@ -25,6 +25,7 @@ use super::state::{CursorChange, SyncState};
 use crate::cloud::{CloudError, CloudMailbox, FlagChange, Listed};
 use crate::config::router::RouteRequest;
 use crate::config::{DeleteAction, Router};
+use crate::error::{HasKind, Kind};
 use crate::maildir::{Entry, Maildir, MaildirError, WatchEvent};
 use crate::store::{Store, StoreError};
 use crate::types::{Cid, ContentHash, Flags};
@@ -106,8 +107,10 @@ pub struct CycleReport {
     pub actions: usize,
     /// Actions that failed (retried next cycle).
     pub failed: usize,
-    /// Cloud errors met (listing, download or actions).
-    pub cloud_errors: Vec<CloudError>,
+    /// Cloud errors met (listing, download or actions), per folder.
+    pub cloud_errors: Vec<FolderError>,
+    /// Per folder: a listing of it was taken in successfully.
+    pub listed: Vec<bool>,
     /// Guard warnings the planner raised.
     pub warnings: Vec<Warning>,
     /// Messages whose routing failed (left where they are).
@@ -122,10 +125,57 @@ pub struct CycleReport {
     pub skipped: bool,
 }
 
+/// What a folder was doing when a cloud error met it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    /// Listing it.
+    Listing,
+    /// Downloading one of its messages.
+    Download,
+    /// Changing or deleting one of its messages.
+    Action,
+}
+
+/// A cloud error met by one folder in a cycle.
+#[derive(Clone, Debug, thiserror::Error)]
+#[error("{error}")]
+pub struct FolderError {
+    /// The folder (config order).
+    pub folder: usize,
+    /// What failed.
+    pub during: Phase,
+    /// The error.
+    pub error: CloudError,
+}
+
+impl HasKind for FolderError {
+    /// The error's kind, except that a message gone or refused is not the
+    /// folder's failure: the next listing tells what became of it.
+    fn kind(&self) -> Kind {
+        match (self.during, self.error.kind()) {
+            (Phase::Download | Phase::Action, Kind::NotFound | Kind::Config) => Kind::Transient,
+            (_, k) => k,
+        }
+    }
+}
+
 impl CycleReport {
     /// True when everything succeeded.
     pub fn is_clean(&self) -> bool {
         self.failed == 0 && self.cloud_errors.is_empty()
+    }
+
+    /// Per folder (of `n`), the kind of failure that decides when it is
+    /// tried again; `None` for a folder that met no error.
+    pub fn folder_kinds(&self, n: usize) -> Vec<Option<Kind>> {
+        let mut kinds: Vec<Option<Kind>> = vec![None; n];
+        for e in &self.cloud_errors {
+            if let Some(k) = kinds.get_mut(e.folder) {
+                let kind = e.kind();
+                *k = Some(k.map_or(kind, |was| was.worst(kind)));
+            }
+        }
+        kinds
     }
 
     /// Adds a later cycle's report to this one.
@@ -134,6 +184,12 @@ impl CycleReport {
         self.actions += later.actions;
         self.failed += later.failed;
         self.cloud_errors.extend(later.cloud_errors);
+        if self.listed.len() < later.listed.len() {
+            self.listed.resize(later.listed.len(), false);
+        }
+        for (l, later) in self.listed.iter_mut().zip(later.listed) {
+            *l |= later;
+        }
         self.warnings.extend(later.warnings);
         self.routing_failures += later.routing_failures;
         self.held = later.held;
@@ -654,7 +710,10 @@ impl Engine {
                 tracing::error!(folder = %f.key, "bug: listing older than the agreement; listing again");
             }
             let never = self.cloud.listing(i).is_none();
-            let wanted = relist.get(i).copied().unwrap_or(true) || never || stale;
+            // A folder never listed is listed when asked, like any other:
+            // one that cannot be (misnamed, waiting for a login) is the
+            // caller's to schedule, not listed again by every cycle.
+            let wanted = relist.get(i).copied().unwrap_or(true) || stale;
             if !wanted || self.background.listing(i) {
                 continue;
             }
@@ -671,10 +730,12 @@ impl Engine {
             self.background.await_listings(LIST_GRACE, &self.stop).await;
         }
         let mut failed = vec![false; self.folders.len()];
+        report.listed.resize(self.folders.len(), false);
         for (i, failed) in failed.iter_mut().enumerate() {
             let Some((done, retry)) = self.background.take_listing(i) else {
                 continue;
             };
+            report.listed[i] |= done.result.is_ok();
             match done.result {
                 // Started before this folder's last agreement: it may not
                 // show what that cycle did. List again.
@@ -743,11 +804,15 @@ impl Engine {
                     self.resolve(i, r.unresolved, dirty);
                     news = true;
                 }
-                Err(e) => {
-                    tracing::warn!(folder = %self.folders[i].key, "listing failed: {e}");
+                Err(error) => {
+                    tracing::warn!(folder = %self.folders[i].key, "listing failed: {error}");
                     news = true;
                     *failed = true;
-                    report.cloud_errors.push(e);
+                    report.cloud_errors.push(FolderError {
+                        folder: i,
+                        during: Phase::Listing,
+                        error,
+                    });
                 }
             }
         }
@@ -836,7 +901,11 @@ impl Engine {
                 }
                 Finished::Failed { folder, id, error } => {
                     tracing::warn!(folder = %self.folders[folder].key, id = %id, "download failed: {error}");
-                    report.cloud_errors.push(error);
+                    report.cloud_errors.push(FolderError {
+                        folder,
+                        during: Phase::Download,
+                        error,
+                    });
                 }
                 Finished::StoreFailed { folder, id, error } => {
                     tracing::error!(folder = %self.folders[folder].key, id = %id, "cannot store a download: {error}");
@@ -1257,9 +1326,15 @@ impl Engine {
             for (ai, r) in idx.into_iter().zip(results) {
                 match r {
                     Ok(()) => outcomes[ai] = Outcome::Done,
-                    Err(e) => {
-                        tracing::warn!("cloud action failed, will retry: {e}");
-                        report.cloud_errors.push(e);
+                    Err(error) => {
+                        tracing::warn!("cloud action failed, will retry: {error}");
+                        if let Some(folder) = plan.actions[ai].mailbox() {
+                            report.cloud_errors.push(FolderError {
+                                folder,
+                                during: Phase::Action,
+                                error,
+                            });
+                        }
                     }
                 }
             }

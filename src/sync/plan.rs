@@ -225,6 +225,16 @@ impl Action {
         }
     }
 
+    /// The cloud folder a cloud action works on.
+    pub fn mailbox(&self) -> Option<usize> {
+        match self {
+            Action::SetCloudFlags { mailbox, .. } | Action::DeleteCloud { mailbox, .. } => {
+                Some(*mailbox)
+            }
+            _ => None,
+        }
+    }
+
     /// True for the actions that call the cloud.
     pub fn is_cloud(&self) -> bool {
         matches!(

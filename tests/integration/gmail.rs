@@ -412,11 +412,11 @@ async fn full_listing_matches_the_emulator() {
 }
 
 #[tokio::test]
-async fn a_missing_label_is_fatal_and_named() {
+async fn a_missing_label_is_not_found_and_named() {
     let env = Env::start(QuotaMode::Off).await;
     let mb = env.mailbox(fast(), "No Such Label");
     let e = mb.list().await.expect_err("missing label");
-    assert_eq!(e.kind, ErrorKind::Fatal);
+    assert_eq!(e.kind, ErrorKind::NotFound);
     assert!(e.to_string().contains("No Such Label"), "{e}");
 }
 

@@ -278,7 +278,7 @@ async fn nested_folders_are_found_and_bad_paths_named() {
 
     let missing = c.mailbox(&acct, "Inbox/Nope/Rust");
     let e = missing.list().await.expect_err("missing");
-    assert_eq!(e.kind, ErrorKind::Fatal);
+    assert_eq!(e.kind, ErrorKind::NotFound);
     assert!(e.message.contains("\"Inbox/Nope\""), "{e}");
 
     // Eleven folders of one name under one parent (the service refuses to
@@ -307,7 +307,7 @@ async fn nested_folders_are_found_and_bad_paths_named() {
         .list()
         .await
         .expect_err("ambiguous");
-    assert_eq!(e.kind, ErrorKind::Fatal);
+    assert_eq!(e.kind, ErrorKind::Config);
     assert!(
         e.message.contains("ambiguous") && e.message.contains("11"),
         "{e}"

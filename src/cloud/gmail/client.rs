@@ -255,7 +255,7 @@ impl GmailAccount {
     ) -> Result<(), ApiError> {
         let full = format!("{API}{path}");
         let bytes = serde_json::to_vec(body)
-            .map_err(|e| ApiError::new(ErrorKind::Fatal, format!("encoding request: {e}")))?;
+            .map_err(|e| ApiError::new(ErrorKind::Bug, format!("encoding request: {e}")))?;
         let req = Request {
             method: Http::POST,
             path: &full,
@@ -632,7 +632,7 @@ fn classify(reply: &Reply) -> Option<Failure> {
         403 => Failure::Final(err(ErrorKind::Auth)),
         404 => Failure::Final(err(ErrorKind::NotFound)),
         408 | 500..=599 => Failure::Transient(err(ErrorKind::Retry)),
-        _ => Failure::Final(err(ErrorKind::Fatal)),
+        _ => Failure::Final(err(ErrorKind::Config)),
     })
 }
 
@@ -826,6 +826,8 @@ mod tests {
                 ErrorKind::Retry => "final-retry",
                 ErrorKind::Auth => "auth",
                 ErrorKind::NotFound => "notfound",
+                ErrorKind::Config => "config",
+                ErrorKind::Bug => "bug",
                 ErrorKind::Fatal => "fatal",
             },
         }
@@ -872,7 +874,7 @@ mod tests {
         assert_eq!(kind(classify(&reply(503, "<html>"))), "transient");
         assert_eq!(
             kind(classify(&reply(400, &google(400, "invalidArgument")))),
-            "fatal"
+            "config"
         );
         // An error envelope delivered with HTTP 200.
         assert_eq!(

@@ -157,7 +157,7 @@ impl GmailMailbox {
     /// The label named `label_name` (a user label's name, or a system label
     /// such as `INBOX`) of `account`. The label is looked up on first use (a
     /// restored cursor already knows it); a missing label makes that call
-    /// fail with [`ErrorKind::Fatal`].
+    /// fail with [`ErrorKind::NotFound`].
     pub fn new(account: Arc<GmailAccount>, label_name: &str, name_for_logs: &str) -> GmailMailbox {
         GmailMailbox {
             account,
@@ -214,7 +214,7 @@ impl GmailMailbox {
         match by_name.or_else(by_id) {
             Some(l) => Ok(l.id.clone()),
             None => Err(ApiError {
-                kind: ErrorKind::Fatal,
+                kind: ErrorKind::NotFound,
                 status: None,
                 reason: String::new(),
                 retry_after: None,

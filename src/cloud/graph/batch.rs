@@ -82,7 +82,7 @@ pub(crate) async fn run(
             let body = match serde_json::to_value(&req) {
                 Ok(b) => b,
                 Err(e) => {
-                    let e = CloudError::new(ctx, ErrorKind::Fatal, format!("batch encoding: {e}"));
+                    let e = CloudError::new(ctx, ErrorKind::Bug, format!("batch encoding: {e}"));
                     for &i in chunk {
                         results[i] = Some(Err(e.clone()));
                     }
@@ -208,7 +208,7 @@ pub(crate) async fn run(
 async fn single(account: &GraphAccount, ctx: &str, op: &Op) -> Result<(), CloudError> {
     let url = account.url(&op.path);
     let method = Method::from_bytes(op.method.as_bytes())
-        .map_err(|e| CloudError::new(ctx, ErrorKind::Fatal, e.to_string()))?;
+        .map_err(|e| CloudError::new(ctx, ErrorKind::Bug, e.to_string()))?;
     let call = Call {
         method,
         url: &url,

@@ -70,7 +70,7 @@ impl Failure {
                     404 | 410 => ErrorKind::NotFound,
                     403 if code.eq_ignore_ascii_case("ErrorAccessDenied") => ErrorKind::Auth,
                     408 | 409 | 412 | 423 | 424 => ErrorKind::Retry,
-                    _ => ErrorKind::Fatal,
+                    _ => ErrorKind::Config,
                 };
                 CloudError::new(ctx, kind, format!("HTTP {status} {code}: {message}"))
             }
@@ -523,7 +523,7 @@ mod tests {
             .kind
         };
         assert_eq!(k(404, "ErrorItemNotFound"), ErrorKind::NotFound);
-        assert_eq!(k(400, "BadRequest"), ErrorKind::Fatal);
+        assert_eq!(k(400, "BadRequest"), ErrorKind::Config);
         assert_eq!(k(403, "ErrorAccessDenied"), ErrorKind::Auth);
         assert_eq!(k(409, "ErrorIrresolvableConflict"), ErrorKind::Retry);
     }

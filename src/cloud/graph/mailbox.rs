@@ -304,7 +304,7 @@ impl GraphMailbox {
         }
         let parts: Vec<&str> = self.path.split('/').filter(|p| !p.is_empty()).collect();
         if parts.is_empty() {
-            return Err(self.err(ErrorKind::Fatal, "empty Office365 folder name"));
+            return Err(self.err(ErrorKind::Config, "empty Office365 folder name"));
         }
         let mut parent: Option<String> = None;
         let mut first = 0;
@@ -352,9 +352,6 @@ impl GraphMailbox {
                     .map_err(|f| {
                         let mut e = f.into_cloud(&self.name);
                         e.message = format!("looking up folder {so_far:?}: {}", e.message);
-                        if e.kind == ErrorKind::NotFound {
-                            e.kind = ErrorKind::Fatal;
-                        }
                         e
                     })?;
                 found.extend(page.value);
@@ -398,7 +395,7 @@ impl GraphMailbox {
                 [one] => parent = Some(one.id.clone()),
                 [] => {
                     return Err(self.err(
-                        ErrorKind::Fatal,
+                        ErrorKind::NotFound,
                         format!(
                             "Office365 folder {so_far:?} not found (looking for {:?})",
                             self.path
@@ -407,7 +404,7 @@ impl GraphMailbox {
                 }
                 many => {
                     return Err(self.err(
-                        ErrorKind::Fatal,
+                        ErrorKind::Config,
                         format!(
                             "Office365 folder name {so_far:?} is ambiguous: {} folders match (looking for {:?})",
                             many.len(),
@@ -695,7 +692,7 @@ impl GraphMailbox {
         }) {
             Ok(b) => b,
             Err(e) => {
-                let e = self.err(ErrorKind::Fatal, format!("encoding a move: {e}"));
+                let e = self.err(ErrorKind::Bug, format!("encoding a move: {e}"));
                 return ids.iter().map(|_| Err(e.clone())).collect();
             }
         };

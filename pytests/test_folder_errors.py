@@ -1,0 +1,76 @@
+"""A folder that cannot sync holds back only itself, through the binary: with
+one Office365 folder misnamed in cms.cfg, the good folder syncs and polls as
+usual, the bad one is looked up once and then only rarely (no hot loop),
+and with --offline the good folder leaves the offline rule after its own
+first cycle, so a file removed afterwards is archived in the cloud rather
+than restored."""
+
+import os
+import subprocess
+import time
+
+from conftest import assert_no_tokens, binary, maildir_files, wait_for
+
+USER = "good@contoso.example"
+
+CONFIG = f'''
+inbox = MailDir("~/mail/inbox")
+acct = Office365_Account(user="{USER}")
+good = Office365("inbox", acct)
+good.poll_interval = 1
+bad = Office365("Inbox/No Such Folder", acct)
+bad.poll_interval = 1
+'''
+
+
+def requests(cloud, pred):
+    return sum(v["requests"] for r, v in cloud.stats()["routes"].items() if pred(r))
+
+
+def inbox_messages(cloud):
+    mb = cloud.mailbox(USER)["o365"]
+    inbox = next(f["id"] for f in mb["folders"] if f.get("wellKnownName") == "inbox")
+    return [m for m in mb["messages"] if m["folderId"] == inbox]
+
+
+def test_a_misnamed_folder_holds_back_only_itself(cms, fakecloud_factory):
+    cloud = fakecloud_factory("--populate-o365", f"{USER}:Inbox:6")
+    cms.use_cloud(cloud)
+    cms.write_cfg(CONFIG)
+    # A first run: the good folder syncs, the bad one is reported (exit 1).
+    first = cms.run("--once", check=False)
+    assert first.returncode == 1, first.stderr[-3000:]
+    assert "No Such Folder" in first.stderr
+    assert len(maildir_files(cms.home)) == 6
+
+    # While stopped, a file is removed: the --offline first cycle restores it.
+    os.unlink(maildir_files(cms.home)[0])
+    cloud.control("stats", method="DELETE")
+    proc = subprocess.Popen([str(binary("cloud-mdir-sync")), "--offline"], cwd=cms.home,
+                            env=cms.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for("the restore of the removed file", lambda: len(maildir_files(cms.home)) == 6, 30)
+        assert len(inbox_messages(cloud)) == 6
+        # Polls go on for the good folder (1 s), while the bad one is looked
+        # up once and then waits its rare retry.
+        time.sleep(8)
+        polls = requests(cloud, lambda r: r.endswith("/messages/delta"))
+        lookups = requests(cloud, lambda r: "mailFolders" in r and not r.endswith("/messages/delta"))
+        assert polls >= 4, cloud.stats()["routes"]
+        assert lookups <= 4, cloud.stats()["routes"]
+
+        # After the good folder's first cycle a removal is a deletion there,
+        # though the bad folder never had a successful cycle.
+        os.unlink(maildir_files(cms.home)[0])
+        wait_for("the archive in the cloud", lambda: len(inbox_messages(cloud)) == 5, 30)
+        time.sleep(2)
+        assert len(maildir_files(cms.home)) == 5
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=30)
+    assert_no_tokens(err)
+    assert proc.returncode == 0, err[-3000:]
+    assert "trying again every 10 min" in err, err[-3000:]
+    # Reported once (the failed listing and what the daemon does about it),
+    # not once per poll.
+    assert sum("No Such Folder" in line for line in err.splitlines()) <= 2, err[-3000:]
