@@ -372,7 +372,6 @@ async fn run_with_logins(
     let n = engine.folder_count();
     let mut schedule = Schedule::new(keys, &polls, Instant::now());
     let mut relist = vec![true; n];
-    let mut rng = Jitter::new();
     // The first cycle scans every maildir; so does one every
     // `cfg.rescan_interval`, the safety net for anything the watcher missed (an
     // overflow asks for one too). Other cycles handle the files the
@@ -400,7 +399,9 @@ async fn run_with_logins(
         };
         // Each folder is due again as its own outcome says; jitter spreads
         // retries, but never below what a server asked.
-        schedule.after_cycle(&relist, report, Instant::now(), &mut |d| rng.around(d));
+        schedule.after_cycle(&relist, report, Instant::now(), &mut |d| {
+            crate::cloud::transport::around(d, 0.2)
+        });
         // Wait for the next reason to run.
         let wake_at = schedule
             .next()
@@ -456,45 +457,5 @@ fn log_report(r: &CycleReport) {
         tracing::info!("sync: {}", summary(r));
     } else {
         tracing::debug!("sync: nothing to do");
-    }
-}
-
-/// Small xorshift generator for retry jitter (no cryptographic use).
-struct Jitter(u64);
-
-impl Jitter {
-    fn new() -> Jitter {
-        let seed = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(1)
-            ^ u64::from(std::process::id()) << 32;
-        Jitter(seed | 1)
-    }
-
-    /// `d` scaled by a factor in [0.8, 1.2).
-    fn around(&mut self, d: Duration) -> Duration {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        let f = 0.8 + (self.0 % 1000) as f64 / 2500.0;
-        d.mul_f64(f)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn jitter_stays_in_range() {
-        let mut j = Jitter::new();
-        for _ in 0..1000 {
-            let d = j.around(Duration::from_secs(10));
-            assert!(
-                d >= Duration::from_secs(8) && d < Duration::from_secs(12),
-                "{d:?}"
-            );
-        }
     }
 }

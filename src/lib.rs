@@ -18,7 +18,8 @@
 //! - [`daemon`]: wiring and the loop: triggers, per-folder retries, shutdown.
 //! - [`error`]: the [`error::Kind`] every error maps to, and what the daemon
 //!   does about each.
-//! - [`fsutil`]: atomic writes and private directories.
+//! - [`fsutil`]: atomic writes and private directories; [`lock`]: mutexes
+//!   that survive a panicking holder.
 //! - [`types`]: flags, content hashes and cloud ids shared by all modules.
 pub mod auth;
 pub mod cloud;
@@ -28,6 +29,7 @@ pub mod credsrv;
 pub mod daemon;
 pub mod error;
 pub mod fsutil;
+pub mod lock;
 pub mod maildir;
 pub mod store;
 pub mod sync;

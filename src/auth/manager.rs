@@ -12,7 +12,7 @@ use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
@@ -27,6 +27,7 @@ use super::store::{TokenMap, TokenStore};
 use super::{AccessToken, Audience, AuthError, TokenSource};
 use crate::cloud::{BoxFut, Endpoints};
 use crate::config::CloudKind;
+use crate::lock::lock;
 
 /// Why the manager could not start.
 #[derive(Debug, thiserror::Error)]
@@ -196,12 +197,6 @@ pub(crate) struct Inner {
     pub shutdown: watch::Sender<bool>,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     gmail_device_warned: std::sync::Once,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // A panic while holding one of these locks leaves plain data behind;
-    // keep going with it.
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// The message for a Gmail account asked to use the device flow.

@@ -60,10 +60,7 @@ impl MemoryMailbox {
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
-        match self.inner.lock() {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
-        }
+        crate::lock::lock(&self.inner)
     }
 
     /// Deliver a message (as a second client would); returns its id.

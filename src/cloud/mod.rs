@@ -6,6 +6,7 @@ pub mod cursor;
 pub mod gmail;
 pub mod graph;
 pub mod memory;
+pub mod transport;
 
 use arcstr::ArcStr;
 

@@ -124,10 +124,7 @@ impl Router {
             return;
         }
         let gone: HashSet<(usize, &str)> = gone.iter().map(|(m, id)| (*m, id.as_str())).collect();
-        let mut st = match self.state.lock() {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
-        };
+        let mut st = crate::lock::lock(&self.state);
         st.memo.retain(|k, _| !gone.contains(&(k.0, k.2.as_str())));
     }
 
@@ -156,10 +153,7 @@ fn route_on_thread(
     state: &Mutex<State>,
     batch: Vec<RouteRequest>,
 ) -> Vec<Result<usize, RouteError>> {
-    let mut st = match state.lock() {
-        Ok(g) => g,
-        Err(p) => p.into_inner(),
-    };
+    let mut st = crate::lock::lock(state);
     let func = match st.objects.cfg.bind(py).getattr("direct_message") {
         Ok(f) => f,
         Err(e) => {

@@ -11,7 +11,7 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use notify::event::ModifyKind;
@@ -19,6 +19,7 @@ use notify::{Event, EventKind, RecommendedWatcher, RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 
 use super::MaildirError;
+use crate::lock::lock;
 
 /// Something changed in a maildir's `cur/` or `new/`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -67,10 +68,6 @@ impl Changes {
 }
 
 type Pending = Mutex<Vec<Changes>>;
-
-fn lock(p: &Pending) -> std::sync::MutexGuard<'_, Vec<Changes>> {
-    p.lock().unwrap_or_else(PoisonError::into_inner)
-}
 
 /// Keeps the watch alive; dropping it stops the notifications, after which
 /// the receiver sees the channel close.

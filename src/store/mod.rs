@@ -34,10 +34,11 @@ use std::io::{self, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use crate::fsutil::{self, FsError, InodeKey};
+use crate::lock::lock;
 use crate::types::{Cid, ContentHash, StorageKind};
 pub use db::Db;
 use ids::IdCache;
@@ -201,12 +202,6 @@ pub struct Store {
     tmp_counter: AtomicU64,
     /// Holds the exclusive `flock` on `state/lock` for the store's lifetime.
     _lock: File,
-}
-
-/// Locks a mutex, ignoring poisoning: every critical section leaves the
-/// maps consistent, so a panic elsewhere does not invalidate them.
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl Store {

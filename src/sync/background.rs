@@ -6,7 +6,7 @@
 //! flight); cycles pick up what finished, in batches ([`Background::ready`]).
 
 use std::collections::{HashSet, VecDeque};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
@@ -14,6 +14,7 @@ use tokio::task::JoinSet;
 
 use super::engine::{Stop, SyncError};
 use crate::cloud::{CloudError, CloudMailbox, ErrorKind, Listed};
+use crate::lock::lock;
 use crate::store::Store;
 use crate::types::{Cid, ContentHash};
 
@@ -112,11 +113,6 @@ struct Shared {
     finished: Vec<Finished>,
     /// When the oldest of them finished.
     first_finished: Option<Instant>,
-}
-
-/// Locks ignoring poisoning: every critical section leaves the state whole.
-fn lock(m: &Mutex<Shared>) -> MutexGuard<'_, Shared> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// The background tasks of one engine (aborted when it is dropped).

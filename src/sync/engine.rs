@@ -1066,10 +1066,7 @@ impl Engine {
     /// Size of stored content, remembered per hash (one `stat` per message
     /// per run, not per cycle).
     fn content_size(&self, hash: &ContentHash) -> u64 {
-        let mut sizes = match self.sizes.lock() {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
-        };
+        let mut sizes = crate::lock::lock(&self.sizes);
         if let Some(&n) = sizes.get(hash) {
             return n;
         }

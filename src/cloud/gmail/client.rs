@@ -9,12 +9,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use reqwest::Method as Http;
-use reqwest::header::{CONTENT_TYPE, HeaderMap, RETRY_AFTER};
+use reqwest::header::CONTENT_TYPE;
 use serde::de::DeserializeOwned;
 
 use super::throttle::{Limits, Method, Throttle, Usage};
 use super::wire;
 use crate::auth::{AccessToken, Audience, AuthError, TokenSource};
+use crate::cloud::transport::retry_after_header;
 use crate::cloud::{CloudError, Endpoints, ErrorKind};
 
 /// The API host. The legacy `www.googleapis.com` serves the REST paths and
@@ -541,7 +542,7 @@ impl GmailAccount {
             ))
         })?;
         let status = resp.status().as_u16();
-        let retry_after = parse_retry_after(resp.headers());
+        let retry_after = retry_after_header(resp.headers());
         let content_type = resp
             .headers()
             .get(CONTENT_TYPE)
@@ -647,13 +648,6 @@ fn token_error(e: AuthError) -> ApiError {
     }
 }
 
-/// `Retry-After` as seconds (fractions allowed); HTTP dates are ignored.
-fn parse_retry_after(h: &HeaderMap) -> Option<Duration> {
-    let v = h.get(RETRY_AFTER)?.to_str().ok()?.trim();
-    let secs: f64 = v.parse().ok()?;
-    (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs.min(86_400.0)))
-}
-
 /// A path segment with anything outside `[A-Za-z0-9_-]` percent-encoded
 /// (Gmail ids are hex; this only guards against surprises).
 pub(crate) fn segment(s: &str) -> String {
@@ -671,7 +665,7 @@ pub(crate) fn segment(s: &str) -> String {
 /// The multipart body asking for `ids[i]` for each `i` in `which`;
 /// returns the body and its boundary.
 fn batch_body(ids: &[String], which: &[usize], query: &str) -> (Vec<u8>, String) {
-    let boundary = format!("cms_batch_{:016x}", rand_u64());
+    let boundary = format!("cms_batch_{:016x}", fastrand::u64(..));
     let mut body = Vec::new();
     for &i in which {
         body.extend_from_slice(
@@ -685,13 +679,6 @@ fn batch_body(ids: &[String], which: &[usize], query: &str) -> (Vec<u8>, String)
     }
     body.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
     (body, boundary)
-}
-
-fn rand_u64() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u64(0x9e37_79b9_7f4a_7c15);
-    h.finish()
 }
 
 /// The request index of a part from its `Content-ID: <response-item-N>`.
@@ -881,18 +868,6 @@ mod tests {
             kind(classify(&reply(200, &google(503, "backendError")))),
             "transient"
         );
-    }
-
-    #[test]
-    fn retry_after_seconds() {
-        let mut h = HeaderMap::new();
-        h.insert(RETRY_AFTER, "2.5".parse().unwrap());
-        assert_eq!(parse_retry_after(&h), Some(Duration::from_millis(2500)));
-        h.insert(
-            RETRY_AFTER,
-            "Wed, 21 Oct 2015 07:28:00 GMT".parse().unwrap(),
-        );
-        assert_eq!(parse_retry_after(&h), None);
     }
 
     #[test]

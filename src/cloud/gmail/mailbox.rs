@@ -182,24 +182,15 @@ impl GmailMailbox {
     }
 
     fn lock(&self) -> MutexGuard<'_, Listing> {
-        match self.state.lock() {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
-        }
+        crate::lock::lock(&self.state)
     }
 
     fn saving(&self) -> MutexGuard<'_, Saving> {
-        match self.saving.lock() {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
-        }
+        crate::lock::lock(&self.saving)
     }
 
     fn meta(&self) -> MutexGuard<'_, HashMap<String, Meta>> {
-        match self.meta.lock() {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
-        }
+        crate::lock::lock(&self.meta)
     }
 
     fn err(&self, e: ApiError) -> CloudError {

@@ -4,7 +4,7 @@
 //! exponential backoff and jitter when Google answers with a rate-limit
 //! error. Waiting is always a timed sleep, never a spin.
 
-use std::hash::{BuildHasher, Hasher};
+use crate::cloud::transport::jitter;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -164,10 +164,7 @@ impl Throttle {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Bucket> {
-        match self.bucket.lock() {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
-        }
+        crate::lock::lock(&self.bucket)
     }
 
     /// Reserve `units` at `now`; returns how long the caller must wait
@@ -286,15 +283,6 @@ impl Throttle {
             retries: self.retries.load(Ordering::Relaxed),
         }
     }
-}
-
-/// A random fraction in [0, 1) from the standard library's per-process
-/// random hash keys (no RNG dependency needed for jitter).
-fn jitter() -> f64 {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
-    (h.finish() >> 11) as f64 / (1u64 << 53) as f64
 }
 
 #[cfg(test)]

@@ -21,8 +21,8 @@ use reqwest::Method;
 use serde_json::Value;
 
 use super::client::{Call, GraphAccount, PREFER_IMMUTABLE, Retrier, error_in};
-use super::throttle::parse_retry_after;
 use super::wire::{BatchPart, BatchRequest, BatchResponse};
+use crate::cloud::transport::parse_retry_after;
 use crate::cloud::{CloudError, ErrorKind};
 
 /// Most parts per batch (the documented limit).

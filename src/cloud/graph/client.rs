@@ -13,8 +13,9 @@ use reqwest::header::{CONTENT_TYPE, HeaderMap};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use super::throttle::{Permit, Throttle, ThrottleConfig, ThrottleStats, parse_retry_after};
+use super::throttle::{Permit, Throttle, ThrottleConfig, ThrottleStats};
 use crate::auth::{AccessToken, Audience, AuthError, TokenSource};
+use crate::cloud::transport::retry_after_header;
 use crate::cloud::{CloudError, Endpoints, ErrorKind};
 
 /// The Graph host as the real service names it (mapped by [`Endpoints`]).
@@ -229,12 +230,6 @@ pub(crate) fn error_in(v: &Value) -> Option<(String, String)> {
     Some((s("code"), s("message")))
 }
 
-fn retry_after_of(h: &HeaderMap) -> Option<Duration> {
-    h.get("retry-after")
-        .and_then(|v| v.to_str().ok())
-        .and_then(parse_retry_after)
-}
-
 /// True for a response body that is JSON.
 pub(crate) fn is_json(h: &HeaderMap) -> bool {
     h.get(CONTENT_TYPE)
@@ -402,7 +397,7 @@ impl GraphAccount {
             if (200..300).contains(&status) {
                 return Ok(Opened { resp, permit });
             }
-            let retry_after = retry_after_of(resp.headers());
+            let retry_after = retry_after_header(resp.headers());
             // Error bodies are small; read them while still holding the slot.
             let body = resp.bytes().await.unwrap_or_default();
             drop(permit);

@@ -23,6 +23,7 @@ use crate::cloud::{
     BoxFut, CloudEntry, CloudError, CloudMailbox, CursorDelta, ErrorKind, FlagChange, Listed, Sink,
 };
 use crate::config::DeleteAction;
+use crate::lock::lock;
 use crate::types::{Flags, StorageKind};
 
 /// Delta page size asked for with `Prefer: odata.maxpagesize` (the items
@@ -219,14 +220,6 @@ pub struct GraphMailbox {
     committed: Mutex<Committed>,
     /// Serialises `list`; holds an interrupted round.
     listing: tokio::sync::Mutex<Option<Pending>>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // Nothing panics while these locks are held.
-    match m.lock() {
-        Ok(g) => g,
-        Err(p) => p.into_inner(),
-    }
 }
 
 /// True when Graph says our delta state is gone and a full round is needed.

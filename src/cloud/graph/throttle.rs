@@ -5,12 +5,12 @@
 //! exponential backoff for transient failures. Waiting is always a sleep on a
 //! deadline or on a semaphore, never a poll loop.
 
+use crate::cloud::transport::jitter;
 use std::collections::VecDeque;
-use std::hash::{BuildHasher, Hasher};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use crate::lock::lock;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
@@ -126,15 +126,6 @@ impl Drop for Permit {
         for _ in 0..self.requests {
             st.done.push_back(now);
         }
-    }
-}
-
-fn lock(m: &std::sync::Mutex<State>) -> std::sync::MutexGuard<'_, State> {
-    // No code panics while holding the lock; a poisoned lock still holds
-    // consistent counters.
-    match m.lock() {
-        Ok(g) => g,
-        Err(p) => p.into_inner(),
     }
 }
 
@@ -281,22 +272,6 @@ fn unreachable_semaphore() {
     tracing::error!("throttle semaphore closed");
 }
 
-/// A uniformly distributed number in [0, 1), from the standard library's
-/// randomly keyed hasher (no RNG dependency needed for jitter).
-fn jitter() -> f64 {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
-    (h.finish() >> 11) as f64 / (1u64 << 53) as f64
-}
-
-/// Parse a `Retry-After` header: seconds as a (possibly fractional) number.
-/// HTTP dates are not used by Graph and give `None`.
-pub fn parse_retry_after(v: &str) -> Option<Duration> {
-    let secs: f64 = v.trim().parse().ok()?;
-    (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs.min(24.0 * 3600.0)))
-}
-
 #[cfg(test)]
 mod tests {
     #[test]
@@ -310,18 +285,6 @@ mod tests {
     }
 
     use super::*;
-
-    #[test]
-    fn retry_after_is_fractional_seconds() {
-        assert_eq!(
-            parse_retry_after("2.128"),
-            Some(Duration::from_millis(2128))
-        );
-        assert_eq!(parse_retry_after(" 10 "), Some(Duration::from_secs(10)));
-        assert_eq!(parse_retry_after("-1"), None);
-        assert_eq!(parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"), None);
-        assert_eq!(parse_retry_after("NaN"), None);
-    }
 
     #[test]
     fn backoff_grows_and_is_capped() {
