@@ -16,7 +16,7 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::watch;
 
 use crate::auth::{Audience, TokenSource};
-use crate::config::{CloudKind, Protocol};
+use crate::types::{CloudKind, Protocol};
 
 /// Longest request accepted.
 const MAX_REQUEST: u64 = 4096;

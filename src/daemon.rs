@@ -4,6 +4,7 @@
 //! (a folder's poll, or its retry as its error's kind says: [`schedule`])
 //! and logins. A shutdown signal stops it between cycles, state saved.
 
+mod folders;
 mod schedule;
 
 use std::path::PathBuf;
@@ -13,9 +14,9 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
 use crate::auth::{AccountSpec, AuthManager, TokenSource};
-use crate::cloud::Endpoints;
 use crate::config::Loaded;
 use crate::credsrv::{self, Broker, BrokerAccount};
+use crate::endpoints::Endpoints;
 use crate::maildir::{self, Maildir, MaildirError};
 use crate::store::{Store, StoreError};
 use crate::sync::engine::{CycleReport, Engine, Folder, SyncError};
@@ -166,7 +167,7 @@ pub async fn run_config(
     let sources: Vec<Arc<dyn TokenSource>> = (0..cfg.accounts.len())
         .filter_map(|i| auth.source(i))
         .collect();
-    let folders = crate::cloud::folders_for(&cfg, &env.endpoints, &sources, env.quota_scale)?;
+    let folders = folders::folders_for(&cfg, &env.endpoints, &sources, env.quota_scale)?;
 
     // Token brokers.
     let mut broker_tasks = Vec::new();

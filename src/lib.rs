@@ -16,6 +16,7 @@
 //! - [`store`]: the content-addressed message store, id and inode caches,
 //!   atomic state files.
 //! - [`daemon`]: wiring and the loop: triggers, per-folder retries, shutdown.
+//! - [`endpoints`]: the services' base URLs (real, or the emulator).
 //! - [`error`]: the [`error::Kind`] every error maps to, and what the daemon
 //!   does about each.
 //! - [`fsutil`]: atomic writes and private directories; [`lock`]: mutexes
@@ -27,6 +28,7 @@ pub mod config;
 pub mod credclient;
 pub mod credsrv;
 pub mod daemon;
+pub mod endpoints;
 pub mod error;
 pub mod fsutil;
 pub mod lock;

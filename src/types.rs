@@ -218,3 +218,34 @@ mod tests {
         assert_eq!(!Flags::NONE, Flags::ALL);
     }
 }
+
+/// Which cloud service a mailbox or account belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CloudKind {
+    /// Microsoft Office365 through Graph.
+    Office365,
+    /// Google Gmail through the Gmail API.
+    Gmail,
+}
+
+/// What a local deletion does in the cloud.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeleteAction {
+    /// Office365: move to Archive; Gmail: remove the synced label.
+    Archive,
+    /// Office365: move to Deleted Items; Gmail: add `TRASH`.
+    Delete,
+}
+
+/// A protocol a credential server hands tokens out for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+pub enum Protocol {
+    /// Outgoing mail (XOAUTH2 over SMTP).
+    #[serde(rename = "SMTP")]
+    Smtp,
+    /// Incoming mail (XOAUTH2 over IMAP).
+    #[serde(rename = "IMAP")]
+    Imap,
+}

@@ -1,9 +1,8 @@
 //! Time as the auth code sees it: the wall clock for token expiry and a
 //! sleep for device-code polling, injected so tests control both.
 
+use futures_util::future::BoxFuture;
 use std::time::{Duration, SystemTime};
-
-use crate::cloud::BoxFut;
 
 /// A source of time and delays.
 pub trait Clock: Send + Sync {
@@ -11,7 +10,7 @@ pub trait Clock: Send + Sync {
     fn now(&self) -> SystemTime;
 
     /// Resolve after `d` has passed on this clock.
-    fn sleep(&self, d: Duration) -> BoxFut<'static, ()>;
+    fn sleep(&self, d: Duration) -> BoxFuture<'static, ()>;
 }
 
 /// The system clock and tokio timers.
@@ -23,7 +22,7 @@ impl Clock for SystemClock {
         SystemTime::now()
     }
 
-    fn sleep(&self, d: Duration) -> BoxFut<'static, ()> {
+    fn sleep(&self, d: Duration) -> BoxFuture<'static, ()> {
         Box::pin(tokio::time::sleep(d))
     }
 }

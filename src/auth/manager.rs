@@ -8,6 +8,7 @@
 //! callers that want to wait use [`AccountTokens::wait_logged_in`] with
 //! their own timeout. Other accounts keep working throughout.
 
+use futures_util::future::BoxFuture;
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -25,9 +26,9 @@ use super::keyring::Keyring;
 use super::provider::{AccountSpec, TokenClient, TokenResponse};
 use super::store::{TokenMap, TokenStore};
 use super::{AccessToken, Audience, AuthError, TokenSource};
-use crate::cloud::{BoxFut, Endpoints};
-use crate::config::CloudKind;
+use crate::endpoints::Endpoints;
 use crate::lock::lock;
+use crate::types::CloudKind;
 
 /// Why the manager could not start.
 #[derive(Debug, thiserror::Error)]
@@ -427,7 +428,7 @@ impl AccountTokens {
 }
 
 impl TokenSource for AccountTokens {
-    fn token(&self, audience: Audience) -> BoxFut<'_, Result<AccessToken, AuthError>> {
+    fn token(&self, audience: Audience) -> BoxFuture<'_, Result<AccessToken, AuthError>> {
         Box::pin(self.inner.token(self.index, audience))
     }
 

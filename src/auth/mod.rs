@@ -34,11 +34,10 @@ pub use manager::{
 };
 pub use provider::AccountSpec;
 
+use futures_util::future::BoxFuture;
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::Mutex;
-
-use crate::cloud::BoxFut;
 
 /// Which resource a token is for; each needs its own access token.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -112,7 +111,7 @@ pub enum AuthError {
 pub trait TokenSource: Send + Sync {
     /// A currently valid access token for `audience` (refreshing or waiting
     /// for a login as needed).
-    fn token(&self, audience: Audience) -> BoxFut<'_, Result<AccessToken, AuthError>>;
+    fn token(&self, audience: Audience) -> BoxFuture<'_, Result<AccessToken, AuthError>>;
 
     /// The service refused `token` (HTTP 401): forget it so the next
     /// [`TokenSource::token`] call refreshes.
@@ -145,7 +144,7 @@ impl StaticTokens {
 }
 
 impl TokenSource for StaticTokens {
-    fn token(&self, audience: Audience) -> BoxFut<'_, Result<AccessToken, AuthError>> {
+    fn token(&self, audience: Audience) -> BoxFuture<'_, Result<AccessToken, AuthError>> {
         let t = self
             .tokens
             .lock()

@@ -15,8 +15,9 @@ use serde::Deserialize;
 
 use super::Audience;
 use super::crypto::Secret;
-use crate::cloud::Endpoints;
-use crate::config::{CloudKind, Config, Protocol, registration};
+use crate::config::{Config, registration};
+use crate::endpoints::Endpoints;
+use crate::types::{CloudKind, Protocol};
 
 /// Microsoft identity host.
 pub const MS_LOGIN_HOST: &str = "login.microsoftonline.com";
@@ -660,7 +661,8 @@ mod tests {
 
     #[test]
     fn protocols_from_config() {
-        use crate::config::{AccountConfig, CredentialServerConfig, DeleteAction, MailboxConfig};
+        use crate::config::{AccountConfig, CredentialServerConfig, MailboxConfig};
+        use crate::types::DeleteAction;
         let acct = |kind, user: &str| AccountConfig {
             kind,
             user: Some(user.to_string()),

@@ -18,8 +18,8 @@ use anyhow::Context;
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
-use cloud_mdir_sync::cloud::Endpoints;
 use cloud_mdir_sync::config::{self, PathContext, PyActor};
+use cloud_mdir_sync::endpoints::Endpoints;
 
 /// Mirror Office365 and Gmail mailboxes into local Maildirs and push local
 /// changes back.

@@ -2,11 +2,12 @@
 //! hooks for a "second client" to change it, injected failures, and counters
 //! (listings, downloads, flag and delete calls).
 
+use futures_util::future::BoxFuture;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use super::{BoxFut, CloudEntry, CloudError, CloudMailbox, ErrorKind, FlagChange, Sink};
-use crate::config::DeleteAction;
+use super::{CloudEntry, CloudError, CloudMailbox, ErrorKind, FlagChange, Sink};
+use crate::types::DeleteAction;
 use crate::types::{Flags, StorageKind};
 
 /// A message held by the in-memory cloud.
@@ -149,7 +150,7 @@ impl CloudMailbox for MemoryMailbox {
         self.supported
     }
 
-    fn list(&self) -> BoxFut<'_, Result<Vec<CloudEntry>, CloudError>> {
+    fn list(&self) -> BoxFuture<'_, Result<Vec<CloudEntry>, CloudError>> {
         Box::pin(async move {
             let mut g = self.lock();
             self.check_fault(&mut g)?;
@@ -167,7 +168,11 @@ impl CloudMailbox for MemoryMailbox {
         })
     }
 
-    fn fetch<'a>(&'a self, id: &'a str, out: &'a mut Sink) -> BoxFut<'a, Result<(), CloudError>> {
+    fn fetch<'a>(
+        &'a self,
+        id: &'a str,
+        out: &'a mut Sink,
+    ) -> BoxFuture<'a, Result<(), CloudError>> {
         Box::pin(async move {
             let content = {
                 let mut g = self.lock();
@@ -191,7 +196,7 @@ impl CloudMailbox for MemoryMailbox {
         })
     }
 
-    fn set_flags(&self, changes: Vec<FlagChange>) -> BoxFut<'_, Vec<Result<(), CloudError>>> {
+    fn set_flags(&self, changes: Vec<FlagChange>) -> BoxFuture<'_, Vec<Result<(), CloudError>>> {
         Box::pin(async move {
             let mut g = self.lock();
             let supported = self.supported;
@@ -214,7 +219,7 @@ impl CloudMailbox for MemoryMailbox {
         &self,
         ids: Vec<String>,
         action: DeleteAction,
-    ) -> BoxFut<'_, Vec<Result<(), CloudError>>> {
+    ) -> BoxFuture<'_, Vec<Result<(), CloudError>>> {
         Box::pin(async move {
             let mut g = self.lock();
             ids.into_iter()

@@ -1,6 +1,6 @@
 //! The cloud side of sync: the [`CloudMailbox`] trait every backend (Graph,
-//! Gmail, the in-memory test cloud) implements, the [`Endpoints`] they talk
-//! to, and the errors that tell the daemon to retry, log in again or stop.
+//! Gmail, the in-memory test cloud) implements, and the errors that tell the
+//! daemon to retry, log in again or stop.
 
 pub mod cursor;
 pub mod gmail;
@@ -9,10 +9,9 @@ pub mod memory;
 pub mod transport;
 
 use arcstr::ArcStr;
+use futures_util::future::BoxFuture;
 
 use crate::error::{HasKind, Kind};
-use std::future::Future;
-use std::pin::Pin;
 use std::time::Duration;
 
 pub use cursor::CursorDelta;
@@ -37,14 +36,11 @@ impl Listed {
     }
 }
 
-use crate::config::DeleteAction;
+use crate::types::DeleteAction;
 use crate::types::{Flags, StorageKind};
 
 /// Where a download is written (a store temp file in production).
 pub type Sink = dyn std::io::Write + Send;
-
-/// A boxed, sendable future (the trait is used as `dyn CloudMailbox`).
-pub type BoxFut<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// One message as the cloud lists it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -149,14 +145,14 @@ pub trait CloudMailbox: Send + Sync {
     /// The full current content of the folder. Backends may answer from an
     /// incremental change feed (delta, history) applied to what they listed
     /// before.
-    fn list(&self) -> BoxFut<'_, Result<Vec<CloudEntry>, CloudError>>;
+    fn list(&self) -> BoxFuture<'_, Result<Vec<CloudEntry>, CloudError>>;
 
     /// Like [`CloudMailbox::list`], but a backend with a change feed may
     /// answer with what changed since the last successful listing call
     /// ([`Listed::Changes`], empty when nothing did: an empty delta, an
     /// unchanged history id), so a poll costs what changed, not a copy of
     /// the folder.
-    fn list_changes(&self) -> BoxFut<'_, Result<Listed, CloudError>> {
+    fn list_changes(&self) -> BoxFuture<'_, Result<Listed, CloudError>> {
         Box::pin(async move { self.list().await.map(Listed::Full) })
     }
 
@@ -164,7 +160,8 @@ pub trait CloudMailbox: Send + Sync {
     /// backend verifies the transfer was complete (length, framing) and
     /// returns an error otherwise; on error `out` holds a partial copy the
     /// caller throws away.
-    fn fetch<'a>(&'a self, id: &'a str, out: &'a mut Sink) -> BoxFut<'a, Result<(), CloudError>>;
+    fn fetch<'a>(&'a self, id: &'a str, out: &'a mut Sink)
+    -> BoxFuture<'a, Result<(), CloudError>>;
 
     /// What the backend knows about message `id` after fetching it, when a
     /// fetch can teach more than the listing said (Gmail lists new mail
@@ -175,7 +172,7 @@ pub trait CloudMailbox: Send + Sync {
     }
 
     /// Apply flag changes; one result per change, in order.
-    fn set_flags(&self, changes: Vec<FlagChange>) -> BoxFut<'_, Vec<Result<(), CloudError>>>;
+    fn set_flags(&self, changes: Vec<FlagChange>) -> BoxFuture<'_, Vec<Result<(), CloudError>>>;
 
     /// What changed in the state to persist (delta link or history id plus
     /// one record per listed message, so a restart resumes incrementally)
@@ -206,130 +203,5 @@ pub trait CloudMailbox: Send + Sync {
         &self,
         ids: Vec<String>,
         action: DeleteAction,
-    ) -> BoxFut<'_, Vec<Result<(), CloudError>>>;
-}
-
-/// The backends for the config's cloud mailboxes, in config order: one
-/// client per account (so all folders of an account share its throttle), one
-/// folder per mailbox. `tokens[i]` serves `config.accounts[i]`.
-pub fn folders_for(
-    config: &crate::config::Config,
-    endpoints: &Endpoints,
-    tokens: &[std::sync::Arc<dyn crate::auth::TokenSource>],
-    quota_scale: u32,
-) -> Result<Vec<crate::sync::engine::Folder>, CloudError> {
-    use crate::config::CloudKind;
-    use std::collections::HashMap;
-    use std::sync::Arc;
-
-    let mut graph: HashMap<usize, graph::GraphAccount> = HashMap::new();
-    let mut gmail: HashMap<usize, Arc<gmail::GmailAccount>> = HashMap::new();
-    let mut out = Vec::with_capacity(config.mailboxes.len());
-    for m in &config.mailboxes {
-        let acct = &config.accounts[m.account];
-        let user = acct.user.clone().unwrap_or_default();
-        let source = tokens.get(m.account).cloned().ok_or_else(|| {
-            CloudError::new(&m.name, ErrorKind::Bug, "no token source for the account")
-        })?;
-        let key = format!(
-            "{}:{}/{}",
-            match m.kind {
-                CloudKind::Office365 => "office365",
-                CloudKind::Gmail => "gmail",
-            },
-            user,
-            m.name
-        );
-        let cloud: Arc<dyn CloudMailbox> = match m.kind {
-            CloudKind::Office365 => {
-                let account = match graph.get(&m.account) {
-                    Some(a) => a.clone(),
-                    None => {
-                        let a = graph::GraphAccount::with_throttle(
-                            &user,
-                            source,
-                            endpoints.clone(),
-                            graph::ThrottleConfig::default().scaled(quota_scale),
-                        )?;
-                        graph.insert(m.account, a.clone());
-                        a
-                    }
-                };
-                Arc::new(graph::GraphMailbox::new(account, &m.name, &key))
-            }
-            CloudKind::Gmail => {
-                let account = match gmail.get(&m.account) {
-                    Some(a) => a.clone(),
-                    None => {
-                        let a = gmail::GmailAccount::new(
-                            &user,
-                            endpoints.clone(),
-                            source,
-                            gmail::Options {
-                                limits: gmail::Limits::default().scaled(quota_scale),
-                                ..gmail::Options::default()
-                            },
-                        )?;
-                        gmail.insert(m.account, a.clone());
-                        a
-                    }
-                };
-                Arc::new(gmail::GmailMailbox::new(account, &m.name, &key))
-            }
-        };
-        out.push(crate::sync::engine::Folder {
-            cloud,
-            key,
-            delete_action: m.delete_action,
-        });
-    }
-    Ok(out)
-}
-
-/// Base URLs of the services. Production uses the real hosts; tests and the
-/// demo point every host at the emulator (`CMS_CLOUD_BASE_URL`).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Endpoints {
-    /// `None` for the real services; `Some("http://127.0.0.1:PORT")` sends
-    /// `https://HOST/PATH` to `http://127.0.0.1:PORT/HOST/PATH`.
-    pub base: Option<String>,
-}
-
-impl Endpoints {
-    /// The real services.
-    pub fn real() -> Endpoints {
-        Endpoints { base: None }
-    }
-
-    /// Everything through one base URL (the emulator).
-    pub fn emulated(base: &str) -> Endpoints {
-        Endpoints {
-            base: Some(base.trim_end_matches('/').to_string()),
-        }
-    }
-
-    /// The URL for `path` (starting with `/`) on `host`.
-    pub fn url(&self, host: &str, path: &str) -> String {
-        match &self.base {
-            None => format!("https://{host}{path}"),
-            Some(b) => format!("{b}/{host}{path}"),
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn endpoint_urls() {
-        assert_eq!(
-            Endpoints::real().url("graph.microsoft.com", "/v1.0/me"),
-            "https://graph.microsoft.com/v1.0/me"
-        );
-        assert_eq!(
-            Endpoints::emulated("http://127.0.0.1:5/").url("graph.microsoft.com", "/v1.0/me"),
-            "http://127.0.0.1:5/graph.microsoft.com/v1.0/me"
-        );
-    }
+    ) -> BoxFuture<'_, Vec<Result<(), CloudError>>>;
 }

@@ -14,41 +14,11 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Serialize;
-
 pub use python::PyActor;
 pub use router::Router;
 
-/// Which cloud service a mailbox or account belongs to.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum CloudKind {
-    /// Microsoft Office365 through Graph.
-    Office365,
-    /// Google Gmail through the Gmail API.
-    Gmail,
-}
-
-/// What a local deletion does in the cloud.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum DeleteAction {
-    /// Office365: move to Archive; Gmail: remove the synced label.
-    Archive,
-    /// Office365: move to Deleted Items; Gmail: add `TRASH`.
-    Delete,
-}
-
-/// A protocol a credential server hands tokens out for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
-pub enum Protocol {
-    /// Outgoing mail (XOAUTH2 over SMTP).
-    #[serde(rename = "SMTP")]
-    Smtp,
-    /// Incoming mail (XOAUTH2 over IMAP).
-    #[serde(rename = "IMAP")]
-    Imap,
-}
+// The shared value types the config produces (their home is `types`).
+use crate::types::{CloudKind, DeleteAction, Protocol};
 
 /// A local maildir declared with `MailDir(...)`.
 #[derive(Clone, Debug, PartialEq, Eq)]

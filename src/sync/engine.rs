@@ -23,11 +23,12 @@ use super::plan::{
 };
 use super::state::{CursorChange, SyncState};
 use crate::cloud::{CloudError, CloudMailbox, FlagChange, Listed};
+use crate::config::Router;
 use crate::config::router::RouteRequest;
-use crate::config::{DeleteAction, Router};
 use crate::error::{HasKind, Kind};
 use crate::maildir::{Entry, Maildir, MaildirError, WatchEvent};
 use crate::store::{Store, StoreError};
+use crate::types::DeleteAction;
 use crate::types::{Cid, ContentHash, Flags};
 
 /// Errors that stop a cycle (cloud errors do not: they are reported and

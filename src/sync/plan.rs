@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
-pub use crate::config::DeleteAction;
+pub use crate::types::DeleteAction;
 use crate::types::{ContentHash, Flags};
 
 /// The flags a cloud can hold; `T` is local only (a deletion request).

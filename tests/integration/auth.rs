@@ -3,6 +3,7 @@
 //! revocation, redirect checks, device code, the encrypted token store, and
 //! a scan of all debug logs for token strings.
 
+use futures_util::future::BoxFuture;
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -14,7 +15,7 @@ use cloud_mdir_sync::auth::{
     AccessToken, AccountSpec, Audience, AuthError, AuthManager, AuthOptions, Browser, Clock,
     Keyring, LoginState, MemoryKeyring, TokenSource,
 };
-use cloud_mdir_sync::cloud::{BoxFut, Endpoints};
+use cloud_mdir_sync::endpoints::Endpoints;
 use fake_cloud::{FakeCloud, Handle, Options};
 
 use crate::util::log_buffer;
@@ -62,7 +63,7 @@ impl Clock for EmuClock {
     fn now(&self) -> SystemTime {
         UNIX_EPOCH + Duration::from_millis(self.app.now_ms() as u64)
     }
-    fn sleep(&self, d: Duration) -> BoxFut<'static, ()> {
+    fn sleep(&self, d: Duration) -> BoxFuture<'static, ()> {
         Box::pin(tokio::time::sleep(d))
     }
 }
@@ -79,7 +80,7 @@ impl Clock for GateClock {
     fn now(&self) -> SystemTime {
         UNIX_EPOCH + Duration::from_millis(self.app.now_ms() as u64)
     }
-    fn sleep(&self, d: Duration) -> BoxFut<'static, ()> {
+    fn sleep(&self, d: Duration) -> BoxFuture<'static, ()> {
         let _ = self.calls.send(d);
         let steps = self.steps.clone();
         let app = self.app.clone();

@@ -10,8 +10,8 @@ use std::sync::Arc;
 
 use base64::Engine as _;
 use cloud_mdir_sync::auth::{AccessToken, Audience, StaticTokens};
-use cloud_mdir_sync::config::{CloudKind, Protocol};
 use cloud_mdir_sync::credsrv::{self, Broker, BrokerAccount};
+use cloud_mdir_sync::types::{CloudKind, Protocol};
 
 const O365: &str = "user@contoso.example";
 const GMAIL: &str = "user@gmail.example";

@@ -4,6 +4,7 @@
 //! limit storms, quota use, the sync engine over a label, and a log scan
 //! for tokens.
 
+use futures_util::future::BoxFuture;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -11,11 +12,13 @@ use std::time::Duration;
 use base64::Engine as _;
 use cloud_mdir_sync::auth::{AccessToken, Audience, AuthError, StaticTokens, TokenSource};
 use cloud_mdir_sync::cloud::gmail::{GmailAccount, GmailMailbox, Limits, Options};
-use cloud_mdir_sync::cloud::{BoxFut, CloudEntry, CloudMailbox, Endpoints, ErrorKind, FlagChange};
-use cloud_mdir_sync::config::{self, DeleteAction, PathContext, PyActor};
+use cloud_mdir_sync::cloud::{CloudEntry, CloudMailbox, ErrorKind, FlagChange};
+use cloud_mdir_sync::config::{self, PathContext, PyActor};
 use cloud_mdir_sync::daemon;
+use cloud_mdir_sync::endpoints::Endpoints;
 use cloud_mdir_sync::maildir::{Maildir, parse_name};
 use cloud_mdir_sync::sync::engine::{Engine, Folder};
+use cloud_mdir_sync::types::DeleteAction;
 use cloud_mdir_sync::types::Flags;
 use fake_cloud::{FakeCloud, Handle, QuotaMode};
 use futures_util::StreamExt;
@@ -1077,7 +1080,7 @@ struct Rotating {
 }
 
 impl TokenSource for Rotating {
-    fn token(&self, _audience: Audience) -> BoxFut<'_, Result<AccessToken, AuthError>> {
+    fn token(&self, _audience: Audience) -> BoxFuture<'_, Result<AccessToken, AuthError>> {
         let t = self.tokens.lock().ok().and_then(|q| q.front().cloned());
         Box::pin(async move {
             t.ok_or(AuthError::LoginNeeded {

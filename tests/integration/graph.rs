@@ -5,6 +5,7 @@
 //! faults, per-mailbox concurrency, the sync engine over Graph, and a log
 //! scan for tokens.
 
+use futures_util::future::BoxFuture;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -12,11 +13,13 @@ use std::time::Duration;
 use cloud_mdir_sync::auth::{AccessToken, Audience, AuthError, StaticTokens, TokenSource};
 use cloud_mdir_sync::cloud::graph::wire::parse_utc;
 use cloud_mdir_sync::cloud::graph::{GraphAccount, GraphMailbox, ThrottleConfig};
-use cloud_mdir_sync::cloud::{BoxFut, CloudEntry, CloudMailbox, Endpoints, ErrorKind, FlagChange};
-use cloud_mdir_sync::config::{self, DeleteAction, PathContext, PyActor};
+use cloud_mdir_sync::cloud::{CloudEntry, CloudMailbox, ErrorKind, FlagChange};
+use cloud_mdir_sync::config::{self, PathContext, PyActor};
 use cloud_mdir_sync::daemon;
+use cloud_mdir_sync::endpoints::Endpoints;
 use cloud_mdir_sync::maildir::Maildir;
 use cloud_mdir_sync::sync::engine::{Engine, Folder};
+use cloud_mdir_sync::types::DeleteAction;
 use cloud_mdir_sync::types::Flags;
 use fake_cloud::{FakeCloud, Handle, Options};
 use serde_json::{Value, json};
@@ -912,7 +915,7 @@ async fn a_refused_token_is_replaced_once() {
         invalidated: Mutex<u32>,
     }
     impl TokenSource for Rotating {
-        fn token(&self, _: Audience) -> BoxFut<'_, Result<AccessToken, AuthError>> {
+        fn token(&self, _: Audience) -> BoxFuture<'_, Result<AccessToken, AuthError>> {
             let t = if *self.invalidated.lock().expect("lock") > 0 {
                 self.good.clone()
             } else {

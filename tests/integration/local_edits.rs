@@ -11,9 +11,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use cloud_mdir_sync::config::{self, DeleteAction, PathContext, PyActor};
+use cloud_mdir_sync::config::{self, PathContext, PyActor};
 use cloud_mdir_sync::daemon;
 use cloud_mdir_sync::sync::engine::{Engine, Folder};
+use cloud_mdir_sync::types::DeleteAction;
 use cloud_mdir_sync::types::Flags;
 use serde_json::{Value, json};
 

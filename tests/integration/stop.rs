@@ -7,9 +7,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cloud_mdir_sync::cloud::graph::ThrottleConfig;
-use cloud_mdir_sync::config::DeleteAction;
 use cloud_mdir_sync::daemon;
 use cloud_mdir_sync::sync::engine::Folder;
+use cloud_mdir_sync::types::DeleteAction;
 
 use crate::graph::{Cloud, quick};
 use crate::local_edits::{files, reload, world};

@@ -7,11 +7,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use cloud_mdir_sync::cloud::memory::MemoryMailbox;
-use cloud_mdir_sync::config::{self, DeleteAction, Loaded, PathContext, PyActor};
+use cloud_mdir_sync::config::{self, Loaded, PathContext, PyActor};
 use cloud_mdir_sync::daemon;
 use cloud_mdir_sync::maildir::{Maildir, parse_name};
 use cloud_mdir_sync::store::Store;
 use cloud_mdir_sync::sync::engine::{Engine, Folder};
+use cloud_mdir_sync::types::DeleteAction;
 use cloud_mdir_sync::types::Flags;
 
 use crate::util::Home;

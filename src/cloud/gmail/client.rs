@@ -16,7 +16,8 @@ use super::throttle::{Limits, Method, Throttle, Usage};
 use super::wire;
 use crate::auth::{AccessToken, Audience, AuthError, TokenSource};
 use crate::cloud::transport::retry_after_header;
-use crate::cloud::{CloudError, Endpoints, ErrorKind};
+use crate::cloud::{CloudError, ErrorKind};
+use crate::endpoints::Endpoints;
 
 /// The API host. The legacy `www.googleapis.com` serves the REST paths and
 /// the documented `batch/gmail/v1` endpoint, as the Python program uses.

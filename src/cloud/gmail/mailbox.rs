@@ -12,6 +12,7 @@
 //! same rule `messages.list` applies.
 
 use arcstr::ArcStr;
+use futures_util::future::BoxFuture;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -26,10 +27,10 @@ use super::throttle::Method;
 use super::wire;
 use crate::cloud::cursor::{Changed, record};
 use crate::cloud::{
-    BoxFut, CloudEntry, CloudError, CloudMailbox, CursorDelta, ErrorKind, FlagChange, Listed, Sink,
+    CloudEntry, CloudError, CloudMailbox, CursorDelta, ErrorKind, FlagChange, Listed, Sink,
 };
-use crate::config::DeleteAction;
 use crate::config::headers::HeaderBlock;
+use crate::types::DeleteAction;
 use crate::types::{Flags, StorageKind};
 
 /// Most ids in one `batchModify` call.
@@ -736,7 +737,7 @@ impl CloudMailbox for GmailMailbox {
         Flags::READ | Flags::FLAGGED
     }
 
-    fn list(&self) -> BoxFut<'_, Result<Vec<CloudEntry>, CloudError>> {
+    fn list(&self) -> BoxFuture<'_, Result<Vec<CloudEntry>, CloudError>> {
         Box::pin(async move {
             match self.list_inner().await.map_err(|e| self.err(e))? {
                 Some(entries) => Ok(entries),
@@ -745,7 +746,7 @@ impl CloudMailbox for GmailMailbox {
         })
     }
 
-    fn list_changes(&self) -> BoxFut<'_, Result<Listed, CloudError>> {
+    fn list_changes(&self) -> BoxFuture<'_, Result<Listed, CloudError>> {
         Box::pin(async move {
             // Flag changes and deletions done here update the listing in
             // place, so a difference against it would not show them: a
@@ -760,7 +761,11 @@ impl CloudMailbox for GmailMailbox {
         })
     }
 
-    fn fetch<'a>(&'a self, id: &'a str, out: &'a mut Sink) -> BoxFut<'a, Result<(), CloudError>> {
+    fn fetch<'a>(
+        &'a self,
+        id: &'a str,
+        out: &'a mut Sink,
+    ) -> BoxFuture<'a, Result<(), CloudError>> {
         Box::pin(async move {
             let path = format!("/messages/{}", segment(id));
             let q = [("format", "raw".to_string())];
@@ -804,7 +809,7 @@ impl CloudMailbox for GmailMailbox {
         Some(entry(id, k))
     }
 
-    fn set_flags(&self, changes: Vec<FlagChange>) -> BoxFut<'_, Vec<Result<(), CloudError>>> {
+    fn set_flags(&self, changes: Vec<FlagChange>) -> BoxFuture<'_, Vec<Result<(), CloudError>>> {
         Box::pin(async move {
             let mut results: Vec<Option<Result<(), CloudError>>> = vec![None; changes.len()];
             let mut groups: BTreeMap<(Vec<String>, Vec<String>), Vec<usize>> = BTreeMap::new();
@@ -942,7 +947,7 @@ impl CloudMailbox for GmailMailbox {
         &self,
         ids: Vec<String>,
         action: DeleteAction,
-    ) -> BoxFut<'_, Vec<Result<(), CloudError>>> {
+    ) -> BoxFuture<'_, Vec<Result<(), CloudError>>> {
         Box::pin(async move {
             let label = match self.label_id().await {
                 Ok(l) => l,

@@ -16,7 +16,8 @@ use serde_json::Value;
 use super::throttle::{Permit, Throttle, ThrottleConfig, ThrottleStats};
 use crate::auth::{AccessToken, Audience, AuthError, TokenSource};
 use crate::cloud::transport::retry_after_header;
-use crate::cloud::{CloudError, Endpoints, ErrorKind};
+use crate::cloud::{CloudError, ErrorKind};
+use crate::endpoints::Endpoints;
 
 /// The Graph host as the real service names it (mapped by [`Endpoints`]).
 const GRAPH_HOST: &str = "graph.microsoft.com";

@@ -6,6 +6,7 @@
 //! deletions go through `$batch`.
 
 use arcstr::ArcStr;
+use futures_util::future::BoxFuture;
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::sync::Mutex;
@@ -20,10 +21,10 @@ use super::flags::{self, EXPAND, RepliedState, SELECT};
 use super::wire::{DeltaMessage, MailFolder, MoveRequest, Page, parse_utc};
 use crate::cloud::cursor::{Changed, record};
 use crate::cloud::{
-    BoxFut, CloudEntry, CloudError, CloudMailbox, CursorDelta, ErrorKind, FlagChange, Listed, Sink,
+    CloudEntry, CloudError, CloudMailbox, CursorDelta, ErrorKind, FlagChange, Listed, Sink,
 };
-use crate::config::DeleteAction;
 use crate::lock::lock;
+use crate::types::DeleteAction;
 use crate::types::{Flags, StorageKind};
 
 /// Delta page size asked for with `Prefer: odata.maxpagesize` (the items
@@ -813,7 +814,7 @@ impl CloudMailbox for GraphMailbox {
         Flags::REPLIED | Flags::READ | Flags::FLAGGED
     }
 
-    fn list(&self) -> BoxFut<'_, Result<Vec<CloudEntry>, CloudError>> {
+    fn list(&self) -> BoxFuture<'_, Result<Vec<CloudEntry>, CloudError>> {
         Box::pin(async move {
             Ok(match self.list_impl().await? {
                 Listed::Full(entries) => entries,
@@ -822,15 +823,19 @@ impl CloudMailbox for GraphMailbox {
         })
     }
 
-    fn list_changes(&self) -> BoxFut<'_, Result<Listed, CloudError>> {
+    fn list_changes(&self) -> BoxFuture<'_, Result<Listed, CloudError>> {
         Box::pin(self.list_impl())
     }
 
-    fn fetch<'a>(&'a self, id: &'a str, out: &'a mut Sink) -> BoxFut<'a, Result<(), CloudError>> {
+    fn fetch<'a>(
+        &'a self,
+        id: &'a str,
+        out: &'a mut Sink,
+    ) -> BoxFuture<'a, Result<(), CloudError>> {
         Box::pin(self.fetch_impl(id, out))
     }
 
-    fn set_flags(&self, changes: Vec<FlagChange>) -> BoxFut<'_, Vec<Result<(), CloudError>>> {
+    fn set_flags(&self, changes: Vec<FlagChange>) -> BoxFuture<'_, Vec<Result<(), CloudError>>> {
         Box::pin(self.set_flags_impl(changes))
     }
 
@@ -856,7 +861,7 @@ impl CloudMailbox for GraphMailbox {
         &self,
         ids: Vec<String>,
         action: DeleteAction,
-    ) -> BoxFut<'_, Vec<Result<(), CloudError>>> {
+    ) -> BoxFuture<'_, Vec<Result<(), CloudError>>> {
         Box::pin(self.delete_impl(ids, action))
     }
 }
