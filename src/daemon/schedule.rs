@@ -79,11 +79,13 @@ impl Schedule {
         self.folders.iter().map(|f| f.failing).collect()
     }
 
-    /// A login finished (or an account's login state changed): every
-    /// folder that may still sync is listed at once.
+    /// A login finished (or an account's login state changed): the
+    /// folders waiting for a login, and those that sync, are listed at
+    /// once; one waiting out a backoff or a rare retry keeps its time (a
+    /// login does not bring a missing folder back).
     pub fn login_changed(&mut self, now: Instant) {
         for f in &mut self.folders {
-            if f.due.is_some() {
+            if f.due.is_some() && matches!(f.failing, None | Some(Kind::NeedsLogin)) {
                 f.due = Some(now);
             }
         }
@@ -249,9 +251,10 @@ mod tests {
         assert_eq!(s.next(), Some(at(15)));
         assert_eq!(s.failing()[3], Some(Kind::NotFound));
 
-        // A login: every folder that may still sync is listed at once.
+        // A login: the folders that sync or wait for one are listed at
+        // once; the others keep their times.
         s.login_changed(at(20));
-        assert_eq!(s.due(at(20)), [true, true, true, true, false]);
+        assert_eq!(s.due(at(20)), [true, false, true, false, false]);
     }
 
     #[test]
