@@ -1,9 +1,30 @@
 //! What both cloud backends' HTTP layers share: reading `Retry-After` (in
-//! seconds or as an HTTP date), jitter, and exponential backoff with jitter.
+//! seconds or as an HTTP date), jitter, and percent-encoding of ids in
+//! paths and of query values.
 
 use std::time::{Duration, SystemTime};
 
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use reqwest::header::{HeaderMap, RETRY_AFTER};
+
+/// Everything but RFC 3986's unreserved characters is encoded.
+const UNRESERVED: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~');
+/// Path segments also keep `=` (the base64 padding Graph ids carry).
+const SEGMENT: &AsciiSet = &UNRESERVED.remove(b'=');
+
+/// A path segment (a message, folder or label id), percent-encoded.
+pub fn path_segment(s: &str) -> String {
+    utf8_percent_encode(s, SEGMENT).to_string()
+}
+
+/// A query value, percent-encoded (spaces as `%20`, as OData expects).
+pub fn query_value(s: &str) -> String {
+    utf8_percent_encode(s, UNRESERVED).to_string()
+}
 
 /// The longest `Retry-After` taken as given (a day); longer is capped.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(86_400);
@@ -68,6 +89,21 @@ mod tests {
         assert_eq!(retry_after_header(&h), None);
         h.insert(RETRY_AFTER, "2.5".parse().unwrap());
         assert_eq!(retry_after_header(&h), Some(Duration::from_millis(2500)));
+    }
+
+    #[test]
+    fn ids_and_query_values_are_percent_encoded() {
+        assert_eq!(path_segment("AAMk/a+b=="), "AAMk%2Fa%2Bb==");
+        assert_eq!(path_segment("c/d"), "c%2Fd");
+        assert_eq!(path_segment("a-b_c.d~e"), "a-b_c.d~e");
+        assert_eq!(query_value("Lists & Rust=1"), "Lists%20%26%20Rust%3D1");
+        assert_eq!(query_value("é"), "%C3%A9");
+        assert_eq!(path_segment("AAkALg-_=="), "AAkALg-_==");
+        assert_eq!(path_segment("a/b+c d?"), "a%2Fb%2Bc%20d%3F");
+        assert_eq!(
+            query_value("displayName eq 'O''Brien'"),
+            "displayName%20eq%20%27O%27%27Brien%27"
+        );
     }
 
     #[test]

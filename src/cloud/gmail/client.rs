@@ -15,7 +15,7 @@ use serde::de::DeserializeOwned;
 use super::throttle::{Limits, Method, Throttle, Usage};
 use super::wire;
 use crate::auth::{AccessToken, Audience, AuthError, TokenSource};
-use crate::cloud::transport::retry_after_header;
+use crate::cloud::transport::{path_segment, retry_after_header};
 use crate::cloud::{CloudError, ErrorKind};
 use crate::endpoints::Endpoints;
 
@@ -649,20 +649,6 @@ fn token_error(e: AuthError) -> ApiError {
     }
 }
 
-/// A path segment with anything outside `[A-Za-z0-9_-]` percent-encoded
-/// (Gmail ids are hex; this only guards against surprises).
-pub(crate) fn segment(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b == b'-' || b == b'_' {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
 /// The multipart body asking for `ids[i]` for each `i` in `which`;
 /// returns the body and its boundary.
 fn batch_body(ids: &[String], which: &[usize], query: &str) -> (Vec<u8>, String) {
@@ -673,7 +659,7 @@ fn batch_body(ids: &[String], which: &[usize], query: &str) -> (Vec<u8>, String)
             format!(
                 "--{boundary}\r\nContent-Type: application/http\r\nContent-ID: <item-{i}>\r\n\r\n\
                  GET {API}/messages/{}?{query}\r\n\r\n",
-                segment(&ids[i])
+                path_segment(&ids[i])
             )
             .as_bytes(),
         );
@@ -919,11 +905,5 @@ mod tests {
         let short = "--b\r\nContent-ID: <response-item-0>\r\n\r\nHTTP/1.1 200 OK\r\n\
             Content-Length: 50\r\n\r\n{\"id\":\"aa\"}\r\n--b--\r\n";
         assert!(parse_multipart(short.as_bytes(), "b").is_err());
-    }
-
-    #[test]
-    fn segments_are_encoded() {
-        assert_eq!(segment("18c2ab_-Z"), "18c2ab_-Z");
-        assert_eq!(segment("a/b?c"), "a%2Fb%3Fc");
     }
 }

@@ -22,10 +22,11 @@ use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
 use futures_util::stream::{self, StreamExt};
 use serde::{Deserialize, Serialize};
 
-use super::client::{ApiError, GmailAccount, segment};
+use super::client::{ApiError, GmailAccount};
 use super::throttle::Method;
 use super::wire;
 use crate::cloud::cursor::{Changed, record};
+use crate::cloud::transport::path_segment;
 use crate::cloud::{
     CloudEntry, CloudError, CloudMailbox, CursorDelta, ErrorKind, FlagChange, Listed, Sink,
 };
@@ -597,7 +598,7 @@ impl GmailMailbox {
                             add_label_ids: add,
                             remove_label_ids: remove,
                         };
-                        let path = format!("/messages/{}/modify", segment(id));
+                        let path = format!("/messages/{}/modify", path_segment(id));
                         let r = self
                             .account
                             .post(Method::MessagesModify, &path, &body, false)
@@ -767,7 +768,7 @@ impl CloudMailbox for GmailMailbox {
         out: &'a mut Sink,
     ) -> BoxFuture<'a, Result<(), CloudError>> {
         Box::pin(async move {
-            let path = format!("/messages/{}", segment(id));
+            let path = format!("/messages/{}", path_segment(id));
             let q = [("format", "raw".to_string())];
             let m: wire::Message = self
                 .account

@@ -466,46 +466,9 @@ impl GraphAccount {
     }
 }
 
-/// Percent-encode a path segment (message and folder ids): everything but
-/// unreserved characters and `=` (base64 padding Graph ids carry).
-pub(crate) fn seg(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~' | b'=') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
-/// Percent-encode a query value (spaces as `%20`, as OData expects).
-pub(crate) fn qv(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() * 2);
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn encoding() {
-        assert_eq!(seg("AAkALg-_=="), "AAkALg-_==");
-        assert_eq!(seg("a/b+c d"), "a%2Fb%2Bc%20d");
-        assert_eq!(
-            qv("displayName eq 'O''Brien'"),
-            "displayName%20eq%20%27O%27%27Brien%27"
-        );
-    }
 
     #[test]
     fn api_failures_map_to_kinds() {

@@ -16,10 +16,11 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::batch::{self, Op};
-use super::client::{Call, Failure, GraphAccount, Opened, Retrier, error_in, is_json, qv, seg};
+use super::client::{Call, Failure, GraphAccount, Opened, Retrier, error_in, is_json};
 use super::flags::{self, EXPAND, RepliedState, SELECT};
 use super::wire::{DeltaMessage, MailFolder, MoveRequest, Page, parse_utc};
 use crate::cloud::cursor::{Changed, record};
+use crate::cloud::transport::{path_segment, query_value};
 use crate::cloud::{
     CloudEntry, CloudError, CloudMailbox, CursorDelta, ErrorKind, FlagChange, Listed, Sink,
 };
@@ -332,10 +333,10 @@ impl GraphMailbox {
                 None => self.account.url("/me/mailFolders"),
                 Some(p) => self
                     .account
-                    .url(&format!("/me/mailFolders/{}/childFolders", seg(p))),
+                    .url(&format!("/me/mailFolders/{}/childFolders", path_segment(p))),
             };
             let filter = format!("displayName eq '{}'", part.replace('\'', "''"));
-            let mut url = format!("{base}?$filter={}", qv(&filter));
+            let mut url = format!("{base}?$filter={}", query_value(&filter));
             let mut found: Vec<MailFolder> = Vec::new();
             loop {
                 let mut r = Retrier::new(&self.account, &self.name);
@@ -419,10 +420,10 @@ impl GraphMailbox {
             "{}?$select={}&$expand={}",
             self.account.url(&format!(
                 "/me/mailFolders/{}/messages/delta",
-                seg(folder_id)
+                path_segment(folder_id)
             )),
-            qv(SELECT),
-            qv(EXPAND)
+            query_value(SELECT),
+            query_value(EXPAND)
         )
     }
 
@@ -553,7 +554,7 @@ impl GraphMailbox {
     async fn fetch_impl(&self, id: &str, out: &mut Sink) -> Result<(), CloudError> {
         let url = self
             .account
-            .url(&format!("/me/messages/{}/$value", seg(id)));
+            .url(&format!("/me/messages/{}/$value", path_segment(id)));
         let call = Call::get(&url);
         let mut r = Retrier::new(&self.account, &self.name);
         loop {
@@ -645,7 +646,7 @@ impl GraphMailbox {
                         slot.push(Some(ops.len()));
                         ops.push(Op {
                             method: "PATCH",
-                            path: format!("/me/messages/{}", seg(&ch.id)),
+                            path: format!("/me/messages/{}", path_segment(&ch.id)),
                             body: Some(body),
                         });
                     }
@@ -694,7 +695,7 @@ impl GraphMailbox {
             .iter()
             .map(|id| Op {
                 method: "POST",
-                path: format!("/me/messages/{}/move", seg(id)),
+                path: format!("/me/messages/{}/move", path_segment(id)),
                 body: Some(body.clone()),
             })
             .collect();
