@@ -10,8 +10,13 @@ pub use flags::{Subdir, base_name, encode_name, parse_name};
 pub use watch::{WatchEvent, WatchGuard, watch};
 
 use std::collections::HashSet;
-use std::fs::{self, OpenOptions};
-use std::io::{self, Read, Write};
+use std::fs;
+#[cfg(test)]
+use std::fs::OpenOptions;
+use std::io;
+#[cfg(test)]
+use std::io::{Read, Write};
+#[cfg(test)]
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -430,6 +435,8 @@ impl Maildir {
 
     /// Delivers `bytes` as a new message: written and fsynced in `tmp/`,
     /// then moved into `new/` or `cur/`.
+    /// Tests only.
+    #[cfg(test)]
     pub fn deliver_bytes(
         &self,
         bytes: &[u8],
@@ -442,6 +449,8 @@ impl Maildir {
     /// Delivers what `reader` yields as a new message, like
     /// [`Maildir::deliver_bytes`]; if reading fails nothing reaches `new/`
     /// or `cur/`.
+    /// Tests only.
+    #[cfg(test)]
     pub fn deliver_reader(
         &self,
         reader: &mut dyn Read,

@@ -307,14 +307,14 @@ impl Store {
     }
 
     /// How many files this store has actually read and hashed (inode cache
-    /// misses and [`Store::insert_file`]) since it was opened.
+    /// misses) since it was opened.
     pub fn hashes_performed(&self) -> u64 {
         self.hashes_performed.load(Ordering::Relaxed)
     }
 
     /// A new empty temporary file in the store's `tmp/` (same filesystem as
-    /// the blobs), to be filled and handed to [`Store::insert_temp`] or
-    /// [`Store::insert_file`]. Removed on drop if not inserted.
+    /// the blobs), to be filled and handed to [`Store::adopt_download`].
+    /// Removed on drop if not adopted.
     pub fn temp_file(&self) -> Result<TempBlob, StoreError> {
         let n = self.tmp_counter.fetch_add(1, Ordering::Relaxed);
         let path = self.tmp_dir.join(format!("{}.{n}", std::process::id()));
@@ -337,6 +337,8 @@ impl Store {
     /// Adopts a temporary file filled through its `Write` impl, using the
     /// hash computed while writing (no re-read): fsyncs it and links it to
     /// its hash name. Blocking.
+    /// Tests only.
+    #[cfg(test)]
     pub fn insert_temp(&self, tmp: TempBlob) -> Result<ContentHash, StoreError> {
         let hash = tmp.finish()?;
         self.adopt_temp(&tmp.path, hash)?;
@@ -374,6 +376,8 @@ impl Store {
     /// [`Store::temp_file`]) by hashing it, fsyncing it and linking it to
     /// its hash name; the temporary name is removed in every case, and a
     /// hash already present just drops the temporary. Blocking.
+    /// Tests only.
+    #[cfg(test)]
     pub fn insert_file(&self, tmp_path: &Path) -> Result<ContentHash, StoreError> {
         let file = File::open(tmp_path).map_err(|source| StoreError::Read {
             path: tmp_path.to_path_buf(),
@@ -393,6 +397,8 @@ impl Store {
     }
 
     /// Stores `bytes` as a blob (through a temporary file). Blocking.
+    /// Tests only.
+    #[cfg(test)]
     pub fn insert_bytes(&self, bytes: &[u8]) -> Result<ContentHash, StoreError> {
         let mut tmp = self.temp_file()?;
         tmp.write_all(bytes).map_err(|source| StoreError::Write {
@@ -442,6 +448,8 @@ impl Store {
     /// Hard-links the blob of `hash` to `dest` (a maildir `tmp/` name, on
     /// the same filesystem). Linking changes the inode's ctime, so record
     /// the delivered file's key with [`Store::record_inode`]. Blocking.
+    /// Tests only.
+    #[cfg(test)]
     pub fn link_to(&self, hash: &ContentHash, dest: &Path) -> Result<(), StoreError> {
         let blob = self.blob_path(hash);
         fs::hard_link(&blob, dest).map_err(|source| {
@@ -513,7 +521,7 @@ impl Store {
     /// The cached hash of the file version `key`, without reading the
     /// file: from the versions recorded since the last commit, else the
     /// table (in memory while warm). Blocking.
-    pub fn cached_hash(&self, key: &InodeKey) -> Option<ContentHash> {
+    fn cached_hash(&self, key: &InodeKey) -> Option<ContentHash> {
         {
             let inner = lock(&self.inner);
             if let Some(answer) = inner.inode_in_memory(key) {
