@@ -35,8 +35,10 @@ pub use manager::{
 pub use provider::AccountSpec;
 
 use futures_util::future::BoxFuture;
+#[cfg(any(test, feature = "test-util"))]
 use std::collections::HashMap;
 use std::fmt;
+#[cfg(any(test, feature = "test-util"))]
 use std::sync::Mutex;
 
 /// Which resource a token is for; each needs its own access token.
@@ -119,13 +121,15 @@ pub trait TokenSource: Send + Sync {
 }
 
 /// Fixed tokens per audience, for tests (e.g. minted by the emulator's
-/// `/_control/token`).
+/// `/_control/token`); built with the `test-util` feature.
+#[cfg(any(test, feature = "test-util"))]
 #[derive(Default)]
 pub struct StaticTokens {
     user: String,
     tokens: Mutex<HashMap<Audience, AccessToken>>,
 }
 
+#[cfg(any(test, feature = "test-util"))]
 impl StaticTokens {
     /// Tokens for `user`.
     pub fn new(user: &str, tokens: impl IntoIterator<Item = (Audience, AccessToken)>) -> Self {
@@ -143,6 +147,7 @@ impl StaticTokens {
     }
 }
 
+#[cfg(any(test, feature = "test-util"))]
 impl TokenSource for StaticTokens {
     fn token(&self, audience: Audience) -> BoxFuture<'_, Result<AccessToken, AuthError>> {
         let t = self

@@ -5,6 +5,7 @@
 pub mod cursor;
 pub mod gmail;
 pub mod graph;
+#[cfg(any(test, feature = "test-util"))]
 pub mod memory;
 pub mod transport;
 
