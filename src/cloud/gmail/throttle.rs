@@ -315,14 +315,6 @@ mod tests {
     }
 
     #[test]
-    fn jitter_is_a_fraction() {
-        for _ in 0..100 {
-            let j = jitter();
-            assert!((0.0..1.0).contains(&j));
-        }
-    }
-
-    #[test]
     fn window_spends_what_it_allows_then_waits_for_the_oldest() {
         let t = Throttle::new(Limits {
             window_units: 50,

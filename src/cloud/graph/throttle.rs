@@ -300,7 +300,7 @@ mod tests {
         }
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn never_more_than_the_limit_in_flight() {
         let t = Arc::new(Throttle::new(ThrottleConfig::default()));
         let mut set = tokio::task::JoinSet::new();
@@ -317,14 +317,17 @@ mod tests {
         assert_eq!(s.requests, (0..20u64).map(|i| 1 + i % 3).sum::<u64>());
     }
 
-    #[tokio::test]
+    // Time is paused and advances only while every task waits: the
+    // service's real durations, checked exactly, in no time.
+    #[tokio::test(start_paused = true)]
     async fn pause_holds_back_new_requests() {
         let t = Throttle::new(ThrottleConfig::default());
-        t.pause(Duration::from_millis(300));
+        // Up to `max_wait` (60 s) is waited out.
+        t.pause(Duration::from_secs(45));
         let start = Instant::now();
-        drop(t.acquire(1, 1).await.expect("short pause"));
-        // Ordering, not speed: the request cannot start before the pause ends.
-        assert!(Instant::now() - start >= Duration::from_millis(300));
+        drop(t.acquire(1, 1).await.expect("a pause it waits out"));
+        // The request cannot start before the pause ends.
+        assert!(Instant::now() - start >= Duration::from_secs(45));
         assert_eq!(t.stats().pauses, 1);
         // A pause longer than `max_wait` is not waited out.
         t.pause(Duration::from_secs(3600));
@@ -332,19 +335,17 @@ mod tests {
         assert!(left > Duration::from_secs(3000));
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn window_budget_is_respected() {
-        let t = Throttle::new(ThrottleConfig {
-            window_budget: 3,
-            window: Duration::from_millis(400),
-            ..ThrottleConfig::default()
-        });
+        // Graph's real window (10,000 requests per 10 minutes), full.
+        let t = Throttle::new(ThrottleConfig::default());
         let first = Instant::now();
-        for _ in 0..3 {
+        for _ in 0..10_000 {
             drop(t.acquire(1, 1).await.expect("not paused"));
         }
+        assert!(Instant::now() - first < Duration::from_secs(1));
         drop(t.acquire(1, 1).await.expect("not paused"));
-        // The fourth request waits until the first one has left the window.
-        assert!(Instant::now() - first >= Duration::from_millis(400));
+        // The next request waits until the first one has left the window.
+        assert!(Instant::now() - first >= Duration::from_secs(600));
     }
 }
