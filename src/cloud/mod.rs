@@ -7,6 +7,7 @@ pub mod gmail;
 pub mod graph;
 #[cfg(any(test, feature = "test-util"))]
 pub mod memory;
+pub mod throttle;
 pub mod transport;
 
 use arcstr::ArcStr;

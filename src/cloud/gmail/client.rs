@@ -12,10 +12,13 @@ use reqwest::Method as Http;
 use reqwest::header::CONTENT_TYPE;
 use serde::de::DeserializeOwned;
 
-use super::throttle::{Limits, Method, Throttle, Usage};
+use super::throttle::{Limits, Method, Usage};
 use super::wire;
 use crate::auth::{AccessToken, Audience, AuthError, TokenSource};
-use crate::cloud::transport::{path_segment, retry_after_header};
+use crate::cloud::throttle::Throttle;
+use crate::cloud::transport::{
+    self, Budget, RetryPolicy, Verdict, path_segment, retry_after_header,
+};
 use crate::cloud::{CloudError, ErrorKind};
 use crate::endpoints::Endpoints;
 
@@ -38,10 +41,19 @@ pub struct Options {
     pub max_rate_limited_attempts: u32,
     /// Calls per multipart batch (Google allows 100, advises at most 50).
     pub batch_size: usize,
-    /// TCP/TLS connect timeout.
-    pub connect_timeout: Duration,
-    /// Longest silence while reading a response.
-    pub read_timeout: Duration,
+}
+
+impl Options {
+    /// The retry policy of one call.
+    pub fn policy(&self) -> RetryPolicy {
+        RetryPolicy {
+            max_attempts: self.max_attempts,
+            max_rate_limited: self.max_rate_limited_attempts,
+            backoff_base: self.limits.backoff_base,
+            backoff_max: self.limits.backoff_max,
+            max_wait: self.limits.backoff_max,
+        }
+    }
 }
 
 impl Default for Options {
@@ -51,8 +63,6 @@ impl Default for Options {
             max_attempts: 5,
             max_rate_limited_attempts: 10,
             batch_size: 50,
-            connect_timeout: Duration::from_secs(30),
-            read_timeout: Duration::from_secs(120),
         }
     }
 }
@@ -139,6 +149,7 @@ pub struct GmailAccount {
     endpoints: Endpoints,
     tokens: Arc<dyn TokenSource>,
     throttle: Throttle,
+    policy: RetryPolicy,
     opts: Options,
     /// The last profile `historyId` and when it was read, shared by the
     /// account's mailboxes so one poll of several labels costs one request.
@@ -157,25 +168,20 @@ impl GmailAccount {
         tokens: Arc<dyn TokenSource>,
         opts: Options,
     ) -> Result<Arc<GmailAccount>, CloudError> {
-        let http = reqwest::Client::builder()
-            .connect_timeout(opts.connect_timeout)
-            .read_timeout(opts.read_timeout)
-            .pool_max_idle_per_host(opts.limits.max_concurrency.max(1))
-            .user_agent(concat!("cloud-mdir-sync/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| {
-                CloudError::new(
-                    &format!("gmail:{user}"),
-                    ErrorKind::Fatal,
-                    format!("cannot build the HTTP client: {e}"),
-                )
-            })?;
+        let http = transport::client(opts.limits.max_concurrency).map_err(|e| {
+            CloudError::new(
+                &format!("gmail:{user}"),
+                ErrorKind::Fatal,
+                format!("cannot build the HTTP client: {e}"),
+            )
+        })?;
         Ok(Arc::new(GmailAccount {
             user: user.to_string(),
             http,
             endpoints,
             tokens,
-            throttle: Throttle::new(opts.limits.clone()),
+            throttle: Throttle::new(opts.limits.throttle()),
+            policy: opts.policy(),
             opts,
             profile: tokio::sync::Mutex::new(None),
         }))
@@ -193,7 +199,7 @@ impl GmailAccount {
 
     /// Requests and quota units spent so far by every mailbox of the account.
     pub fn usage(&self) -> Usage {
-        self.throttle.usage()
+        self.throttle.stats().into()
     }
 
     /// The mailbox's current `historyId` (`users.getProfile`, 1 unit).
@@ -291,9 +297,8 @@ impl GmailAccount {
     ) -> Vec<Result<wire::Message, ApiError>> {
         let mut results: Vec<Option<Result<wire::Message, ApiError>>> = vec![None; ids.len()];
         let mut pending: Vec<usize> = (0..ids.len()).collect();
-        let mut transient_rounds = 0u32;
-        let mut rate_rounds = 0u32;
-        let mut auth_retried = false;
+        // Rounds of resent parts are charged to one budget.
+        let mut budget = Budget::new(&self.policy);
         while !pending.is_empty() {
             let (body, boundary) = batch_body(ids, &pending, query);
             let req = Request {
@@ -389,40 +394,19 @@ impl GmailAccount {
                 retrying = again.len(),
                 "gmail batch: parts to send again"
             );
-            // Decide how to wait before sending the rest again.
-            let give_up = if unauthorized {
-                if auth_retried {
-                    Some(auth_error("the access token was refused twice"))
-                } else {
-                    auth_retried = true;
-                    self.tokens.invalidate(Audience::Gmail, &token);
-                    None
-                }
-            } else if let Some(e) = rate_limited {
-                rate_rounds += 1;
-                let pause = self.throttle.rate_limited(e.retry_after);
-                if rate_rounds >= self.opts.max_rate_limited_attempts
-                    || pause > self.opts.limits.backoff_max
-                {
-                    Some(ApiError {
-                        retry_after: Some(pause),
-                        ..e
-                    })
-                } else {
-                    None
-                }
+            // Wait as the policy says before sending the rest again.
+            let verdict = if unauthorized {
+                self.tokens.invalidate(Audience::Gmail, &token);
+                Verdict::Unauthorized
+            } else if let Some(e) = &rate_limited {
+                Verdict::RateLimited(e.retry_after)
             } else {
-                transient_rounds += 1;
-                if transient_rounds >= self.opts.max_attempts {
-                    Some(last_error.unwrap_or_else(|| {
-                        ApiError::new(ErrorKind::Retry, "batch parts kept failing")
-                    }))
-                } else {
-                    tokio::time::sleep(self.throttle.retry_delay(transient_rounds)).await;
-                    None
-                }
+                Verdict::Transient(None)
             };
-            if let Some(e) = give_up {
+            let last = rate_limited
+                .or(last_error)
+                .unwrap_or_else(|| ApiError::new(ErrorKind::Retry, "batch parts kept failing"));
+            if let Err(e) = self.again(&mut budget, verdict, last).await {
                 for i in again {
                     results[i] = Some(Err(e.clone()));
                 }
@@ -446,9 +430,7 @@ impl GmailAccount {
         req: &Request<'_>,
         parse: impl Fn(&Reply) -> Result<T, String>,
     ) -> Result<T, ApiError> {
-        let mut attempts = 0u32;
-        let mut rate_attempts = 0u32;
-        let mut auth_retried = false;
+        let mut budget = Budget::new(&self.policy);
         loop {
             let failure = match self.attempt(req).await {
                 Ok(reply) => match parse(&reply) {
@@ -463,63 +445,54 @@ impl GmailAccount {
                 },
                 Err(f) => f,
             };
-            match failure {
+            let (verdict, e) = match failure {
                 Failure::Final(e) => return Err(e),
                 Failure::Unauthorized(token, e) => {
-                    if auth_retried {
-                        return Err(ApiError {
-                            kind: ErrorKind::Auth,
-                            ..e
-                        });
-                    }
-                    auth_retried = true;
-                    tracing::debug!(user = %self.user, "gmail: token refused, refreshing once");
                     self.tokens.invalidate(Audience::Gmail, &token);
+                    (Verdict::Unauthorized, e)
                 }
-                Failure::RateLimited(e) => {
-                    rate_attempts += 1;
-                    let pause = self.throttle.rate_limited(e.retry_after);
-                    tracing::debug!(
-                        user = %self.user,
-                        reason = %e.reason,
-                        pause_ms = pause.as_millis() as u64,
-                        "gmail: rate limited"
-                    );
-                    if rate_attempts >= self.opts.max_rate_limited_attempts
-                        || pause > self.opts.limits.backoff_max
-                    {
-                        return Err(ApiError {
-                            retry_after: Some(pause),
-                            ..e
-                        });
-                    }
-                    // The throttle makes the next attempt wait for the pause.
-                }
-                Failure::Transient(e) => {
-                    attempts += 1;
-                    if attempts >= self.opts.max_attempts {
-                        return Err(e);
-                    }
-                    let delay = e
-                        .retry_after
-                        .unwrap_or_default()
-                        .max(self.throttle.retry_delay(attempts));
-                    tracing::debug!(
-                        user = %self.user,
-                        error = %e.message,
-                        delay_ms = delay.as_millis() as u64,
-                        "gmail: transient failure, retrying"
-                    );
-                    tokio::time::sleep(delay).await;
-                }
+                Failure::RateLimited(e) => (Verdict::RateLimited(e.retry_after), e),
+                Failure::Transient(e) => (Verdict::Transient(e.retry_after), e),
+            };
+            self.again(&mut budget, verdict, e).await?;
+        }
+    }
+
+    /// An attempt failed as `v` with `e`: wait as the policy says and
+    /// return `Ok` to try again, or the final error.
+    async fn again(&self, budget: &mut Budget, v: Verdict, e: ApiError) -> Result<(), ApiError> {
+        match budget.after(v, &self.throttle) {
+            Ok(wait) => {
+                tracing::debug!(
+                    user = %self.user,
+                    error = %e.message,
+                    wait_ms = wait.as_millis() as u64,
+                    "gmail: {v:?}, retrying"
+                );
+                tokio::time::sleep(wait).await;
+                Ok(())
             }
+            Err(g) => Err(ApiError {
+                kind: g.kind,
+                retry_after: g.retry_after.or(e.retry_after),
+                message: format!("{} ({})", e.message, g.why),
+                ..e
+            }),
         }
     }
 
     /// One attempt: wait for the throttle, get a token, send, read the
     /// whole answer, classify it.
     async fn attempt(&self, req: &Request<'_>) -> Result<Reply, Failure> {
-        let _permit = self.throttle.acquire(req.units).await;
+        let _permit = self.throttle.acquire(1, req.units).await.map_err(|left| {
+            Failure::Final(ApiError {
+                retry_after: Some(left),
+                ..ApiError::new(
+                    ErrorKind::Retry,
+                    format!("paused by Google for another {:.0}s", left.as_secs_f64()),
+                )
+            })
+        })?;
         let token = self
             .tokens
             .token(Audience::Gmail)
@@ -638,15 +611,8 @@ fn classify(reply: &Reply) -> Option<Failure> {
     })
 }
 
-fn auth_error(msg: &str) -> ApiError {
-    ApiError::new(ErrorKind::Auth, msg)
-}
-
 fn token_error(e: AuthError) -> ApiError {
-    match e {
-        AuthError::LoginNeeded { .. } => ApiError::new(ErrorKind::Auth, e.to_string()),
-        AuthError::Unavailable { .. } => ApiError::new(ErrorKind::Retry, e.to_string()),
-    }
+    ApiError::new(transport::token_kind(&e), e.to_string())
 }
 
 /// The multipart body asking for `ids[i]` for each `i` in `which`;

@@ -22,7 +22,7 @@ use serde_json::Value;
 
 use super::client::{Call, GraphAccount, PREFER_IMMUTABLE, Retrier, error_in};
 use super::wire::{BatchPart, BatchRequest, BatchResponse};
-use crate::cloud::transport::parse_retry_after;
+use crate::cloud::transport::{Budget, Verdict, parse_retry_after};
 use crate::cloud::{CloudError, ErrorKind};
 
 /// Most parts per batch (the documented limit).
@@ -60,7 +60,8 @@ pub(crate) async fn run(
     let mut todo: Vec<usize> = (0..ops.len()).collect();
     let mut alone = Vec::new();
     let url = account.url("/$batch");
-    let max_rounds = account.throttle().config().max_throttled;
+    // Rounds of parts answered 429 are charged to one budget.
+    let mut budget = Budget::new(account.policy());
     let mut round = 0;
     while !todo.is_empty() {
         round += 1;
@@ -130,8 +131,9 @@ pub(crate) async fn run(
                         longest = longest.max(ra);
                         throttled.push(i);
                         // Pause now, so the next batch of this round waits too.
-                        let t = account.throttle();
-                        t.pause(ra.unwrap_or(t.config().default_retry_after));
+                        if let Some(ra) = ra {
+                            account.throttle().pause(ra);
+                        }
                     }
                     404 => {
                         let (code, message) = part
@@ -162,21 +164,23 @@ pub(crate) async fn run(
         if throttled.is_empty() {
             break;
         }
-        let ra = longest.unwrap_or(account.throttle().config().default_retry_after);
         tracing::warn!(
             mailbox = ctx,
-            "{} batch parts throttled: mailbox paused {:.3}s",
+            "{} batch parts throttled (Retry-After {:?})",
             throttled.len(),
-            ra.as_secs_f64()
+            longest
         );
-        if round >= max_rounds || ra > account.throttle().config().max_wait {
+        if let Err(g) = budget.after(Verdict::RateLimited(longest), account.throttle()) {
             for i in throttled {
                 let mut e = CloudError::new(
                     ctx,
                     ErrorKind::Retry,
-                    format!("{}: throttled ({round} batches sent)", ops[i].path),
+                    format!(
+                        "{}: throttled ({round} batches sent, {})",
+                        ops[i].path, g.why
+                    ),
                 );
-                e.retry_after = Some(ra);
+                e.retry_after = g.retry_after;
                 results[i] = Some(Err(e));
             }
             break;

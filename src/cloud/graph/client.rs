@@ -13,9 +13,10 @@ use reqwest::header::{CONTENT_TYPE, HeaderMap};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use super::throttle::{Permit, Throttle, ThrottleConfig, ThrottleStats};
-use crate::auth::{AccessToken, Audience, AuthError, TokenSource};
-use crate::cloud::transport::retry_after_header;
+use super::throttle::ThrottleConfig;
+use crate::auth::{AccessToken, Audience, TokenSource};
+use crate::cloud::throttle::{Permit, Stats, Throttle};
+use crate::cloud::transport::{self, Budget, RetryPolicy, Verdict, retry_after_header};
 use crate::cloud::{CloudError, ErrorKind};
 use crate::endpoints::Endpoints;
 
@@ -38,6 +39,7 @@ struct Inner {
     http: reqwest::Client,
     tokens: Arc<dyn TokenSource>,
     throttle: Throttle,
+    policy: RetryPolicy,
     endpoints: Endpoints,
     user: String,
 }
@@ -119,13 +121,11 @@ pub(crate) struct Opened {
     pub permit: Permit,
 }
 
-/// The retry budget of one logical call.
+/// The retry budget of one logical call, charged by [`GraphAccount::open`].
 pub(crate) struct Retrier<'a> {
     account: &'a GraphAccount,
     ctx: &'a str,
-    transient: u32,
-    throttled: u32,
-    auth_retried: bool,
+    budget: Budget,
 }
 
 impl<'a> Retrier<'a> {
@@ -134,88 +134,38 @@ impl<'a> Retrier<'a> {
         Retrier {
             account,
             ctx,
-            transient: 0,
-            throttled: 0,
-            auth_retried: false,
+            budget: Budget::new(&account.inner.policy),
         }
     }
 
-    /// A transient failure: back off (at least `retry_after`) and return
-    /// `Ok` to try again, or the final `Retry` error once attempts run out.
-    pub(crate) async fn transient(
-        &mut self,
-        reason: String,
-        retry_after: Option<Duration>,
-    ) -> Result<(), CloudError> {
-        let t = &self.account.inner.throttle;
-        self.transient += 1;
-        let delay = t
-            .backoff(self.transient - 1)
-            .max(retry_after.unwrap_or_default());
-        if self.transient >= t.config().max_attempts {
-            let mut e = CloudError::new(
-                self.ctx,
-                ErrorKind::Retry,
-                format!("{reason} (gave up after {} attempts)", self.transient),
-            );
-            e.retry_after = Some(delay);
-            return Err(e);
+    /// An attempt failed as `v` (`reason` says how): wait as the policy
+    /// says and return `Ok` to try again, or the final error.
+    pub(crate) async fn again(&mut self, v: Verdict, reason: &str) -> Result<(), CloudError> {
+        match self.budget.after(v, &self.account.inner.throttle) {
+            Ok(wait) => {
+                if let Verdict::RateLimited(_) = v {
+                    tracing::warn!(mailbox = self.ctx, "throttled by Graph ({reason})");
+                } else {
+                    tracing::debug!(
+                        mailbox = self.ctx,
+                        "{reason}; retrying in {:.2}s",
+                        wait.as_secs_f64()
+                    );
+                }
+                tokio::time::sleep(wait).await;
+                Ok(())
+            }
+            Err(g) => {
+                let mut e = CloudError::new(self.ctx, g.kind, format!("{reason} ({})", g.why));
+                e.retry_after = g.retry_after;
+                Err(e)
+            }
         }
-        tracing::debug!(
-            mailbox = self.ctx,
-            "{reason}; retrying in {:.2}s",
-            delay.as_secs_f64()
-        );
-        if let Some(ra) = retry_after {
-            // A Retry-After on a 5xx speaks for the whole mailbox too.
-            t.pause(ra);
-        }
-        tokio::time::sleep(delay).await;
-        Ok(())
     }
 
-    /// A 429: pause the whole mailbox for `Retry-After` and return `Ok` to
-    /// try again, or the final `Retry` error once attempts run out.
-    pub(crate) async fn throttled(
-        &mut self,
-        retry_after: Option<Duration>,
-        reason: &str,
-    ) -> Result<(), CloudError> {
-        let t = &self.account.inner.throttle;
-        let ra = retry_after.unwrap_or(t.config().default_retry_after);
-        t.pause(ra);
-        self.throttled += 1;
-        tracing::warn!(
-            mailbox = self.ctx,
-            "throttled by Graph ({reason}): pausing the mailbox {:.3}s",
-            ra.as_secs_f64()
-        );
-        if self.throttled >= t.config().max_throttled || ra > t.config().max_wait {
-            let mut e = CloudError::new(
-                self.ctx,
-                ErrorKind::Retry,
-                format!("throttled {} times ({reason})", self.throttled),
-            );
-            e.retry_after = Some(ra);
-            return Err(e);
-        }
-        // The next acquire waits for the pause; nothing to sleep here.
-        Ok(())
-    }
-
-    /// A 401: forget the token and try once more, or give up with `Auth`.
-    fn unauthorized(&mut self, token: &AccessToken) -> Result<(), CloudError> {
-        self.account.inner.tokens.invalidate(Audience::Graph, token);
-        if self.auth_retried {
-            return Err(CloudError::new(
-                self.ctx,
-                ErrorKind::Auth,
-                "Graph refused a fresh access token (HTTP 401)",
-            ));
-        }
-        self.auth_retried = true;
-        tracing::debug!(mailbox = self.ctx, "HTTP 401: retrying with a fresh token");
-        Ok(())
+    /// A transient failure (see [`Retrier::again`]).
+    pub(crate) async fn transient(&mut self, reason: String) -> Result<(), CloudError> {
+        self.again(Verdict::Transient(None), &reason).await
     }
 }
 
@@ -283,25 +233,19 @@ impl GraphAccount {
         endpoints: Endpoints,
         config: ThrottleConfig,
     ) -> Result<GraphAccount, CloudError> {
-        let http = reqwest::Client::builder()
-            .user_agent(concat!("cloud-mdir-sync/", env!("CARGO_PKG_VERSION")))
-            .connect_timeout(Duration::from_secs(30))
-            // Idle time between reads, so large downloads are not cut short.
-            .read_timeout(Duration::from_secs(120))
-            .pool_idle_timeout(Duration::from_secs(60))
-            .build()
-            .map_err(|e| {
-                CloudError::new(
-                    &format!("office365:{user}"),
-                    ErrorKind::Fatal,
-                    format!("cannot build the HTTP client: {e}"),
-                )
-            })?;
+        let http = transport::client(config.max_in_flight as usize).map_err(|e| {
+            CloudError::new(
+                &format!("office365:{user}"),
+                ErrorKind::Fatal,
+                format!("cannot build the HTTP client: {e}"),
+            )
+        })?;
         Ok(GraphAccount {
             inner: Arc::new(Inner {
                 http,
                 tokens,
-                throttle: Throttle::new(config),
+                throttle: Throttle::new(config.limits()),
+                policy: config.policy(),
                 endpoints,
                 user: user.to_string(),
             }),
@@ -314,7 +258,7 @@ impl GraphAccount {
     }
 
     /// Counters of the mailbox throttle.
-    pub fn throttle_stats(&self) -> ThrottleStats {
+    pub fn throttle_stats(&self) -> Stats {
         self.inner.throttle.stats()
     }
 
@@ -335,13 +279,17 @@ impl GraphAccount {
         &self.inner.throttle
     }
 
+    pub(crate) fn policy(&self) -> &RetryPolicy {
+        &self.inner.policy
+    }
+
     async fn token(&self, ctx: &str) -> Result<AccessToken, Failure> {
         self.inner.tokens.token(Audience::Graph).await.map_err(|e| {
-            let kind = match e {
-                AuthError::LoginNeeded { .. } => ErrorKind::Auth,
-                AuthError::Unavailable { .. } => ErrorKind::Retry,
-            };
-            Failure::Cloud(CloudError::new(ctx, kind, e.to_string()))
+            Failure::Cloud(CloudError::new(
+                ctx,
+                transport::token_kind(&e),
+                e.to_string(),
+            ))
         })
     }
 
@@ -388,9 +336,7 @@ impl GraphAccount {
                 Ok(resp) => resp,
                 Err(e) => {
                     drop(permit);
-                    r.transient(describe(&e), None)
-                        .await
-                        .map_err(Failure::Cloud)?;
+                    r.transient(describe(&e)).await.map_err(Failure::Cloud)?;
                     continue;
                 }
             };
@@ -407,24 +353,19 @@ impl GraphAccount {
                 .as_ref()
                 .and_then(error_in)
                 .unwrap_or_default();
-            match status {
-                401 => r.unauthorized(&token).map_err(Failure::Cloud)?,
-                429 => r
-                    .throttled(retry_after, &code)
-                    .await
-                    .map_err(Failure::Cloud)?,
-                500 | 502 | 503 | 504 | 509 => r
-                    .transient(format!("HTTP {status} {code}"), retry_after)
-                    .await
-                    .map_err(Failure::Cloud)?,
-                _ => {
-                    return Err(Failure::Api {
-                        status,
-                        code,
-                        message,
-                    });
-                }
+            let Some(v) = classify(status, retry_after) else {
+                return Err(Failure::Api {
+                    status,
+                    code,
+                    message,
+                });
+            };
+            if v == Verdict::Unauthorized {
+                self.inner.tokens.invalidate(Audience::Graph, &token);
             }
+            r.again(v, &format!("HTTP {status} {code}"))
+                .await
+                .map_err(Failure::Cloud)?;
         }
     }
 
@@ -461,8 +402,19 @@ impl GraphAccount {
                     }
                 }
             };
-            r.transient(reason, None).await.map_err(Failure::Cloud)?;
+            r.transient(reason).await.map_err(Failure::Cloud)?;
         }
+    }
+}
+
+/// Graph's classification of an error status: which answers are worth
+/// repeating, and how (`None`: final, see [`Failure::into_cloud`]).
+fn classify(status: u16, retry_after: Option<Duration>) -> Option<Verdict> {
+    match status {
+        401 => Some(Verdict::Unauthorized),
+        429 => Some(Verdict::RateLimited(retry_after)),
+        500 | 502 | 503 | 504 | 509 => Some(Verdict::Transient(retry_after)),
+        _ => None,
     }
 }
 

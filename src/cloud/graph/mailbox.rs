@@ -573,7 +573,7 @@ impl GraphMailbox {
                     .and_then(error_in)
                     .map(|(c, _)| c)
                     .unwrap_or_else(|| "no error code".into());
-                r.transient(format!("$value answered JSON ({code})"), None)
+                r.transient(format!("$value answered JSON ({code})"))
                     .await?;
                 continue;
             }

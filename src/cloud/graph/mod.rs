@@ -6,7 +6,7 @@
 //! # Layout
 //! - [`wire`]: the JSON types as Graph sends and takes them.
 //! - [`flags`]: our flag bits to and from Graph JSON (pure).
-//! - [`throttle`]: per-mailbox concurrency, window, pauses and backoff.
+//! - [`throttle`]: Outlook's limits as parameters of the shared throttle.
 //! - [`client`]: the account's HTTP client, tokens and retry policy.
 //! - `batch`: `$batch` with per-part retries.
 //! - [`mailbox`]: the [`crate::cloud::CloudMailbox`] implementation.
@@ -18,6 +18,7 @@ pub mod mailbox;
 pub mod throttle;
 pub mod wire;
 
+pub use crate::cloud::throttle::Stats as ThrottleStats;
 pub use client::GraphAccount;
 pub use mailbox::GraphMailbox;
-pub use throttle::{ThrottleConfig, ThrottleStats};
+pub use throttle::ThrottleConfig;
