@@ -206,85 +206,27 @@ impl BatchPartResponse {
     }
 }
 
-/// Seconds since the epoch of a Graph UTC timestamp
-/// (`YYYY-MM-DDTHH:MM:SS[.fff](Z|+00:00)`); `None` when it is not one.
+/// Seconds since the epoch of a Graph timestamp: RFC 3339
+/// (`YYYY-MM-DDTHH:MM:SS[.fff](Z|±HH:MM)`), or the same without an offset,
+/// which Graph means as UTC; `None` when it is not one.
 pub fn parse_utc(s: &str) -> Option<i64> {
     let s = s.trim();
-    let b = s.as_bytes();
-    if b.len() < 19 || b[4] != b'-' || b[7] != b'-' || b[10] != b'T' {
-        return None;
-    }
-    if b[13] != b':' || b[16] != b':' {
-        return None;
-    }
-    let num = |r: std::ops::Range<usize>| -> Option<i64> {
-        let t = s.get(r)?;
-        t.bytes()
-            .all(|c| c.is_ascii_digit())
-            .then(|| t.parse().ok())?
+    let at = match s.parse::<jiff::Timestamp>() {
+        Ok(t) => t,
+        Err(_) => jiff::tz::Offset::UTC
+            .to_timestamp(s.parse::<jiff::civil::DateTime>().ok()?)
+            .ok()?,
     };
-    let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
-    let (h, mi, se) = (num(11..13)?, num(14..16)?, num(17..19)?);
-    if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || se > 60 {
-        return None;
-    }
-    let mut rest = &s[19..];
-    if let Some(frac) = rest.strip_prefix('.') {
-        let digits = frac.bytes().take_while(u8::is_ascii_digit).count();
-        rest = &frac[digits..];
-    }
-    let offset = match rest {
-        "" | "Z" | "z" => 0,
-        _ => {
-            let (sign, hm) = match rest.as_bytes().first() {
-                Some(b'+') => (1, &rest[1..]),
-                Some(b'-') => (-1, &rest[1..]),
-                _ => return None,
-            };
-            let (oh, om) = hm.split_once(':')?;
-            let (oh, om): (i64, i64) = (oh.parse().ok()?, om.parse().ok()?);
-            sign * (oh * 3600 + om * 60)
-        }
-    };
-    Some(days_from_civil(y, mo, d) * 86_400 + h * 3600 + mi * 60 + se - offset)
+    Some(at.as_second())
 }
 
 /// `YYYY-MM-DDTHH:MM:SSZ` for seconds since the epoch (the form of
 /// `SystemTime` extended property values we write).
 pub fn format_utc(secs: i64) -> String {
-    let days = secs.div_euclid(86_400);
-    let rem = secs.rem_euclid(86_400);
-    let (y, m, d) = civil_from_days(days);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
-}
-
-/// Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's algorithm).
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
-/// The date of a day count since 1970-01-01 (inverse of [`days_from_civil`]).
-fn civil_from_days(z: i64) -> (i64, i64, i64) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    (yoe + era * 400 + i64::from(m <= 2), m, d)
+    jiff::Timestamp::from_second(secs)
+        .unwrap_or(jiff::Timestamp::UNIX_EPOCH)
+        .strftime("%Y-%m-%dT%H:%M:%SZ")
+        .to_string()
 }
 
 #[cfg(test)]
@@ -300,6 +242,7 @@ mod tests {
         assert_eq!(parse_utc("2024-02-29T00:00:00"), Some(1_709_164_800));
         assert_eq!(parse_utc("garbage"), None);
         assert_eq!(parse_utc("2024-13-01T00:00:00Z"), None);
+        assert_eq!(parse_utc("2024-02-30T00:00:00Z"), None);
         for t in [0, 1_714_558_830, 951_782_400, -86_400, 4_102_444_800] {
             assert_eq!(parse_utc(&format_utc(t)), Some(t), "{t}");
         }
