@@ -20,7 +20,7 @@
 //! - [`error`]: the [`error::Kind`] every error maps to, and what the daemon
 //!   does about each.
 //! - [`fsutil`]: atomic writes and private directories; [`lock`]: mutexes
-//!   that survive a panicking holder.
+//!   that survive a panicking holder; [`lf`]: CRLF → LF.
 //! - [`types`]: flags, content hashes and cloud ids shared by all modules.
 pub mod auth;
 pub mod cloud;
@@ -31,6 +31,7 @@ pub mod daemon;
 pub mod endpoints;
 pub mod error;
 pub mod fsutil;
+pub mod lf;
 pub mod lock;
 pub mod maildir;
 pub mod store;

@@ -6,6 +6,7 @@ use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read};
 use std::path::Path;
 
+use crate::lf::Dos2Unix;
 use crate::types::ContentHash;
 
 /// Read buffer size for hashing files.
@@ -15,9 +16,7 @@ const READ_BUF: usize = 64 * 1024;
 #[derive(Clone, Debug, Default)]
 pub struct ContentHasher {
     inner: blake3::Hasher,
-    /// The previous chunk ended in CR; whether it is dropped depends on the
-    /// next byte.
-    pending_cr: bool,
+    lf: Dos2Unix,
 }
 
 impl ContentHasher {
@@ -28,39 +27,18 @@ impl ContentHasher {
 
     /// Feeds the next chunk of the message.
     pub fn update(&mut self, data: &[u8]) {
-        let Some((&first, _)) = data.split_first() else {
-            return;
-        };
-        if std::mem::take(&mut self.pending_cr) && first != b'\n' {
-            self.inner.update(b"\r");
-        }
-        let mut start = 0;
-        let mut from = 0;
-        while let Some(off) = data[from..].iter().position(|&b| b == b'\r') {
-            let cr = from + off;
-            match data.get(cr + 1) {
-                None => {
-                    self.inner.update(&data[start..cr]);
-                    self.pending_cr = true;
-                    return;
-                }
-                Some(b'\n') => {
-                    self.inner.update(&data[start..cr]);
-                    start = cr + 1;
-                }
-                Some(_) => {}
-            }
-            from = cr + 1;
-        }
-        self.inner.update(&data[start..]);
+        let inner = &mut self.inner;
+        self.lf.convert(data, |s| {
+            inner.update(s);
+        });
     }
 
     /// The hash of everything fed so far.
     pub fn finalize(&self) -> ContentHash {
         let mut h = self.inner.clone();
-        if self.pending_cr {
-            h.update(b"\r");
-        }
+        self.lf.clone().end(|s| {
+            h.update(s);
+        });
         ContentHash(*h.finalize().as_bytes())
     }
 }

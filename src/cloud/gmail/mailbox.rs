@@ -31,6 +31,7 @@ use crate::cloud::{
     CloudEntry, CloudError, CloudMailbox, CursorDelta, ErrorKind, FlagChange, Listed, Sink,
 };
 use crate::config::headers::HeaderBlock;
+use crate::lf::crlf_to_lf;
 use crate::types::DeleteAction;
 use crate::types::{Flags, StorageKind};
 
@@ -709,20 +710,6 @@ fn decode_raw(raw: &str) -> Result<Vec<u8>, String> {
         return Err("raw content is empty".into());
     }
     Ok(crlf_to_lf(&bytes))
-}
-
-fn crlf_to_lf(b: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\r' && b.get(i + 1) == Some(&b'\n') {
-            i += 1;
-            continue;
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    out
 }
 
 impl CloudMailbox for GmailMailbox {

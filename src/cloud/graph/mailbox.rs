@@ -8,7 +8,6 @@
 use arcstr::ArcStr;
 use futures_util::future::BoxFuture;
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::sync::Mutex;
 
 use futures_util::StreamExt;
@@ -24,6 +23,7 @@ use crate::cloud::transport::{path_segment, query_value};
 use crate::cloud::{
     CloudEntry, CloudError, CloudMailbox, CursorDelta, ErrorKind, FlagChange, Listed, Sink,
 };
+use crate::lf::Dos2Unix;
 use crate::lock::lock;
 use crate::types::DeleteAction;
 use crate::types::{Flags, StorageKind};
@@ -230,42 +230,6 @@ fn needs_resync(status: u16, code: &str) -> bool {
         || ["syncStateNotFound", "resyncRequired", "syncStateInvalid"]
             .iter()
             .any(|c| c.eq_ignore_ascii_case(code))
-}
-
-/// Streaming CRLF → LF: a CR at the end of one chunk waits for the next.
-#[derive(Default)]
-pub struct Dos2Unix {
-    cr: bool,
-    buf: Vec<u8>,
-}
-
-impl Dos2Unix {
-    /// Convert `chunk` and write it to `out`.
-    pub fn write(&mut self, chunk: &[u8], out: &mut dyn Write) -> std::io::Result<()> {
-        self.buf.clear();
-        for &b in chunk {
-            if self.cr {
-                self.cr = false;
-                if b != b'\n' {
-                    self.buf.push(b'\r');
-                }
-            }
-            if b == b'\r' {
-                self.cr = true;
-            } else {
-                self.buf.push(b);
-            }
-        }
-        out.write_all(&self.buf)
-    }
-
-    /// Write a CR still held back (a message ending in a lone CR).
-    pub fn finish(&mut self, out: &mut dyn Write) -> std::io::Result<()> {
-        if std::mem::take(&mut self.cr) {
-            out.write_all(b"\r")?;
-        }
-        Ok(())
-    }
 }
 
 impl GraphMailbox {
@@ -870,30 +834,6 @@ impl CloudMailbox for GraphMailbox {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn convert(chunks: &[&[u8]]) -> Vec<u8> {
-        let mut out = Vec::new();
-        let mut c = Dos2Unix::default();
-        for ch in chunks {
-            c.write(ch, &mut out).unwrap();
-        }
-        c.finish(&mut out).unwrap();
-        out
-    }
-
-    #[test]
-    fn crlf_to_lf_across_every_chunk_boundary() {
-        let input = b"a\r\nb\r\r\nc\rd\r\n\r\n\r";
-        let want = b"a\nb\r\nc\rd\n\n\r".to_vec();
-        assert_eq!(convert(&[input]), want);
-        for cut in 0..=input.len() {
-            let (x, y) = input.split_at(cut);
-            assert_eq!(convert(&[x, y]), want, "cut at {cut}");
-        }
-        // One byte at a time.
-        let bytes: Vec<&[u8]> = input.chunks(1).collect();
-        assert_eq!(convert(&bytes), want);
-    }
 
     #[test]
     fn resync_codes() {
