@@ -17,7 +17,7 @@ use super::wire;
 use crate::auth::{AccessToken, Audience, AuthError, TokenSource};
 use crate::cloud::throttle::Throttle;
 use crate::cloud::transport::{
-    self, Budget, RetryPolicy, Verdict, path_segment, retry_after_header,
+    self, Budget, RetryPolicy, Verdict, parse_retry_after, path_segment, retry_after_header,
 };
 use crate::cloud::{CloudError, ErrorKind};
 use crate::endpoints::Endpoints;
@@ -669,22 +669,53 @@ fn find(hay: &[u8], needle: &[u8], from: usize) -> Option<usize> {
         .map(|p| p + from)
 }
 
-/// Split header lines from a body at the first empty line (CRLF or LF).
-fn split_head(b: &[u8]) -> (&[u8], &[u8]) {
-    let crlf = find(b, b"\r\n\r\n", 0).map(|p| (p, p + 4));
-    let lf = find(b, b"\n\n", 0).map(|p| (p, p + 2));
-    match (crlf, lf) {
-        (Some(a), Some(b2)) if b2.0 < a.0 => (&b[..b2.0], &b[b2.1..]),
-        (Some(a), _) => (&b[..a.0], &b[a.1..]),
-        (None, Some(b2)) => (&b[..b2.0], &b[b2.1..]),
-        (None, None) => (b, &[]),
-    }
+/// Most headers a part (or its inner answer) may carry.
+const MAX_PART_HEADERS: usize = 64;
+
+/// The value of header `name` (ASCII case-insensitive), as text.
+fn header<'a>(headers: &[httparse::Header<'a>], name: &str) -> Option<&'a str> {
+    headers
+        .iter()
+        .find(|h| h.name.eq_ignore_ascii_case(name))
+        .and_then(|h| std::str::from_utf8(h.value).ok())
+        .map(str::trim)
 }
 
-fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
-    head.lines().find_map(|l| {
-        let (k, v) = l.split_once(':')?;
-        k.trim().eq_ignore_ascii_case(name).then(|| v.trim())
+/// One part of a `multipart/mixed` batch answer: the part's own headers
+/// (`Content-ID`), then the embedded HTTP answer (status line, headers,
+/// body), both read by `httparse`.
+fn parse_part(chunk: &[u8]) -> Result<BatchPart, String> {
+    let bad = |what: &str, e: Option<httparse::Error>| match e {
+        Some(e) => format!("batch part: {what}: {e}"),
+        None => format!("batch part: {what} cut short"),
+    };
+    let mut outer = [httparse::EMPTY_HEADER; MAX_PART_HEADERS];
+    let (n, outer) = match httparse::parse_headers(chunk, &mut outer) {
+        Ok(httparse::Status::Complete(c)) => c,
+        Ok(httparse::Status::Partial) => return Err(bad("part headers", None)),
+        Err(e) => return Err(bad("part headers", Some(e))),
+    };
+    let content_id = header(outer, "content-id").unwrap_or("").to_string();
+    let inner = &chunk[n..];
+    let mut headers = [httparse::EMPTY_HEADER; MAX_PART_HEADERS];
+    let mut answer = httparse::Response::new(&mut headers);
+    let n = match answer.parse(inner) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Err(bad("HTTP answer", None)),
+        Err(e) => return Err(bad("HTTP answer", Some(e))),
+    };
+    let status = answer.code.ok_or("batch part without an HTTP status")?;
+    let rest = &inner[n..];
+    let body = match header(answer.headers, "content-length").and_then(|v| v.parse().ok()) {
+        Some(len) if len <= rest.len() => rest[..len].to_vec(),
+        Some(_) => return Err("batch part shorter than its Content-Length".into()),
+        None => rest.to_vec(),
+    };
+    Ok(BatchPart {
+        content_id,
+        status,
+        retry_after: header(answer.headers, "retry-after").and_then(parse_retry_after),
+        body,
     })
 }
 
@@ -707,37 +738,12 @@ fn parse_multipart(body: &[u8], boundary: &str) -> Result<Vec<BatchPart>, String
         } else if end >= 1 && body[end - 1] == b'\n' {
             end -= 1;
         }
-        let mut chunk = &body[after..end.max(after)];
-        chunk = chunk
+        let chunk = &body[after..end.max(after)];
+        let chunk = chunk
             .strip_prefix(b"\r\n")
             .or_else(|| chunk.strip_prefix(b"\n"))
             .unwrap_or(chunk);
-        let (outer_head, inner) = split_head(chunk);
-        let outer_head = String::from_utf8_lossy(outer_head);
-        let content_id = header(&outer_head, "content-id").unwrap_or("").to_string();
-        let (inner_head, inner_body) = split_head(inner);
-        let inner_head = String::from_utf8_lossy(inner_head);
-        let status: u16 = inner_head
-            .lines()
-            .next()
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|s| s.parse().ok())
-            .ok_or("batch part without an HTTP status line")?;
-        let body = match header(&inner_head, "content-length").and_then(|v| v.parse().ok()) {
-            Some(n) if n <= inner_body.len() => inner_body[..n].to_vec(),
-            Some(_) => return Err("batch part shorter than its Content-Length".into()),
-            None => inner_body.to_vec(),
-        };
-        let retry_after = header(&inner_head, "retry-after")
-            .and_then(|v| v.parse::<f64>().ok())
-            .filter(|s| s.is_finite() && *s >= 0.0)
-            .map(|s| Duration::from_secs_f64(s.min(86_400.0)));
-        parts.push(BatchPart {
-            content_id,
-            status,
-            retry_after,
-            body,
-        });
+        parts.push(parse_part(chunk)?);
         pos = next;
     }
 }
@@ -871,5 +877,21 @@ mod tests {
         let short = "--b\r\nContent-ID: <response-item-0>\r\n\r\nHTTP/1.1 200 OK\r\n\
             Content-Length: 50\r\n\r\n{\"id\":\"aa\"}\r\n--b--\r\n";
         assert!(parse_multipart(short.as_bytes(), "b").is_err());
+        let garbled =
+            "--b\r\nContent-ID: <response-item-0>\r\n\r\nHTTP/1.1 OK\r\n\r\n{}\r\n--b--\r\n";
+        assert!(parse_multipart(garbled.as_bytes(), "b").is_err());
+    }
+
+    #[test]
+    fn batch_answers_with_bare_lf_and_dated_retry_after_parse() {
+        let answer = "--b\nContent-ID: <response-item-1>\n\nHTTP/1.1 503 Unavailable\n\
+            Retry-After: Wed, 21 Oct 2015 07:28:00 GMT\n\n{}\n--b--\n";
+        let parts = parse_multipart(answer.as_bytes(), "b").unwrap();
+        assert_eq!(parts.len(), 1);
+        assert_eq!(part_index(&parts[0].content_id), Some(1));
+        assert_eq!(parts[0].status, 503);
+        // A date in the past: retry at once.
+        assert_eq!(parts[0].retry_after, Some(Duration::ZERO));
+        assert_eq!(parts[0].body, b"{}");
     }
 }
