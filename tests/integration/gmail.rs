@@ -9,22 +9,19 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use base64::Engine as _;
 use cloud_mdir_sync::auth::{AccessToken, Audience, AuthError, StaticTokens, TokenSource};
 use cloud_mdir_sync::cloud::gmail::{GmailAccount, GmailMailbox, Limits, Options};
 use cloud_mdir_sync::cloud::{CloudEntry, CloudMailbox, ErrorKind, FlagChange};
-use cloud_mdir_sync::config::{self, PathContext, PyActor};
-use cloud_mdir_sync::daemon;
 use cloud_mdir_sync::endpoints::Endpoints;
-use cloud_mdir_sync::maildir::{Maildir, parse_name};
-use cloud_mdir_sync::sync::engine::{Engine, Folder};
+use cloud_mdir_sync::maildir::parse_name;
+use cloud_mdir_sync::sync::engine::Folder;
 use cloud_mdir_sync::types::DeleteAction;
 use cloud_mdir_sync::types::Flags;
 use fake_cloud::{FakeCloud, Handle, QuotaMode};
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 
-use crate::util::{Home, StoredCursor};
+use crate::util::{Home, StoredCursor, build_engine, lf, maildir_files};
 
 const USER: &str = "user@gmail.com";
 const MODIFY: &str = "https://www.googleapis.com/auth/gmail.modify";
@@ -750,12 +747,9 @@ async fn fetch_gives_lf_content_and_never_partial_success() {
     let state = env.mailbox_state(true).await;
     for m in state["gmail"]["messages"].as_array().expect("messages") {
         let id = m["id"].as_str().expect("id");
-        let raw = base64::engine::general_purpose::STANDARD
-            .decode(m["raw"].as_str().expect("raw"))
-            .expect("b64");
         let mut got: Vec<u8> = Vec::new();
         mb.fetch(id, &mut got).await.expect("fetch");
-        let want = String::from_utf8_lossy(&raw).replace("\r\n", "\n");
+        let want = lf(m);
         assert_eq!(String::from_utf8_lossy(&got), want, "message {id}");
         assert!(!got.windows(2).any(|w| w == b"\r\n"));
     }
@@ -1174,44 +1168,24 @@ inbox = MailDir("~/mail/inbox")
 gmail = GMail("INBOX", GMail_Account(user="user@gmail.com"))
 "#;
 
-fn files(dir: &std::path::Path) -> Vec<(std::path::PathBuf, Flags)> {
-    let md = Maildir::open(dir).expect("maildir");
-    let mut out: Vec<_> = md
-        .scan()
-        .expect("scan")
-        .entries
-        .into_iter()
-        .map(|e| (e.path, e.flags))
-        .collect();
-    out.sort();
-    out
-}
-
 #[tokio::test]
 async fn engine_syncs_a_label_and_keeps_replied_locally() {
     let env = Env::start(QuotaMode::Off).await;
     env.populate("INBOX", 500, 111).await;
     let home = Home::new();
-    let file = home.write("cms.cfg", CFG);
-    let paths = PathContext {
-        home: home.path().to_path_buf(),
-        cwd: home.path().to_path_buf(),
-    };
-    let loaded = config::load(&PyActor::spawn(), &file, &paths).expect("config");
+    let loaded = home.config(CFG);
     let account = env.account(fast());
     let key = format!("gmail:{USER}/INBOX");
     let engine = |account: Arc<GmailAccount>| {
         let loaded = &loaded;
         let key = key.clone();
         async move {
-            let (store, maildirs) = daemon::prepare(loaded).await.expect("prepare");
             let folder = Folder {
                 cloud: Arc::new(GmailMailbox::new(account, "INBOX", &key)),
                 key,
                 delete_action: DeleteAction::Archive,
             };
-            Engine::new(store, loaded.router.clone(), vec![folder], maildirs, false)
-                .expect("engine")
+            build_engine(loaded, vec![folder], false).await
         }
     };
     let inbox = home.path().join("mail/inbox");
@@ -1220,7 +1194,7 @@ async fn engine_syncs_a_label_and_keeps_replied_locally() {
     let r = e.cycle().await.expect("cycle");
     assert!(r.is_clean(), "{r:?}");
     assert_eq!(r.downloads, 500);
-    let local = files(&inbox);
+    let local = maildir_files(&inbox);
     assert_eq!(local.len(), 500);
     let want = env.expected("INBOX").await;
     let mut want_flags: Vec<Flags> = want.values().map(|v| v.0).collect();
@@ -1266,7 +1240,7 @@ async fn engine_syncs_a_label_and_keeps_replied_locally() {
     assert!(replied.exists(), "replied flag kept locally");
 
     // A local read flag goes to the cloud; the replied flag stays.
-    let unread = files(&inbox)
+    let unread = maildir_files(&inbox)
         .into_iter()
         .find(|(_, f)| !f.contains(Flags::READ) && !f.contains(Flags::REPLIED))
         .expect("an unread message");

@@ -14,17 +14,15 @@ use cloud_mdir_sync::auth::{AccessToken, Audience, AuthError, StaticTokens, Toke
 use cloud_mdir_sync::cloud::graph::wire::parse_utc;
 use cloud_mdir_sync::cloud::graph::{GraphAccount, GraphMailbox, ThrottleConfig};
 use cloud_mdir_sync::cloud::{CloudEntry, CloudMailbox, ErrorKind, FlagChange};
-use cloud_mdir_sync::config::{self, PathContext, PyActor};
-use cloud_mdir_sync::daemon;
+use cloud_mdir_sync::config;
 use cloud_mdir_sync::endpoints::Endpoints;
-use cloud_mdir_sync::maildir::Maildir;
 use cloud_mdir_sync::sync::engine::{Engine, Folder};
 use cloud_mdir_sync::types::DeleteAction;
 use cloud_mdir_sync::types::Flags;
 use fake_cloud::{FakeCloud, Handle, Options};
 use serde_json::{Value, json};
 
-use crate::util::{Home, StoredCursor};
+use crate::util::{Capture, Home, StoredCursor, build_engine, lf, maildir_files};
 
 const USER: &str = "user@example.com";
 
@@ -79,6 +77,15 @@ impl Cloud {
 
     pub(crate) fn mailbox(&self, account: &GraphAccount, path: &str) -> GraphMailbox {
         GraphMailbox::new(account.clone(), path, &format!("office365:{USER}/{path}"))
+    }
+
+    /// The inbox as the engine's folder (deletions archive).
+    pub(crate) fn inbox_folder(&self, account: &GraphAccount) -> Folder {
+        Folder {
+            cloud: Arc::new(self.mailbox(account, "Inbox")),
+            key: format!("office365:{USER}/Inbox"),
+            delete_action: DeleteAction::Archive,
+        }
     }
 
     pub(crate) async fn ctl(
@@ -228,15 +235,6 @@ impl Cloud {
             .as_u64()
             .unwrap_or(0)
     }
-}
-
-/// A stored message's raw content with CRLF turned into LF.
-fn lf(m: &Value) -> String {
-    use base64::Engine;
-    let raw = base64::engine::general_purpose::STANDARD
-        .decode(m["raw"].as_str().expect("raw"))
-        .expect("base64");
-    String::from_utf8_lossy(&raw).replace("\r\n", "\n")
 }
 
 fn as_map(list: &[CloudEntry]) -> BTreeMap<String, (Flags, Option<String>, Option<i64>)> {
@@ -1014,42 +1012,20 @@ async fn ten_folders_share_one_mailbox_limit() {
 /// A config with one maildir and the emulated inbox.
 fn engine_world() -> (Home, config::Loaded) {
     let home = Home::new();
-    let file = home.write(
-        "cms.cfg",
-        &format!(
-            "inbox = MailDir(\"~/mail/inbox\")\nbox = Office365(\"Inbox\", Office365_Account(user=\"{USER}\"))\n"
-        ),
-    );
-    let paths = PathContext {
-        home: home.path().to_path_buf(),
-        cwd: home.path().to_path_buf(),
-    };
-    let loaded = config::load(&PyActor::spawn(), &file, &paths).expect("config");
+    let loaded = home.config(&format!(
+        "inbox = MailDir(\"~/mail/inbox\")\nbox = Office365(\"Inbox\", Office365_Account(user=\"{USER}\"))\n"
+    ));
     (home, loaded)
 }
 
+/// A fresh engine over the emulated inbox.
 async fn engine(c: &Cloud, loaded: &config::Loaded) -> Engine {
-    engine_with(c, loaded, c.account()).await
+    build_engine(loaded, vec![c.inbox_folder(&c.account())], false).await
 }
 
-async fn engine_with(c: &Cloud, loaded: &config::Loaded, acct: GraphAccount) -> Engine {
-    let (store, maildirs) = daemon::prepare(loaded).await.expect("prepare");
-    let folder = Folder {
-        cloud: Arc::new(c.mailbox(&acct, "Inbox")),
-        key: format!("office365:{USER}/Inbox"),
-        delete_action: DeleteAction::Archive,
-    };
-    Engine::new(store, loaded.router.clone(), vec![folder], maildirs, false).expect("engine")
-}
-
-fn maildir_files(home: &Home) -> Vec<(std::path::PathBuf, Flags)> {
-    let md = Maildir::open(&home.path().join("mail/inbox")).expect("maildir");
-    md.scan()
-        .expect("scan")
-        .entries
-        .into_iter()
-        .map(|e| (e.path, e.flags))
-        .collect()
+/// The files of the maildir `engine_world` configured.
+fn inbox_files(home: &Home) -> Vec<(std::path::PathBuf, Flags)> {
+    maildir_files(&home.path().join("mail/inbox"))
 }
 
 /// Cuts every download of `ids` short, on every attempt (a cut before any
@@ -1072,7 +1048,7 @@ async fn failed_downloads_are_retried_when_the_next_round_brings_other_changes()
     let mut e = engine(&c, &loaded).await;
     let r = e.cycle().await.expect("cycle");
     assert_eq!(r.cloud_errors.len(), 2, "{r:?}");
-    assert_eq!(maildir_files(&home).len(), 18);
+    assert_eq!(inbox_files(&home).len(), 18);
     c.clear_faults().await;
     // The next delta round names only the new message, not the two that
     // failed: they must be tried again all the same.
@@ -1083,7 +1059,7 @@ async fn failed_downloads_are_retried_when_the_next_round_brings_other_changes()
     .await;
     let r = e.cycle().await.expect("cycle");
     assert!(r.is_clean(), "{r:?}");
-    assert_eq!(maildir_files(&home).len(), 21);
+    assert_eq!(inbox_files(&home).len(), 21);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1097,12 +1073,12 @@ async fn engine_syncs_an_inbox_over_graph() {
     let r = e.cycle().await.expect("cycle");
     assert_eq!(r.cloud_errors.len(), 3, "{r:?}");
     assert_eq!(r.downloads, 997);
-    assert_eq!(maildir_files(&home).len(), 997);
+    assert_eq!(inbox_files(&home).len(), 997);
     let want = c.expected("Inbox").await;
     c.clear_faults().await;
     let r = e.cycle().await.expect("cycle");
     assert!(r.is_clean(), "{r:?}");
-    let files = maildir_files(&home);
+    let files = inbox_files(&home);
     assert_eq!(files.len(), 1000);
     // Every maildir file is exactly one stored message with LF line ends:
     // none of the truncated downloads reached the maildir.
@@ -1140,20 +1116,6 @@ async fn engine_syncs_an_inbox_over_graph() {
     assert_eq!((r.downloads, r.actions), (0, 0), "{r:?}");
     assert_eq!(c.requests().await, 1);
     assert_eq!(c.stats().await["throttled"], 0);
-}
-
-/// Collects everything a tracing subscriber writes.
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Capture {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().expect("lock").extend_from_slice(b);
-        Ok(b.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
 }
 
 #[tokio::test]
@@ -1211,7 +1173,7 @@ async fn tokens_never_reach_the_logs() {
             .map_err(|e| format!("{e:?}")),
     );
 
-    let text = String::from_utf8_lossy(&cap.0.lock().expect("lock")).into_owned();
+    let text = cap.text();
     assert!(
         text.contains("throttled"),
         "debug output was captured: {text}"
@@ -1274,11 +1236,11 @@ async fn an_idle_poll_lists_once_and_does_nothing_else() {
     assert!(!r.skipped);
     let r2 = e.settle(&[false]).await.expect("settle");
     assert_eq!(r.downloads + r2.downloads, 1, "{r:?} {r2:?}");
-    assert_eq!(maildir_files(&home).len(), 201);
+    assert_eq!(inbox_files(&home).len(), 201);
     assert!(!id.is_empty());
     // A local change seen by the watcher goes through cycle_with, which
     // always scans: here a file removed by the user.
-    let (gone, _) = maildir_files(&home).remove(0);
+    let (gone, _) = inbox_files(&home).remove(0);
     std::fs::remove_file(&gone).expect("rm");
     let r = e.cycle_with(&[false]).await.expect("cycle");
     assert_eq!(r.actions, 1, "the removal is pushed: {r:?}");

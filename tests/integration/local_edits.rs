@@ -11,15 +11,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use cloud_mdir_sync::config::{self, PathContext, PyActor};
+use cloud_mdir_sync::config;
 use cloud_mdir_sync::daemon;
-use cloud_mdir_sync::sync::engine::{Engine, Folder};
-use cloud_mdir_sync::types::DeleteAction;
+use cloud_mdir_sync::sync::engine::Folder;
 use cloud_mdir_sync::types::Flags;
 use serde_json::{Value, json};
 
 use crate::graph::Cloud;
-use crate::util::Home;
+use crate::util::{Home, build_engine};
 
 const USER: &str = "user@example.com";
 const SYNCED: Flags = Flags(Flags::REPLIED.0 | Flags::READ.0 | Flags::FLAGGED.0);
@@ -63,28 +62,16 @@ impl Kind {
 /// A config with one maildir and the emulated inbox polled every `poll` s.
 pub(crate) fn world(poll: u32) -> (Home, config::Loaded) {
     let home = Home::new();
-    let file = home.write(
-        "cms.cfg",
-        &format!(
-            "inbox = MailDir(\"~/mail/inbox\")\n\
-             box = Office365(\"Inbox\", Office365_Account(user=\"{USER}\"))\n\
-             box.poll_interval = {poll}\n"
-        ),
-    );
-    let paths = PathContext {
-        home: home.path().to_path_buf(),
-        cwd: home.path().to_path_buf(),
-    };
-    let loaded = config::load(&PyActor::spawn(), &file, &paths).expect("config");
+    let loaded = home.config(&format!(
+        "inbox = MailDir(\"~/mail/inbox\")\n\
+         box = Office365(\"Inbox\", Office365_Account(user=\"{USER}\"))\n\
+         box.poll_interval = {poll}\n"
+    ));
     (home, loaded)
 }
 
 fn folder(c: &Cloud) -> Folder {
-    Folder {
-        cloud: Arc::new(c.mailbox(&c.account(), "Inbox")),
-        key: format!("office365:{USER}/Inbox"),
-        delete_action: DeleteAction::Archive,
-    }
+    c.inbox_folder(&c.account())
 }
 
 /// The maildir's letters for `flags`.
@@ -256,15 +243,7 @@ async fn a_cycle_without_listing_never_takes_back_a_pushed_change() {
     c.populate("Inbox", 40).await;
     let (home, loaded) = world(15);
     let md = home.path().join("mail/inbox");
-    let (store, maildirs) = daemon::prepare(&loaded).await.expect("prepare");
-    let mut e = Engine::new(
-        store,
-        loaded.router.clone(),
-        vec![folder(&c)],
-        maildirs,
-        false,
-    )
-    .expect("engine");
+    let mut e = build_engine(&loaded, vec![folder(&c)], false).await;
     assert!(e.cycle().await.expect("cycle").is_clean());
     let ids = ids_by_base(&c, &md).await;
     c.reset_stats().await;
@@ -797,15 +776,6 @@ async fn soak_concurrent_edits_under_faults() {
     task.await.expect("join").expect("daemon");
 }
 
-/// The config `world` wrote, loaded again (one per daemon run).
-pub(crate) fn reload(home: &Home) -> config::Loaded {
-    let paths = PathContext {
-        home: home.path().to_path_buf(),
-        cwd: home.path().to_path_buf(),
-    };
-    config::load(&PyActor::spawn(), &home.path().join("cms.cfg"), &paths).expect("config")
-}
-
 /// `--once` twice after local `T`, a removal and a flag change, and cloud
 /// changes: the first run leaves both sides in agreement (a deletion it
 /// sent is confirmed by listing the folder again, and its file goes), so
@@ -851,7 +821,7 @@ async fn once_reaches_a_fixed_point() {
         .await;
     assert_eq!(st, 201);
 
-    run(reload(&home)).await.expect("first run");
+    run(home.load()).await.expect("first run");
     let here = files(&md);
     let cloud = c.expected("Inbox").await;
     for gone in [trashed, removed, cloud_moved] {
@@ -873,7 +843,7 @@ async fn once_reaches_a_fixed_point() {
         v
     };
     let before = names(&md);
-    run(reload(&home)).await.expect("second run");
+    run(home.load()).await.expect("second run");
     assert_eq!(names(&md), before, "the second run changed the maildir");
     let s = c.stats().await;
     let routes: Vec<&String> = s["routes"].as_object().expect("routes").keys().collect();

@@ -4,22 +4,9 @@
 use std::path::{Path, PathBuf};
 
 use cloud_mdir_sync::config::router::{RouteError, RouteRequest};
-use cloud_mdir_sync::config::{self, Loaded, PathContext, PyActor};
 use cloud_mdir_sync::types::{ContentHash, Flags};
 
 use crate::util::Home;
-
-fn load(home: &Home, cfg: &str) -> Loaded {
-    let file = home.write("cms.cfg", cfg);
-    let paths = PathContext {
-        home: home.path().to_path_buf(),
-        cwd: home.path().to_path_buf(),
-    };
-    match config::load(&PyActor::spawn(), &file, &paths) {
-        Ok(l) => l,
-        Err(e) => panic!("config failed: {e}\n{:?}", e.traceback),
-    }
-}
 
 fn message(dir: &Path, name: &str, text: &str) -> (ContentHash, PathBuf) {
     let p = dir.join(name);
@@ -67,7 +54,7 @@ cfg.direct_message = direct_message
 #[test]
 fn routes_by_mailbox_identity_and_header() {
     let home = Home::new();
-    let loaded = load(&home, TWO_ACCOUNTS);
+    let loaded = home.config(TWO_ACCOUNTS);
     let plain = message(home.path(), "plain", "Subject: hi\n\nbody\n");
     let list = message(
         home.path(),
@@ -86,9 +73,7 @@ fn routes_by_mailbox_identity_and_header() {
 #[test]
 fn message_object_api() {
     let home = Home::new();
-    let loaded = load(
-        &home,
-        r#"
+    let loaded = home.config(r#"
 import datetime
 md = MailDir("~/mail/a")
 other = MailDir("~/mail/b")
@@ -124,8 +109,7 @@ cfg.direct_message = direct_message
 #[test]
 fn failing_filters_leave_message_in_place() {
     let home = Home::new();
-    let loaded = load(
-        &home,
+    let loaded = home.config(
         r#"
 md = MailDir("~/mail/a")
 box = GMail("INBOX", GMail_Account(user="user@gmail.com"))
@@ -171,9 +155,7 @@ cfg.direct_message = direct_message
 #[test]
 fn non_callable_filter() {
     let home = Home::new();
-    let loaded = load(
-        &home,
-        "MailDir(\"~/m\")\nGMail(\"INBOX\", GMail_Account(\"u@gmail.com\"))\ncfg.direct_message = 42\n",
+    let loaded = home.config("MailDir(\"~/m\")\nGMail(\"INBOX\", GMail_Account(\"u@gmail.com\"))\ncfg.direct_message = 42\n",
     );
     let m = message(home.path(), "m", "Subject: x\n\n");
     let out = rt().block_on(loaded.router.route(vec![request(0, "a", &m)]));
@@ -183,8 +165,7 @@ fn non_callable_filter() {
 #[test]
 fn default_router_calls_no_python() {
     let home = Home::new();
-    let loaded = load(
-        &home,
+    let loaded = home.config(
         "MailDir(\"~/m\")\nMailDir(\"~/n\")\nGMail(\"INBOX\", GMail_Account(\"u@gmail.com\"))\n",
     );
     let m = message(home.path(), "m", "Subject: x\n\n");
@@ -197,7 +178,7 @@ fn default_router_calls_no_python() {
 #[test]
 fn unreadable_content_is_a_filter_error() {
     let home = Home::new();
-    let loaded = load(&home, TWO_ACCOUNTS);
+    let loaded = home.config(TWO_ACCOUNTS);
     let gone = (ContentHash([7; 32]), home.path().join("does-not-exist"));
     let out = rt().block_on(loaded.router.route(vec![request(0, "x", &gone)]));
     assert!(matches!(&out[0], Err(RouteError::Filter(e)) if e.contains("does-not-exist")));
@@ -206,8 +187,7 @@ fn unreadable_content_is_a_filter_error() {
 #[test]
 fn the_memo_forgets_messages_no_longer_asked_about() {
     let home = Home::new();
-    let loaded = load(
-        &home,
+    let loaded = home.config(
         r#"
 md = MailDir("~/mail/a")
 box = GMail("INBOX", GMail_Account(user="user@gmail.com"))

@@ -3,18 +3,13 @@
 //! within 2 s with success, keeps what was downloaded (in the store and the
 //! id cache), and the next start downloads only the rest.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cloud_mdir_sync::cloud::graph::ThrottleConfig;
 use cloud_mdir_sync::daemon;
-use cloud_mdir_sync::sync::engine::Folder;
-use cloud_mdir_sync::types::DeleteAction;
 
 use crate::graph::{Cloud, quick};
-use crate::local_edits::{files, reload, world};
-
-const USER: &str = "user@example.com";
+use crate::local_edits::{files, world};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stop_while_waiting_for_the_request_window_is_prompt_and_keeps_progress() {
@@ -29,11 +24,7 @@ async fn a_stop_while_waiting_for_the_request_window_is_prompt_and_keeps_progres
         window: Duration::from_secs(600),
         ..quick()
     };
-    let folder = |acct| Folder {
-        cloud: Arc::new(c.mailbox(&acct, "Inbox")),
-        key: format!("office365:{USER}/Inbox"),
-        delete_action: DeleteAction::Archive,
-    };
+    let folder = |acct| c.inbox_folder(&acct);
     let mut before = 0;
     for once in [false, true] {
         let (tx, rx) = tokio::sync::watch::channel(false);
@@ -42,7 +33,7 @@ async fn a_stop_while_waiting_for_the_request_window_is_prompt_and_keeps_progres
             ..daemon::Options::default()
         };
         let acct = c.account_with(small_window.clone());
-        let task = tokio::spawn(daemon::run(reload(&home), opts, vec![folder(acct)], rx));
+        let task = tokio::spawn(daemon::run(home.load(), opts, vec![folder(acct)], rx));
         // Wait until the window is spent and the daemon is waiting.
         let deadline = Instant::now() + Duration::from_secs(30);
         while c.route_count("graph GET /me/messages/{id}/$value").await < 10 {
@@ -70,7 +61,7 @@ async fn a_stop_while_waiting_for_the_request_window_is_prompt_and_keeps_progres
         once: true,
         ..daemon::Options::default()
     };
-    daemon::run(reload(&home), opts, vec![folder(c.account())], rx)
+    daemon::run(home.load(), opts, vec![folder(c.account())], rx)
         .await
         .expect("full run");
     let downloads = c.route_count("graph GET /me/messages/{id}/$value").await;

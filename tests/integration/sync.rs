@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use cloud_mdir_sync::cloud::memory::MemoryMailbox;
-use cloud_mdir_sync::config::{self, Loaded, PathContext, PyActor};
+use cloud_mdir_sync::config::Loaded;
 use cloud_mdir_sync::daemon;
 use cloud_mdir_sync::maildir::{Maildir, parse_name};
 use cloud_mdir_sync::store::Store;
@@ -15,7 +15,7 @@ use cloud_mdir_sync::sync::engine::{Engine, Folder};
 use cloud_mdir_sync::types::DeleteAction;
 use cloud_mdir_sync::types::Flags;
 
-use crate::util::Home;
+use crate::util::{Home, build_engine, maildir_files};
 
 const GRAPH_FLAGS: Flags = Flags(Flags::REPLIED.0 | Flags::READ.0 | Flags::FLAGGED.0);
 
@@ -42,12 +42,7 @@ struct World {
 impl World {
     fn new() -> World {
         let home = Home::new();
-        let file = home.write("cms.cfg", CFG);
-        let paths = PathContext {
-            home: home.path().to_path_buf(),
-            cwd: home.path().to_path_buf(),
-        };
-        let loaded = config::load(&PyActor::spawn(), &file, &paths).expect("config");
+        let loaded = home.config(CFG);
         World {
             home,
             loaded,
@@ -71,17 +66,9 @@ impl World {
 
     /// A fresh engine over the world's folder and `more`.
     async fn engine_with(&self, more: Vec<Folder>, offline: bool) -> Engine {
-        let (store, maildirs) = daemon::prepare(&self.loaded).await.expect("prepare");
         let mut folders = self.folders();
         folders.extend(more);
-        Engine::new(
-            store,
-            self.loaded.router.clone(),
-            folders,
-            maildirs,
-            offline,
-        )
-        .expect("engine")
+        build_engine(&self.loaded, folders, offline).await
     }
 
     fn maildir(&self, name: &str) -> PathBuf {
@@ -90,16 +77,7 @@ impl World {
 
     /// (file name, flags) of every message in a maildir, sorted.
     fn files(&self, name: &str) -> Vec<(PathBuf, Flags)> {
-        let md = Maildir::open(&self.maildir(name)).expect("maildir");
-        let mut out: Vec<_> = md
-            .scan()
-            .expect("scan")
-            .entries
-            .into_iter()
-            .map(|e| (e.path, e.flags))
-            .collect();
-        out.sort();
-        out
+        maildir_files(&self.maildir(name))
     }
 }
 
@@ -464,15 +442,7 @@ async fn daemon_once_runs_a_full_cycle() {
         once: true,
         offline: false,
     };
-    let loaded = config::load(
-        &PyActor::spawn(),
-        &w.home.path().join("cms.cfg"),
-        &PathContext {
-            home: w.home.path().to_path_buf(),
-            cwd: w.home.path().to_path_buf(),
-        },
-    )
-    .unwrap();
+    let loaded = w.home.load();
     daemon::run(loaded, opts, w.folders(), rx).await.unwrap();
     assert_eq!(w.files("inbox").len(), 1);
     assert_eq!(w.files("lists").len(), 1);
@@ -491,15 +461,7 @@ async fn daemon_pushes_local_changes_and_stops_cleanly() {
     let w = World::new();
     let a = w.cloud.add(&msg(1, false), Flags::NONE);
     let (tx, rx) = tokio::sync::watch::channel(false);
-    let loaded = config::load(
-        &PyActor::spawn(),
-        &w.home.path().join("cms.cfg"),
-        &PathContext {
-            home: w.home.path().to_path_buf(),
-            cwd: w.home.path().to_path_buf(),
-        },
-    )
-    .unwrap();
+    let loaded = w.home.load();
     let mut task = tokio::spawn(daemon::run(
         loaded,
         daemon::Options::default(),

@@ -1,24 +1,33 @@
-//! Shared helpers: temporary homes, config files, running the binaries.
+//! Shared helpers of every module: log capture, temporary homes with their
+//! config, running the binaries, building an engine, reading a maildir,
+//! stored message content, and the cursor a state database would hold.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::{Arc, Mutex, OnceLock};
 
+use cloud_mdir_sync::config::{self, PathContext, PyActor};
+use cloud_mdir_sync::daemon;
+use cloud_mdir_sync::maildir::Maildir;
+use cloud_mdir_sync::sync::engine::{Engine, Folder};
+use cloud_mdir_sync::types::Flags;
+
 /// Everything logged at debug level by every test in this binary (one
 /// global subscriber: per-thread ones miss events from other threads).
 pub fn log_buffer() -> &'static Arc<Mutex<Vec<u8>>> {
-    static LOG: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
-    LOG.get_or_init(|| {
-        let buf = Arc::new(Mutex::new(Vec::new()));
+    static LOG: OnceLock<Capture> = OnceLock::new();
+    &LOG.get_or_init(|| {
+        let buf = Capture::default();
         let w = buf.clone();
         let _ = tracing_subscriber::fmt()
             .with_max_level(tracing::Level::DEBUG)
             .with_ansi(false)
-            .with_writer(move || LogWriter(w.clone()))
+            .with_writer(move || w.clone())
             .try_init();
         buf
     })
+    .0
 }
 
 /// What every test has logged so far.
@@ -26,9 +35,20 @@ pub fn logged() -> String {
     String::from_utf8_lossy(&log_buffer().lock().unwrap_or_else(|p| p.into_inner())).into_owned()
 }
 
-struct LogWriter(Arc<Mutex<Vec<u8>>>);
+/// Collects everything a tracing subscriber writes; clones share the
+/// buffer. The global [`log_buffer`] is one; a test may set its own as the
+/// thread's default subscriber.
+#[derive(Clone, Default)]
+pub struct Capture(pub Arc<Mutex<Vec<u8>>>);
 
-impl Write for LogWriter {
+impl Capture {
+    /// Everything written so far.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap_or_else(|p| p.into_inner())).into_owned()
+    }
+}
+
+impl Write for Capture {
     fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
         self.0
             .lock()
@@ -67,6 +87,30 @@ impl Home {
         p
     }
 
+    /// Home and working directory both here, as configs are read.
+    pub fn paths(&self) -> PathContext {
+        PathContext {
+            home: self.path().to_path_buf(),
+            cwd: self.path().to_path_buf(),
+        }
+    }
+
+    /// Write `cms.cfg` with `text` and load it.
+    pub fn config(&self, text: &str) -> config::Loaded {
+        self.write("cms.cfg", text);
+        self.load()
+    }
+
+    /// Load `cms.cfg` as it is (again: one per daemon run); a failure
+    /// panics with the Python traceback.
+    pub fn load(&self) -> config::Loaded {
+        let file = self.path().join("cms.cfg");
+        match config::load(&PyActor::spawn(), &file, &self.paths()) {
+            Ok(l) => l,
+            Err(e) => panic!("config failed: {e}\n{:?}", e.traceback),
+        }
+    }
+
     /// Run `cloud-mdir-sync` with HOME and the working directory here.
     pub fn run(&self, args: &[&str]) -> Output {
         Command::new(env!("CARGO_BIN_EXE_cloud-mdir-sync"))
@@ -95,6 +139,37 @@ fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) {
             walk(root, &p, out);
         }
     }
+}
+
+/// A fresh engine over `folders`, as the daemon builds it at start-up (the
+/// store and maildirs of `loaded`).
+pub async fn build_engine(loaded: &config::Loaded, folders: Vec<Folder>, offline: bool) -> Engine {
+    let (store, maildirs) = daemon::prepare(loaded).await.expect("prepare");
+    Engine::new(store, loaded.router.clone(), folders, maildirs, offline).expect("engine")
+}
+
+/// (path, flags) of every message in the maildir at `dir`, sorted.
+pub fn maildir_files(dir: &Path) -> Vec<(PathBuf, Flags)> {
+    let md = Maildir::open(dir).expect("maildir");
+    let mut out: Vec<_> = md
+        .scan()
+        .expect("scan")
+        .entries
+        .into_iter()
+        .map(|e| (e.path, e.flags))
+        .collect();
+    out.sort();
+    out
+}
+
+/// A message's stored content (the emulator's base64 `raw`) with CRLF
+/// turned into LF, as a maildir file or a download should hold it.
+pub fn lf(m: &serde_json::Value) -> String {
+    use base64::Engine;
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(m["raw"].as_str().expect("raw"))
+        .expect("base64");
+    String::from_utf8_lossy(&raw).replace("\r\n", "\n")
 }
 
 /// Stdout as a string.
