@@ -4,6 +4,7 @@
 # against the built binaries.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+tests/structure.sh
 cargo build --workspace --bins
 cargo test --workspace
 # pytest runs on Debian's Python (the one the binary embeds).
