@@ -242,6 +242,17 @@ fn exec(app: &Arc<App>, r: &Req, tok: &AccessToken) -> Resp {
             Some(f) => Resp::json(200, &folder_json(mb, &mb.folders[&f])),
             None => graph_not_found(),
         },
+        ("DELETE", ["mailfolders", _]) => match mb.resolve_folder(&rest[1]) {
+            Some(f) => match mb.delete_folder(&f) {
+                Ok(()) => Resp::empty(204),
+                Err(_) => gerr(
+                    400,
+                    "ErrorDeleteDistinguishedFolder",
+                    "Distinguished folders cannot be deleted.",
+                ),
+            },
+            None => graph_not_found(),
+        },
         ("GET", ["mailfolders", _, "childfolders"]) => match mb.resolve_folder(&rest[1]) {
             Some(f) => list_folders(&ctx, mb, &f),
             None => graph_not_found(),

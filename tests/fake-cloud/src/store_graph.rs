@@ -414,6 +414,56 @@ impl GraphMailbox {
             .collect()
     }
 
+    /// Deletes a folder as Outlook does: a folder outside Deleted Items
+    /// moves into it with everything in it (its id stays valid); one already
+    /// inside Deleted Items goes for good, with its sub-folders and
+    /// messages. Well-known folders cannot be deleted.
+    pub fn delete_folder(&mut self, id: &str) -> Result<(), &'static str> {
+        if self.folders.get(id).is_some_and(|f| f.well_known.is_some()) {
+            return Err("distinguished");
+        }
+        let trash = self.resolve_folder("deleteditems").unwrap_or_default();
+        let mut up = self.folders.get(id).map(|f| f.parent_id.clone());
+        let mut in_trash = false;
+        while let Some(p) = up.filter(|p| !p.is_empty()) {
+            if p == trash {
+                in_trash = true;
+                break;
+            }
+            up = self.folders.get(&p).map(|f| f.parent_id.clone());
+        }
+        if !in_trash {
+            if let Some(f) = self.folders.get_mut(id) {
+                f.parent_id = trash;
+            }
+            return Ok(());
+        }
+        let mut doomed = vec![id.to_string()];
+        let mut i = 0;
+        while i < doomed.len() {
+            let kids: Vec<String> = self
+                .children(&doomed[i])
+                .iter()
+                .map(|f| f.id.clone())
+                .collect();
+            doomed.extend(kids);
+            i += 1;
+        }
+        let msgs: Vec<String> = self
+            .messages
+            .values()
+            .filter(|m| doomed.contains(&m.folder_id))
+            .map(|m| m.imm_id.clone())
+            .collect();
+        for m in msgs {
+            self.remove(&m);
+        }
+        for f in doomed {
+            self.folders.remove(&f);
+        }
+        Ok(())
+    }
+
     /// Child folder ids of a folder.
     pub fn children(&self, folder_id: &str) -> Vec<&Folder> {
         self.folders

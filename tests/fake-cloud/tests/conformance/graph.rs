@@ -608,3 +608,67 @@ async fn tokens_for_wrong_audience_or_expired_get_401() {
     .await;
     assert_eq!(r.status, 403);
 }
+
+#[tokio::test]
+async fn deleting_a_folder_moves_it_to_deleted_items_then_removes_it() {
+    let h = start_default().await;
+    let user = "a@contoso.com";
+    let tok = graph_token(&h, user);
+    populate(&h, user, "o365", "Projects", 2).await;
+    let r = get(
+        &h,
+        &format!("{GRAPH}/me/mailFolders?$filter=displayName%20eq%20'Projects'"),
+        &tok,
+        &[],
+    )
+    .await;
+    let id = r.json()["value"][0]["id"].as_str().unwrap().to_string();
+    let delete = |what: String| {
+        let auth = format!("Bearer {tok}");
+        let u = url(&h, &format!("{GRAPH}/me/mailFolders/{what}"));
+        async move {
+            send("DELETE", &u, &[("Authorization", &auth)], vec![])
+                .await
+                .unwrap()
+        }
+    };
+    // A well-known folder cannot be deleted.
+    let r = delete("inbox".into()).await;
+    assert_eq!(r.status, 400);
+    assert_eq!(r.json()["error"]["code"], "ErrorDeleteDistinguishedFolder");
+    // First delete: it lives on under Deleted Items, same id, same messages.
+    assert_eq!(delete(id.clone()).await.status, 204);
+    let f = get(&h, &format!("{GRAPH}/me/mailFolders/{id}"), &tok, &[]).await;
+    assert_eq!(f.status, 200);
+    let trash = get(
+        &h,
+        &format!("{GRAPH}/me/mailFolders/deleteditems"),
+        &tok,
+        &[],
+    )
+    .await;
+    assert_eq!(f.json()["parentFolderId"], trash.json()["id"]);
+    assert_eq!(f.json()["totalItemCount"], 2);
+    let top = get(
+        &h,
+        &format!("{GRAPH}/me/mailFolders?$filter=displayName%20eq%20'Projects'"),
+        &tok,
+        &[],
+    )
+    .await;
+    assert_eq!(top.json()["value"], json!([]));
+    // Second delete, from Deleted Items: gone, and so are its messages.
+    assert_eq!(delete(id.clone()).await.status, 204);
+    let f = get(&h, &format!("{GRAPH}/me/mailFolders/{id}"), &tok, &[]).await;
+    assert_eq!(f.status, 404);
+    assert_eq!(f.json()["error"]["code"], "ErrorItemNotFound");
+    let d = get(
+        &h,
+        &format!("{GRAPH}/me/mailFolders/{id}/messages/delta"),
+        &tok,
+        &[],
+    )
+    .await;
+    assert_eq!(d.status, 404);
+    assert_eq!(delete(id).await.status, 404);
+}
