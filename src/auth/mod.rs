@@ -10,7 +10,8 @@
 //! - [`web`]: the loopback login server: status page, server-sent events,
 //!   OAuth redirects.
 //! - [`provider`]: scopes, authorize URLs and token requests of Microsoft
-//!   and Google.
+//!   and Google; [`http`]: the HTTP client for the `oauth2` crate, adding
+//!   Microsoft's `Origin` header.
 //! - [`store`]: refresh tokens encrypted at rest; [`keyring`]: where the
 //!   key lives.
 //! - [`crypto`], [`clock`], [`browser`]: PKCE and secrets, injected time,
@@ -19,6 +20,7 @@
 pub mod browser;
 pub mod clock;
 pub mod crypto;
+pub mod http;
 pub mod keyring;
 pub mod manager;
 pub mod provider;
