@@ -5,24 +5,33 @@ use std::fmt;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use secrecy::{ExposeSecret, SecretString};
 use sha2::{Digest, Sha256};
 
-/// A secret string (refresh token, code, verifier, state). `Debug` and
-/// `Display` never show it.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
+/// A secret string (refresh token, code, verifier, state, client secret),
+/// zeroed when dropped. `Debug` and `Display` never show it.
+#[derive(Clone)]
+pub struct Secret(SecretString);
 
 impl Secret {
     /// Wrap a secret.
     pub fn new(s: impl Into<String>) -> Secret {
-        Secret(s.into())
+        Secret(SecretString::from(s.into()))
     }
 
     /// The secret itself, for a request body only.
     pub fn expose(&self) -> &str {
-        &self.0
+        self.0.expose_secret()
     }
 }
+
+impl PartialEq for Secret {
+    fn eq(&self, other: &Secret) -> bool {
+        self.expose() == other.expose()
+    }
+}
+
+impl Eq for Secret {}
 
 impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -47,7 +56,7 @@ pub fn random_bytes(n: usize) -> Vec<u8> {
 
 /// A URL-safe random token carrying `bytes` bytes of entropy.
 pub fn random_token(bytes: usize) -> Secret {
-    Secret(URL_SAFE_NO_PAD.encode(random_bytes(bytes)))
+    Secret::new(URL_SAFE_NO_PAD.encode(random_bytes(bytes)))
 }
 
 /// A PKCE pair: the verifier stays here, the challenge goes to `/authorize`.

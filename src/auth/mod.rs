@@ -37,6 +37,7 @@ pub use manager::{
 pub use provider::AccountSpec;
 
 use futures_util::future::BoxFuture;
+use secrecy::{ExposeSecret, SecretString};
 #[cfg(any(test, feature = "test-util"))]
 use std::collections::HashMap;
 use std::fmt;
@@ -56,26 +57,35 @@ pub enum Audience {
     GoogleMail,
 }
 
-/// An access token. Its `Debug` and `Display` never show the secret.
-#[derive(Clone, PartialEq, Eq)]
-pub struct AccessToken(String);
+/// An access token, zeroed when dropped. Its `Debug` and `Display` never
+/// show the secret.
+#[derive(Clone)]
+pub struct AccessToken(SecretString);
 
 impl AccessToken {
     /// Wrap a token string.
     pub fn new(s: impl Into<String>) -> AccessToken {
-        AccessToken(s.into())
+        AccessToken(SecretString::from(s.into()))
     }
 
     /// The secret, for an `Authorization` header only.
     pub fn secret(&self) -> &str {
-        &self.0
+        self.0.expose_secret()
     }
 
     /// `Bearer <token>`, for an `Authorization` header.
     pub fn bearer(&self) -> String {
-        format!("Bearer {}", self.0)
+        format!("Bearer {}", self.secret())
     }
 }
+
+impl PartialEq for AccessToken {
+    fn eq(&self, other: &AccessToken) -> bool {
+        self.secret() == other.secret()
+    }
+}
+
+impl Eq for AccessToken {}
 
 impl fmt::Debug for AccessToken {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -48,7 +48,7 @@ pub struct AccountSpec {
     /// OAuth client id.
     pub client_id: String,
     /// The client secret (Gmail's non-confidential one; `None` for Office365).
-    pub client_secret: Option<String>,
+    pub client_secret: Option<Secret>,
     /// Log in with the device code flow.
     pub device_code: bool,
     /// Mail sync uses this account (Graph / Gmail API scopes).
@@ -100,7 +100,7 @@ impl AccountSpec {
             user: (!user.is_empty()).then(|| user.to_string()),
             tenant: String::new(),
             client_id: registration::GMAIL_CLIENT_ID.to_string(),
-            client_secret: Some(registration::GMAIL_CLIENT_SECRET.to_string()),
+            client_secret: Some(Secret::new(registration::GMAIL_CLIENT_SECRET)),
             device_code: false,
             sync: true,
             smtp: false,
@@ -541,7 +541,7 @@ impl TokenClient {
             form.push(("scope", &scope));
         }
         if let Some(s) = &spec.client_secret {
-            form.push(("client_secret", s));
+            form.push(("client_secret", s.expose()));
         }
         self.post(spec, &spec.token_url(ep), &form).await
     }
@@ -564,7 +564,7 @@ impl TokenClient {
             form.push(("scope", &scope));
         }
         if let Some(s) = &spec.client_secret {
-            form.push(("client_secret", s));
+            form.push(("client_secret", s.expose()));
         }
         self.post(spec, &spec.token_url(ep), &form).await
     }
