@@ -16,14 +16,15 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
+use oauth2::{CsrfToken, PkceCodeChallenge, PkceCodeVerifier, RedirectUrl};
 use serde::Serialize;
 use tokio::sync::watch;
 
 use super::browser::{Browser, NoBrowser};
 use super::clock::{Clock, SystemClock};
-use super::crypto::{Pkce, Secret, random_token};
+use super::crypto::Secret;
 use super::keyring::Keyring;
-use super::provider::{AccountSpec, TokenClient, TokenResponse};
+use super::provider::{AccountSpec, Grant, TokenClient};
 use super::store::{TokenMap, TokenStore};
 use super::{AccessToken, Audience, AuthError, TokenSource};
 use crate::endpoints::Endpoints;
@@ -164,10 +165,10 @@ struct Account {
 /// A browser login waiting for its redirect.
 pub(crate) struct PendingLogin {
     pub account: usize,
-    pub state: Secret,
-    pub pkce: Pkce,
+    pub state: CsrfToken,
+    pub verifier: PkceCodeVerifier,
     pub path: &'static str,
-    pub redirect_uri: String,
+    pub redirect_uri: RedirectUrl,
     pub url: String,
 }
 
@@ -578,23 +579,23 @@ impl Inner {
     fn install(
         &self,
         i: usize,
-        resp: TokenResponse,
+        resp: Grant,
         auds: &[Audience],
         used: Option<&Secret>,
         after_401: bool,
     ) -> AccessToken {
         let a = &self.accounts[i];
         let now = self.clock.now();
-        let lifetime = Duration::from_secs(resp.expires_in.unwrap_or(3600));
-        let token = AccessToken::new(resp.access_token);
+        let lifetime = resp.expires_in.unwrap_or(Duration::from_secs(3600));
+        let token = resp.access;
         let mut st = lock(&a.st);
-        if let Some(new_rt) = resp.refresh_token {
+        if let Some(new_rt) = resp.refresh {
             let replace = match used {
                 Some(u) => st.rt.as_ref() == Some(u),
                 None => true,
             };
             if replace {
-                st.rt = Some(Secret::new(new_rt));
+                st.rt = Some(new_rt);
             }
         }
         let requested = auds;
@@ -625,9 +626,9 @@ impl Inner {
     }
 
     /// A completed login: the token answer of a code or device grant.
-    async fn finish_login(&self, i: usize, resp: TokenResponse) {
+    async fn finish_login(&self, i: usize, resp: Grant) {
         let a = &self.accounts[i];
-        if resp.refresh_token.is_none() {
+        if resp.refresh.is_none() {
             let mut st = lock(&a.st);
             st.state = LoginState::Failed;
             st.detail = Some("the login gave no refresh token (offline access not granted)".into());
@@ -746,22 +747,24 @@ impl Inner {
             self.notify();
             return;
         }
-        let pkce = Pkce::new();
-        let state = random_token(24);
+        // 96 random bytes: a 128-character verifier, the most RFC 7636 allows.
+        let (challenge, verifier) = PkceCodeChallenge::new_random_sha256_len(96);
         let path = a.spec.redirect_path();
-        let redirect_uri = format!("http://{}{path}", self.addr);
-        let url = a.spec.authorize_url(
-            &self.endpoints,
-            &redirect_uri,
-            state.expose(),
-            &pkce.challenge,
-        );
+        let redirect_uri = RedirectUrl::new(format!("http://{}{path}", self.addr))
+            .expect("a socket address and a path make a valid URL");
+        let (url, state) = match a
+            .spec
+            .authorize_url(&self.endpoints, &redirect_uri, challenge)
+        {
+            Ok(u) => u,
+            Err(e) => return self.fail_login(i, e.to_string()),
+        };
         let launch = {
             let mut sh = lock(&self.shared);
             sh.pending.push(PendingLogin {
                 account: i,
                 state,
-                pkce,
+                verifier,
                 path,
                 redirect_uri,
                 url,
@@ -828,7 +831,7 @@ impl Inner {
         };
         let pending = {
             let mut sh = lock(&self.shared);
-            let Some(pos) = sh.pending.iter().position(|p| p.state.expose() == state) else {
+            let Some(pos) = sh.pending.iter().position(|p| p.state.secret() == state) else {
                 return Err("no login is waiting for this state (expired or already used)".into());
             };
             // RFC 8252 §8.10: the response must arrive where the request
@@ -856,7 +859,7 @@ impl Inner {
                     &self.endpoints,
                     &Secret::new(code),
                     &pending.redirect_uri,
-                    &pending.pkce.verifier,
+                    pending.verifier,
                 )
                 .await;
             match res {
@@ -891,25 +894,31 @@ impl Inner {
                     return;
                 }
             };
+            let info = DeviceCodeInfo {
+                verification_uri: da.verification_uri().to_string(),
+                user_code: da.user_code().secret().clone(),
+            };
             tracing::warn!(
                 account = %a.spec.label(),
                 "to log in, open {} and enter the code {}",
-                da.verification_uri,
-                da.user_code
+                info.verification_uri,
+                info.user_code
             );
-            lock(&a.st).device = Some(DeviceCodeInfo {
-                verification_uri: da.verification_uri.clone(),
-                user_code: da.user_code.clone(),
-            });
+            lock(&a.st).device = Some(info);
             self.notify();
-            let device_code = Secret::new(da.device_code);
-            let deadline = self.clock.now() + Duration::from_secs(da.expires_in);
-            let mut interval = da.interval.max(1);
+            let deadline = self.clock.now() + da.expires_in();
+            let interval = da.interval().max(Duration::from_secs(1));
             loop {
-                self.clock.sleep(Duration::from_secs(interval)).await;
+                // RFC 8628 §3.4: the user needs time to enter the code, so
+                // wait an interval before the first poll (oauth2's loop
+                // polls at once) and after an answer that was no OAuth one.
+                self.clock.sleep(interval).await;
+                let left = deadline
+                    .duration_since(self.clock.now())
+                    .unwrap_or_default();
                 match self
                     .client
-                    .poll_device(&a.spec, &self.endpoints, &device_code)
+                    .poll_device(&a.spec, &self.endpoints, &da, &self.clock, left)
                     .await
                 {
                     Ok(resp) => {
@@ -917,11 +926,6 @@ impl Inner {
                         return;
                     }
                     Err(e) => match e.code() {
-                        Some("authorization_pending") => {}
-                        Some("slow_down") => {
-                            // RFC 8628 §3.5: add 5 seconds from now on.
-                            interval += 5;
-                        }
                         Some("expired_token") => break,
                         Some(_) => {
                             self.fail_login(i, format!("device login failed: {}", e.reason()));

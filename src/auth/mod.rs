@@ -10,11 +10,11 @@
 //! - [`web`]: the loopback login server: status page, server-sent events,
 //!   OAuth redirects.
 //! - [`provider`]: scopes, authorize URLs and token requests of Microsoft
-//!   and Google; [`http`]: the HTTP client for the `oauth2` crate, adding
-//!   Microsoft's `Origin` header.
+//!   and Google (through `oauth2`); [`http`]: the HTTP client `oauth2`
+//!   uses, adding Microsoft's `Origin` header.
 //! - [`store`]: refresh tokens encrypted at rest; [`keyring`]: where the
 //!   key lives.
-//! - [`crypto`], [`clock`], [`browser`]: PKCE and secrets, injected time,
+//! - [`crypto`], [`clock`], [`browser`]: secrets, injected time,
 //!   the browser launcher hook.
 
 pub mod browser;

@@ -1,20 +1,34 @@
 //! What each identity provider needs: the account description
 //! ([`AccountSpec`]), scopes per audience, authorize URLs, and the token
-//! endpoint requests (code, refresh, device code) as plain form POSTs.
+//! endpoint requests (code, refresh, device code).
 //!
-//! The requests are written by hand rather than through the `oauth2` crate:
-//! Microsoft needs an `Origin` header on every token call and one request
-//! per resource with the newest (rotated) refresh token, Google needs the
-//! non-secret client secret, and device polling must read `slow_down` and
-//! `expired_token`; each is a few lines here and would be an adapter there.
+//! The `oauth2` crate builds the authorize URL and the requests and reads
+//! the answers; it sends them through [`OAuthHttp`], which adds
+//! Microsoft's `Origin` header. What stays here: which scopes go to which
+//! resource (one refresh request per resource with the newest refresh
+//! token), Google's extra authorize parameters and client secret, and the
+//! mapping of answers to [`OAuthError`] (login needed or transient).
 
+use std::borrow::Cow;
 use std::collections::BTreeSet;
+use std::sync::Arc;
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
+use oauth2::basic::{BasicClient, BasicTokenResponse};
+use oauth2::http::HeaderValue;
+use oauth2::{
+    AuthType, AuthUrl, AuthorizationCode, ClientId, ClientSecret, CsrfToken,
+    DeviceAuthorizationUrl, EndpointNotSet, EndpointSet, ErrorResponseType, PkceCodeChallenge,
+    PkceCodeVerifier, RedirectUrl, RefreshToken, RequestTokenError, Scope,
+    StandardDeviceAuthorizationResponse, StandardErrorResponse, TokenResponse, TokenUrl,
+};
 use serde::Deserialize;
 
-use super::Audience;
+use super::clock::Clock;
 use super::crypto::Secret;
+use super::http::{HttpError, OAuthHttp};
+use super::{AccessToken, Audience};
 use crate::config::{Config, registration};
 use crate::endpoints::Endpoints;
 use crate::types::{CloudKind, Protocol};
@@ -275,44 +289,61 @@ impl AccountSpec {
         }
     }
 
-    /// The authorize URL for a PKCE login.
-    pub fn authorize_url(
-        &self,
-        ep: &Endpoints,
-        redirect_uri: &str,
-        state: &str,
-        challenge: &str,
-    ) -> String {
-        let scope = self.consent_scopes().join(" ");
-        let mut q: Vec<(&str, &str)> = vec![
-            ("client_id", &self.client_id),
-            ("response_type", "code"),
-            ("redirect_uri", redirect_uri),
-            ("scope", &scope),
-            ("state", state),
-            ("code_challenge", challenge),
-            ("code_challenge_method", "S256"),
-        ];
-        if let Some(u) = &self.user {
-            q.push(("login_hint", u));
-        }
-        let base = match self.kind {
+    /// The `oauth2` client for this account's endpoints. The client secret
+    /// (Google's) goes in the form body, as Google documents it for
+    /// installed apps.
+    fn client(&self, ep: &Endpoints) -> Result<Client, OAuthError> {
+        let auth = match self.kind {
             CloudKind::Office365 => ep.url(
                 MS_LOGIN_HOST,
                 &format!("/{}/oauth2/v2.0/authorize", self.tenant),
             ),
-            CloudKind::Gmail => {
-                q.push(("access_type", "offline"));
-                q.push(("prompt", "consent"));
-                ep.url(GOOGLE_ACCOUNTS_HOST, "/o/oauth2/v2/auth")
-            }
+            CloudKind::Gmail => ep.url(GOOGLE_ACCOUNTS_HOST, "/o/oauth2/v2/auth"),
         };
-        let mut url = url::Url::parse(&base).unwrap_or_else(|_| {
-            // Endpoints always yield absolute URLs; keep a usable fallback.
-            url::Url::parse("http://127.0.0.1/").expect("static URL")
-        });
-        url.query_pairs_mut().extend_pairs(q);
-        url.to_string()
+        let (token, device) = (self.token_url(ep), self.devicecode_url(ep));
+        let bad = |url: &str| OAuthError::Transport {
+            url: url.to_string(),
+            message: "not a valid endpoint URL".into(),
+        };
+        let mut c = BasicClient::new(ClientId::new(self.client_id.clone()))
+            .set_auth_type(AuthType::RequestBody)
+            .set_auth_uri(AuthUrl::new(auth.clone()).map_err(|_| bad(&auth))?)
+            .set_token_uri(TokenUrl::new(token.clone()).map_err(|_| bad(&token))?)
+            .set_device_authorization_url(
+                DeviceAuthorizationUrl::new(device.clone()).map_err(|_| bad(&device))?,
+            );
+        if let Some(s) = &self.client_secret {
+            c = c.set_client_secret(ClientSecret::new(s.expose().to_string()));
+        }
+        Ok(c)
+    }
+
+    /// The authorize URL of a PKCE login and the `state` it carries.
+    /// Besides the standard parameters: `login_hint`, and for Google
+    /// `access_type=offline` and `prompt=consent`, without which Google
+    /// sends no refresh token.
+    pub fn authorize_url(
+        &self,
+        ep: &Endpoints,
+        redirect_uri: &RedirectUrl,
+        challenge: PkceCodeChallenge,
+    ) -> Result<(String, CsrfToken), OAuthError> {
+        let client = self.client(ep)?;
+        let mut req = client
+            .authorize_url(|| CsrfToken::new_random_len(24))
+            .set_redirect_uri(Cow::Borrowed(redirect_uri))
+            .add_scopes(self.consent_scopes().into_iter().map(scope))
+            .set_pkce_challenge(challenge);
+        if let Some(u) = &self.user {
+            req = req.add_extra_param("login_hint", u);
+        }
+        if self.kind == CloudKind::Gmail {
+            req = req
+                .add_extra_param("access_type", "offline")
+                .add_extra_param("prompt", "consent");
+        }
+        let (url, state) = req.url();
+        Ok((url.to_string(), state))
     }
 
     /// The token endpoint.
@@ -326,63 +357,60 @@ impl AccountSpec {
         }
     }
 
-    /// The device authorization endpoint (Microsoft only).
+    /// The device authorization endpoint (only Microsoft's is used: Google
+    /// refuses Gmail scopes in the device flow).
     pub fn devicecode_url(&self, ep: &Endpoints) -> String {
-        ep.url(
-            MS_LOGIN_HOST,
-            &format!("/{}/oauth2/v2.0/devicecode", self.tenant),
-        )
+        match self.kind {
+            CloudKind::Office365 => ep.url(
+                MS_LOGIN_HOST,
+                &format!("/{}/oauth2/v2.0/devicecode", self.tenant),
+            ),
+            CloudKind::Gmail => ep.url(GOOGLE_TOKEN_HOST, "/device/code"),
+        }
     }
 }
 
-/// A token endpoint answer.
-#[derive(Deserialize)]
-pub struct TokenResponse {
-    /// The access token.
-    pub access_token: String,
-    /// A new refresh token (rotation), when sent.
-    #[serde(default)]
-    pub refresh_token: Option<String>,
-    /// Seconds until the access token expires.
-    #[serde(default)]
-    pub expires_in: Option<u64>,
+fn scope(s: &str) -> Scope {
+    Scope::new(s.to_string())
 }
 
-impl std::fmt::Debug for TokenResponse {
+/// The `oauth2` client with authorize, device and token endpoints set.
+type Client = BasicClient<EndpointSet, EndpointSet, EndpointNotSet, EndpointNotSet, EndpointSet>;
+
+/// A device authorization answer (RFC 8628 §3.2; Google's
+/// `verification_url` is read too).
+pub type DeviceAuthorization = StandardDeviceAuthorizationResponse;
+
+/// A token endpoint's answer, its secrets wrapped at once.
+pub struct Grant {
+    /// The access token.
+    pub access: AccessToken,
+    /// A new refresh token (rotation), when sent.
+    pub refresh: Option<Secret>,
+    /// How long the access token lives, when said.
+    pub expires_in: Option<Duration>,
+}
+
+impl From<BasicTokenResponse> for Grant {
+    fn from(r: BasicTokenResponse) -> Grant {
+        Grant {
+            access: AccessToken::new(r.access_token().secret().as_str()),
+            refresh: r.refresh_token().map(|t| Secret::new(t.secret().as_str())),
+            expires_in: r.expires_in(),
+        }
+    }
+}
+
+impl std::fmt::Debug for Grant {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TokenResponse")
+        f.debug_struct("Grant")
             .field("expires_in", &self.expires_in)
-            .field("refresh_token", &self.refresh_token.is_some())
+            .field("refresh", &self.refresh.is_some())
             .finish_non_exhaustive()
     }
 }
 
-/// A device authorization answer (RFC 8628 §3.2).
-#[derive(Deserialize)]
-pub struct DeviceAuthorization {
-    /// Polled for the grant; secret.
-    pub device_code: String,
-    /// Shown to the user.
-    pub user_code: String,
-    /// Where the user enters the code (Google calls it `verification_url`).
-    #[serde(alias = "verification_url")]
-    pub verification_uri: String,
-    /// Seconds the codes live.
-    #[serde(default = "default_device_expiry")]
-    pub expires_in: u64,
-    /// Seconds between polls.
-    #[serde(default = "default_interval")]
-    pub interval: u64,
-}
-
-fn default_device_expiry() -> u64 {
-    900
-}
-
-fn default_interval() -> u64 {
-    5
-}
-
+/// An OAuth error body, read from a 200 answer some services send.
 #[derive(Deserialize, Default)]
 struct ErrorBody {
     #[serde(default)]
@@ -449,124 +477,127 @@ impl OAuthError {
             OAuthError::Transport { message, .. } => message.clone(),
         }
     }
+
+    /// Our error for what `oauth2` returned from a request to `url` made
+    /// through `http`. Answer bodies (which may hold tokens) are only
+    /// parsed, never quoted.
+    fn from_oauth2<T: ErrorResponseType + AsRef<str> + std::fmt::Display>(
+        url: &str,
+        http: &OAuthHttp,
+        e: RequestTokenError<HttpError, StandardErrorResponse<T>>,
+    ) -> OAuthError {
+        let status = http.last_status().unwrap_or(0);
+        let endpoint = |error: String, description: Option<&str>| OAuthError::Endpoint {
+            url: url.to_string(),
+            status,
+            error,
+            description: description
+                .and_then(|d| d.lines().next())
+                .unwrap_or("")
+                .trim()
+                .to_string(),
+        };
+        let transport = |message: String| OAuthError::Transport {
+            url: url.to_string(),
+            message,
+        };
+        match e {
+            RequestTokenError::ServerResponse(r) => endpoint(
+                r.error().as_ref().to_string(),
+                r.error_description().map(String::as_str),
+            ),
+            RequestTokenError::Request(e) => transport(e.to_string()),
+            RequestTokenError::Parse(e, body) => {
+                match serde_json::from_slice::<ErrorBody>(&body) {
+                    // An error answered with 200.
+                    Ok(b) if !b.error.is_empty() => endpoint(b.error, Some(&b.error_description)),
+                    _ if status != 200 => transport(format!("HTTP {status}")),
+                    _ => transport(format!(
+                        "malformed answer at {} ({:?})",
+                        e.path(),
+                        e.inner().classify()
+                    )),
+                }
+            }
+            RequestTokenError::Other(_) if status != 200 => transport(format!("HTTP {status}")),
+            RequestTokenError::Other(m) => transport(m),
+        }
+    }
 }
 
-/// Posts token-endpoint forms.
+/// Sends token-endpoint requests through `oauth2`.
 #[derive(Clone, Debug)]
 pub struct TokenClient {
     http: reqwest::Client,
     /// `Origin` sent to Microsoft (`http://127.0.0.1:PORT/`).
-    origin: String,
+    origin: Option<HeaderValue>,
 }
-
-/// How long one token endpoint call may take.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 
 impl TokenClient {
     /// A client sending `origin` as `Origin` on Microsoft calls.
     pub fn new(http: reqwest::Client, origin: &str) -> TokenClient {
         TokenClient {
             http,
-            origin: origin.to_string(),
+            origin: HeaderValue::from_str(origin).ok(),
         }
     }
 
-    /// POST `form` to `url` and parse a JSON answer of type `T`.
-    pub async fn post<T: serde::de::DeserializeOwned>(
-        &self,
-        spec: &AccountSpec,
-        url: &str,
-        form: &[(&str, &str)],
-    ) -> Result<T, OAuthError> {
-        let mut req = self
-            .http
-            .post(url)
-            .header("Accept", "application/json")
-            .timeout(REQUEST_TIMEOUT)
-            .form(form);
-        if spec.kind == CloudKind::Office365 {
-            // The built-in registrations are single-page-app type: Microsoft
-            // redeems their codes and refresh tokens only cross-origin.
-            req = req.header("Origin", &self.origin);
-        }
-        let transport = |e: reqwest::Error| OAuthError::Transport {
-            url: url.to_string(),
-            message: e.without_url().to_string(),
+    /// The HTTP client for `spec`'s requests. The built-in Microsoft
+    /// registrations are single-page-app type: Microsoft redeems their
+    /// codes and refresh tokens only cross-origin.
+    fn http(&self, spec: &AccountSpec) -> OAuthHttp {
+        let origin = match spec.kind {
+            CloudKind::Office365 => self.origin.clone(),
+            CloudKind::Gmail => None,
         };
-        let resp = req.send().await.map_err(transport)?;
-        let status = resp.status();
-        let body = resp.bytes().await.map_err(transport)?;
-        if status.is_success() {
-            // Some services answer 200 with an error body.
-            if let Ok(e) = serde_json::from_slice::<ErrorBody>(&body)
-                && !e.error.is_empty()
-            {
-                return Err(endpoint_error(url, status.as_u16(), e));
-            }
-            return serde_json::from_slice(&body).map_err(|e| OAuthError::Transport {
-                url: url.to_string(),
-                message: format!("malformed answer ({:?})", e.classify()),
-            });
-        }
-        match serde_json::from_slice::<ErrorBody>(&body) {
-            Ok(e) if !e.error.is_empty() => Err(endpoint_error(url, status.as_u16(), e)),
-            _ => Err(OAuthError::Transport {
-                url: url.to_string(),
-                message: format!("HTTP {}", status.as_u16()),
-            }),
-        }
+        OAuthHttp::new(self.http.clone(), origin)
     }
 
-    /// Redeem an authorization code.
+    /// Redeem an authorization code. Microsoft is told the scopes of the
+    /// resource the code is redeemed for (`oauth2` sends no `scope` here).
     pub async fn redeem_code(
         &self,
         spec: &AccountSpec,
         ep: &Endpoints,
         code: &Secret,
-        redirect_uri: &str,
-        verifier: &Secret,
-    ) -> Result<TokenResponse, OAuthError> {
-        let scope = spec
-            .scopes(spec.first_audiences()[0])
-            .unwrap_or_default()
-            .join(" ");
-        let mut form = vec![
-            ("grant_type", "authorization_code"),
-            ("client_id", spec.client_id.as_str()),
-            ("code", code.expose()),
-            ("redirect_uri", redirect_uri),
-            ("code_verifier", verifier.expose()),
-        ];
+        redirect_uri: &RedirectUrl,
+        verifier: PkceCodeVerifier,
+    ) -> Result<Grant, OAuthError> {
+        let client = spec.client(ep)?;
+        let scopes = spec.scopes(spec.first_audiences()[0]).unwrap_or_default();
+        let mut req = client
+            .exchange_code(AuthorizationCode::new(code.expose().to_string()))
+            .set_pkce_verifier(verifier)
+            .set_redirect_uri(Cow::Borrowed(redirect_uri));
         if spec.kind == CloudKind::Office365 {
-            form.push(("scope", &scope));
+            req = req.add_extra_param("scope", scopes.join(" "));
         }
-        if let Some(s) = &spec.client_secret {
-            form.push(("client_secret", s.expose()));
-        }
-        self.post(spec, &spec.token_url(ep), &form).await
+        let http = self.http(spec);
+        let r = req.request_async(&http).await;
+        r.map(Grant::from)
+            .map_err(|e| OAuthError::from_oauth2(&spec.token_url(ep), &http, e))
     }
 
-    /// Exchange a refresh token for an access token for `aud`.
+    /// Exchange a refresh token for an access token for `aud`. Microsoft
+    /// issues one token per resource, so each audience is its own request
+    /// with the same (newest) refresh token; Google's one token covers all.
     pub async fn refresh(
         &self,
         spec: &AccountSpec,
         ep: &Endpoints,
         rt: &Secret,
         aud: Audience,
-    ) -> Result<TokenResponse, OAuthError> {
-        let scope = spec.scopes(aud).unwrap_or_default().join(" ");
-        let mut form = vec![
-            ("grant_type", "refresh_token"),
-            ("client_id", spec.client_id.as_str()),
-            ("refresh_token", rt.expose()),
-        ];
+    ) -> Result<Grant, OAuthError> {
+        let client = spec.client(ep)?;
+        let rt = RefreshToken::new(rt.expose().to_string());
+        let mut req = client.exchange_refresh_token(&rt);
         if spec.kind == CloudKind::Office365 {
-            form.push(("scope", &scope));
+            req = req.add_scopes(spec.scopes(aud).unwrap_or_default().into_iter().map(scope));
         }
-        if let Some(s) = &spec.client_secret {
-            form.push(("client_secret", s.expose()));
-        }
-        self.post(spec, &spec.token_url(ep), &form).await
+        let http = self.http(spec);
+        let r = req.request_async(&http).await;
+        r.map(Grant::from)
+            .map_err(|e| OAuthError::from_oauth2(&spec.token_url(ep), &http, e))
     }
 
     /// Start a device authorization (Microsoft).
@@ -575,39 +606,41 @@ impl TokenClient {
         spec: &AccountSpec,
         ep: &Endpoints,
     ) -> Result<DeviceAuthorization, OAuthError> {
-        let scope = spec.consent_scopes().join(" ");
-        let form = [("client_id", spec.client_id.as_str()), ("scope", &scope)];
-        self.post(spec, &spec.devicecode_url(ep), &form).await
+        let client = spec.client(ep)?;
+        let req = client
+            .exchange_device_code()
+            .add_scopes(spec.consent_scopes().into_iter().map(scope));
+        let http = self.http(spec);
+        let r = req.request_async(&http).await;
+        r.map_err(|e| OAuthError::from_oauth2(&spec.devicecode_url(ep), &http, e))
     }
 
-    /// Poll for a device grant.
+    /// Poll for a device grant until it comes, the user refuses, or the
+    /// code expires (`expired_token`) — at most `within` on `clock`.
+    /// `oauth2` runs the loop: it sleeps on `clock` after each poll, keeps
+    /// the interval on `authorization_pending`, adds 5 s on `slow_down`
+    /// and backs off (to 10 s) when a poll gets no answer at all. An
+    /// answer that is no OAuth error (a 5xx) ends the loop with a
+    /// [`OAuthError::Transport`], for the caller to retry.
     pub async fn poll_device(
         &self,
         spec: &AccountSpec,
         ep: &Endpoints,
-        device_code: &Secret,
-    ) -> Result<TokenResponse, OAuthError> {
-        let form = [
-            ("grant_type", "urn:ietf:params:oauth:grant-type:device_code"),
-            ("client_id", spec.client_id.as_str()),
-            ("device_code", device_code.expose()),
-        ];
-        self.post(spec, &spec.token_url(ep), &form).await
-    }
-}
-
-fn endpoint_error(url: &str, status: u16, e: ErrorBody) -> OAuthError {
-    OAuthError::Endpoint {
-        url: url.to_string(),
-        status,
-        error: e.error,
-        description: e
-            .error_description
-            .lines()
-            .next()
-            .unwrap_or("")
-            .trim()
-            .to_string(),
+        da: &DeviceAuthorization,
+        clock: &Arc<dyn Clock>,
+        within: Duration,
+    ) -> Result<Grant, OAuthError> {
+        let client = spec.client(ep)?;
+        let now = clock.clone();
+        let req = client
+            .exchange_device_access_token(da)
+            .set_time_fn(move || DateTime::<Utc>::from(now.now()));
+        let http = self.http(spec);
+        let r = req
+            .request_async(&http, |d| clock.sleep(d), Some(within))
+            .await;
+        r.map(Grant::from)
+            .map_err(|e| OAuthError::from_oauth2(&spec.token_url(ep), &http, e))
     }
 }
 
@@ -714,21 +747,148 @@ mod tests {
     fn authorize_urls() {
         let ep = Endpoints::emulated("http://127.0.0.1:9");
         let g = AccountSpec::gmail("u@gmail.com");
-        let u = g.authorize_url(&ep, "http://127.0.0.1:8080/oauth2/gmail", "st", "ch");
+        let redirect = RedirectUrl::new("http://127.0.0.1:8080/oauth2/gmail".into()).unwrap();
+        let (challenge, verifier) = PkceCodeChallenge::new_random_sha256_len(96);
+        assert_eq!(verifier.secret().len(), 128);
+        let (u, state) = g.authorize_url(&ep, &redirect, challenge.clone()).unwrap();
         assert!(u.starts_with("http://127.0.0.1:9/accounts.google.com/o/oauth2/v2/auth?"));
         for p in [
+            "response_type=code",
+            &format!("client_id={}", registration::GMAIL_CLIENT_ID),
+            &format!("state={}", state.secret()),
+            &format!("code_challenge={}", challenge.as_str()),
+            "code_challenge_method=S256",
             "access_type=offline",
             "prompt=consent",
             "login_hint=u%40gmail.com",
-            "code_challenge_method=S256",
+            "scope=https%3A%2F%2Fwww.googleapis.com%2Fauth%2Fgmail.modify&",
             "redirect_uri=http%3A%2F%2F127.0.0.1%3A8080%2Foauth2%2Fgmail",
         ] {
             assert!(u.contains(p), "{u} lacks {p}");
         }
-        let m = AccountSpec::office365(Some("a@nvidia.com"));
-        let u = m.authorize_url(&Endpoints::real(), "r", "s", "c");
+        assert!(!u.contains("client_secret"), "{u}");
+        assert_eq!(state.secret().len(), 32, "24 random bytes, base64url");
+        let mut m = AccountSpec::office365(Some("a@nvidia.com"));
+        m.smtp = true;
+        let redirect = RedirectUrl::new("http://127.0.0.1:8080/oauth2/msal".into()).unwrap();
+        let (u, _) = m
+            .authorize_url(&Endpoints::real(), &redirect, challenge)
+            .unwrap();
         assert!(u.starts_with(
             "https://login.microsoftonline.com/43083d15-7273-40c1-b7db-39efd9ccc17a/oauth2/v2.0/authorize?"
         ));
+        // Both resources' scopes, consented to at once.
+        assert!(
+            u.contains("SMTP.Send+offline_access+https%3A%2F%2Fgraph.microsoft.com"),
+            "{u}"
+        );
+        assert!(!u.contains("access_type") && !u.contains("prompt"), "{u}");
+    }
+
+    /// A token endpoint per tenant, each with one canned answer; answers
+    /// 400 to any request without the `Origin` header.
+    async fn canned_endpoints() -> Endpoints {
+        use warp::Filter;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let route = warp::path!("login.microsoftonline.com" / String / "oauth2" / "v2.0" / "token")
+            .and(warp::header::optional::<String>("origin"))
+            .and(warp::body::form::<Vec<(String, String)>>())
+            .map(|tenant: String, origin: Option<String>, form: Vec<(String, String)>| {
+                let has = |k: &str, v: &str| form.iter().any(|(a, b)| a == k && b == v);
+                let (status, ctype, body) = match tenant.as_str() {
+                    _ if origin.as_deref() != Some("http://127.0.0.1:8080/") => {
+                        (400, "application/json", r#"{"error":"invalid_request"}"#)
+                    }
+                    "ok" if has("grant_type", "refresh_token")
+                        && has("refresh_token", "rt-1")
+                        && has("scope", "https://outlook.office.com/mail.read offline_access") =>
+                    {
+                        (
+                            200,
+                            "application/json; charset=utf-8",
+                            r#"{"token_type":"Bearer","access_token":"at-2","refresh_token":"rt-2","expires_in":3599}"#,
+                        )
+                    }
+                    "revoked" => (
+                        400,
+                        "application/json",
+                        "{\"error\":\"invalid_grant\",\"error_description\":\"AADSTS50173: revoked.\\r\\nTrace ID: x\"}",
+                    ),
+                    "busy" => (503, "text/html", "<html>busy</html>"),
+                    "bad" => (
+                        200,
+                        "application/json",
+                        r#"{"token_type":"Bearer","access_token":"at-secret","expires_in":"at-secret"}"#,
+                    ),
+                    "ok200err" => (200, "application/json", r#"{"error":"interaction_required"}"#),
+                    _ => (400, "application/json", r#"{"error":"unexpected_request"}"#),
+                };
+                warp::http::Response::builder()
+                    .status(status)
+                    .header("content-type", ctype)
+                    .body(body.to_string())
+                    .unwrap()
+            });
+        tokio::spawn(warp::serve(route).incoming(listener).run());
+        Endpoints::emulated(&format!("http://{addr}"))
+    }
+
+    #[tokio::test]
+    async fn refresh_through_oauth2_keeps_our_error_classes() {
+        let ep = canned_endpoints().await;
+        let client = TokenClient::new(reqwest::Client::new(), "http://127.0.0.1:8080/");
+        let rt = Secret::new("rt-1");
+        let refresh = |tenant: &str| {
+            let mut spec = AccountSpec::office365(Some("a@example.com"));
+            spec.tenant = tenant.to_string();
+            let (client, ep, rt) = (&client, &ep, &rt);
+            async move { client.refresh(&spec, ep, rt, Audience::Outlook).await }
+        };
+        let g = refresh("ok").await.unwrap();
+        assert_eq!(g.access.secret(), "at-2");
+        assert_eq!(g.refresh.unwrap().expose(), "rt-2");
+        assert_eq!(g.expires_in, Some(Duration::from_secs(3599)));
+
+        let e = refresh("revoked").await.unwrap_err();
+        assert!(e.needs_login(), "{e}");
+        assert_eq!(e.reason(), "invalid_grant: AADSTS50173: revoked.");
+        assert!(e.to_string().contains("HTTP 400"), "{e}");
+
+        let e = refresh("busy").await.unwrap_err();
+        assert!(!e.needs_login() && e.code().is_none(), "{e}");
+        assert!(e.to_string().ends_with("HTTP 503"), "{e}");
+
+        // A malformed grant: transient, and no value is quoted.
+        let e = refresh("bad").await.unwrap_err();
+        assert!(!e.needs_login() && e.code().is_none(), "{e}");
+        assert!(!e.to_string().contains("at-secret"), "{e}");
+
+        let e = refresh("ok200err").await.unwrap_err();
+        assert!(e.needs_login(), "{e}");
+
+        // Without the Origin header the endpoint refuses.
+        let plain = TokenClient::new(reqwest::Client::new(), "http://elsewhere/");
+        let mut spec = AccountSpec::office365(Some("a@example.com"));
+        spec.tenant = "ok".into();
+        let e = plain.refresh(&spec, &ep, &rt, Audience::Outlook).await;
+        assert_eq!(e.unwrap_err().code(), Some("invalid_request"));
+    }
+
+    #[tokio::test]
+    async fn no_answer_is_transient() {
+        let addr = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let ep = Endpoints::emulated(&format!("http://{addr}"));
+        let client = TokenClient::new(reqwest::Client::new(), "http://127.0.0.1:8080/");
+        let spec = AccountSpec::office365(Some("a@example.com"));
+        let e = client
+            .refresh(&spec, &ep, &Secret::new("rt"), Audience::Outlook)
+            .await
+            .unwrap_err();
+        assert!(!e.needs_login() && e.code().is_none(), "{e}");
     }
 }
