@@ -211,21 +211,20 @@ impl BatchPartResponse {
 /// which Graph means as UTC; `None` when it is not one.
 pub fn parse_utc(s: &str) -> Option<i64> {
     let s = s.trim();
-    let at = match s.parse::<jiff::Timestamp>() {
-        Ok(t) => t,
-        Err(_) => jiff::tz::Offset::UTC
-            .to_timestamp(s.parse::<jiff::civil::DateTime>().ok()?)
-            .ok()?,
-    };
-    Some(at.as_second())
+    match chrono::DateTime::parse_from_rfc3339(s) {
+        Ok(t) => Some(t.timestamp()),
+        Err(_) => chrono::NaiveDateTime::parse_from_str(s, "%Y-%m-%dT%H:%M:%S%.f")
+            .ok()
+            .map(|t| t.and_utc().timestamp()),
+    }
 }
 
 /// `YYYY-MM-DDTHH:MM:SSZ` for seconds since the epoch (the form of
 /// `SystemTime` extended property values we write).
 pub fn format_utc(secs: i64) -> String {
-    jiff::Timestamp::from_second(secs)
-        .unwrap_or(jiff::Timestamp::UNIX_EPOCH)
-        .strftime("%Y-%m-%dT%H:%M:%SZ")
+    chrono::DateTime::from_timestamp(secs, 0)
+        .unwrap_or_default()
+        .format("%Y-%m-%dT%H:%M:%SZ")
         .to_string()
 }
 
