@@ -21,8 +21,8 @@ pub(super) fn folders_for(
     tokens: &[Arc<dyn TokenSource>],
     quota_scale: u32,
 ) -> Result<Vec<Folder>, CloudError> {
-    let mut graph: HashMap<usize, graph::GraphAccount> = HashMap::new();
-    let mut gmail: HashMap<usize, Arc<gmail::GmailAccount>> = HashMap::new();
+    let mut graph: HashMap<usize, graph::Account> = HashMap::new();
+    let mut gmail: HashMap<usize, Arc<gmail::Account>> = HashMap::new();
     let mut out = Vec::with_capacity(config.mailboxes.len());
     for m in &config.mailboxes {
         let acct = &config.accounts[m.account];
@@ -44,7 +44,7 @@ pub(super) fn folders_for(
                 let account = match graph.get(&m.account) {
                     Some(a) => a.clone(),
                     None => {
-                        let a = graph::GraphAccount::with_throttle(
+                        let a = graph::Account::with_throttle(
                             &user,
                             source,
                             endpoints.clone(),
@@ -54,13 +54,13 @@ pub(super) fn folders_for(
                         a
                     }
                 };
-                Arc::new(graph::GraphMailbox::new(account, &m.name, &key))
+                Arc::new(graph::Mailbox::new(account, &m.name, &key))
             }
             CloudKind::Gmail => {
                 let account = match gmail.get(&m.account) {
                     Some(a) => a.clone(),
                     None => {
-                        let a = gmail::GmailAccount::new(
+                        let a = gmail::Account::new(
                             &user,
                             endpoints.clone(),
                             source,
@@ -73,7 +73,7 @@ pub(super) fn folders_for(
                         a
                     }
                 };
-                Arc::new(gmail::GmailMailbox::new(account, &m.name, &key))
+                Arc::new(gmail::Mailbox::new(account, &m.name, &key))
             }
         };
         out.push(Folder {

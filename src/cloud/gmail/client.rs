@@ -143,7 +143,7 @@ struct BatchPart {
 
 /// A Gmail account: the HTTP client, tokens and throttle that every
 /// mailbox (label) of the account shares.
-pub struct GmailAccount {
+pub struct Account {
     user: String,
     http: reqwest::Client,
     endpoints: Endpoints,
@@ -160,14 +160,14 @@ pub struct GmailAccount {
 /// How long a profile `historyId` answers the polls of other labels.
 const PROFILE_REUSE: Duration = Duration::from_secs(2);
 
-impl GmailAccount {
+impl Account {
     /// A client for `user` talking to `endpoints` with tokens from `tokens`.
     pub fn new(
         user: &str,
         endpoints: Endpoints,
         tokens: Arc<dyn TokenSource>,
         opts: Options,
-    ) -> Result<Arc<GmailAccount>, CloudError> {
+    ) -> Result<Arc<Account>, CloudError> {
         let http = transport::client(opts.limits.max_concurrency).map_err(|e| {
             CloudError::new(
                 &format!("gmail:{user}"),
@@ -175,7 +175,7 @@ impl GmailAccount {
                 format!("cannot build the HTTP client: {e}"),
             )
         })?;
-        Ok(Arc::new(GmailAccount {
+        Ok(Arc::new(Account {
             user: user.to_string(),
             http,
             endpoints,

@@ -22,7 +22,7 @@ use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
 use futures_util::stream::{self, StreamExt};
 use serde::{Deserialize, Serialize};
 
-use super::client::{ApiError, GmailAccount};
+use super::client::{Account, ApiError};
 use super::throttle::Method;
 use super::wire;
 use crate::cloud::cursor::{Changed, record};
@@ -127,8 +127,8 @@ struct Cursor {
 }
 
 /// A Gmail label mirrored as a cloud mailbox.
-pub struct GmailMailbox {
-    account: Arc<GmailAccount>,
+pub struct Mailbox {
+    account: Arc<Account>,
     label_name: String,
     name: String,
     state: Mutex<Listing>,
@@ -156,13 +156,13 @@ struct Saving {
 /// What never changes about a message: `internalDate` and Message-ID.
 type Meta = (Option<i64>, Option<String>);
 
-impl GmailMailbox {
+impl Mailbox {
     /// The label named `label_name` (a user label's name, or a system label
     /// such as `INBOX`) of `account`. The label is looked up on first use (a
     /// restored cursor already knows it); a missing label makes that call
     /// fail with [`ErrorKind::NotFound`].
-    pub fn new(account: Arc<GmailAccount>, label_name: &str, name_for_logs: &str) -> GmailMailbox {
-        GmailMailbox {
+    pub fn new(account: Arc<Account>, label_name: &str, name_for_logs: &str) -> Mailbox {
+        Mailbox {
             account,
             label_name: label_name.to_string(),
             name: name_for_logs.to_string(),
@@ -712,7 +712,7 @@ fn decode_raw(raw: &str) -> Result<Vec<u8>, String> {
     Ok(crlf_to_lf(&bytes))
 }
 
-impl CloudMailbox for GmailMailbox {
+impl CloudMailbox for Mailbox {
     fn name(&self) -> &str {
         &self.name
     }

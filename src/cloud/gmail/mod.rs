@@ -1,6 +1,6 @@
 //! The Gmail backend: a label of a Gmail account mirrored through the Gmail
-//! API v1. [`GmailAccount`] is shared by the labels of one account (HTTP
-//! client, tokens, per-user throttle); [`GmailMailbox`] is one label.
+//! API v1. [`Account`] is shared by the labels of one account (HTTP
+//! client, tokens, per-user throttle); [`Mailbox`] is one label.
 //!
 //! # Layout
 //! - [`wire`]: serde types of the API's JSON.
@@ -13,6 +13,6 @@ pub mod mailbox;
 pub mod throttle;
 pub mod wire;
 
-pub use client::{ApiError, GmailAccount, Options};
-pub use mailbox::GmailMailbox;
+pub use client::{Account, ApiError, Options};
+pub use mailbox::Mailbox;
 pub use throttle::{Limits, Usage};

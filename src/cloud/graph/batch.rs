@@ -20,7 +20,7 @@ use std::time::Duration;
 use reqwest::Method;
 use serde_json::Value;
 
-use super::client::{Call, GraphAccount, PREFER_IMMUTABLE, Retrier, error_in};
+use super::client::{Account, Call, PREFER_IMMUTABLE, Retrier, error_in};
 use super::wire::{BatchPart, BatchRequest, BatchResponse};
 use crate::cloud::transport::{Budget, Verdict, parse_retry_after};
 use crate::cloud::{CloudError, ErrorKind};
@@ -51,11 +51,7 @@ fn part_headers(with_body: bool) -> BTreeMap<String, String> {
 }
 
 /// Run `ops`; one result per op, in order.
-pub(crate) async fn run(
-    account: &GraphAccount,
-    ctx: &str,
-    ops: &[Op],
-) -> Vec<Result<(), CloudError>> {
+pub(crate) async fn run(account: &Account, ctx: &str, ops: &[Op]) -> Vec<Result<(), CloudError>> {
     let mut results: Vec<Option<Result<(), CloudError>>> = ops.iter().map(|_| None).collect();
     let mut todo: Vec<usize> = (0..ops.len()).collect();
     let mut alone = Vec::new();
@@ -209,7 +205,7 @@ pub(crate) async fn run(
 }
 
 /// Send one op on its own.
-async fn single(account: &GraphAccount, ctx: &str, op: &Op) -> Result<(), CloudError> {
+async fn single(account: &Account, ctx: &str, op: &Op) -> Result<(), CloudError> {
     let url = account.url(&op.path);
     let method = Method::from_bytes(op.method.as_bytes())
         .map_err(|e| CloudError::new(ctx, ErrorKind::Bug, e.to_string()))?;

@@ -31,7 +31,7 @@ pub const PREFER_IMMUTABLE: &str = "IdType=\"ImmutableId\"";
 /// What an account's folders share: the HTTP client, the token source and
 /// the mailbox throttle. Cheap to clone.
 #[derive(Clone)]
-pub struct GraphAccount {
+pub struct Account {
     inner: Arc<Inner>,
 }
 
@@ -86,7 +86,7 @@ impl Failure {
 pub(crate) struct Call<'a> {
     /// HTTP method.
     pub method: Method,
-    /// Absolute URL (from [`GraphAccount::url`] or a link Graph returned).
+    /// Absolute URL (from [`Account::url`] or a link Graph returned).
     pub url: &'a str,
     /// JSON body.
     pub body: Option<&'a Value>,
@@ -121,16 +121,16 @@ pub(crate) struct Opened {
     pub permit: Permit,
 }
 
-/// The retry budget of one logical call, charged by [`GraphAccount::open`].
+/// The retry budget of one logical call, charged by [`Account::open`].
 pub(crate) struct Retrier<'a> {
-    account: &'a GraphAccount,
+    account: &'a Account,
     ctx: &'a str,
     budget: Budget,
 }
 
 impl<'a> Retrier<'a> {
     /// A fresh budget for a call on behalf of mailbox `ctx`.
-    pub(crate) fn new(account: &'a GraphAccount, ctx: &'a str) -> Retrier<'a> {
+    pub(crate) fn new(account: &'a Account, ctx: &'a str) -> Retrier<'a> {
         Retrier {
             account,
             ctx,
@@ -216,14 +216,14 @@ fn describe(e: &reqwest::Error) -> String {
     format!("{what}: {msg}")
 }
 
-impl GraphAccount {
+impl Account {
     /// An account for `user` with the documented Outlook limits.
     pub fn new(
         user: &str,
         tokens: Arc<dyn TokenSource>,
         endpoints: Endpoints,
-    ) -> Result<GraphAccount, CloudError> {
-        GraphAccount::with_throttle(user, tokens, endpoints, ThrottleConfig::default())
+    ) -> Result<Account, CloudError> {
+        Account::with_throttle(user, tokens, endpoints, ThrottleConfig::default())
     }
 
     /// An account with a custom throttle policy (tests, benchmarks).
@@ -232,7 +232,7 @@ impl GraphAccount {
         tokens: Arc<dyn TokenSource>,
         endpoints: Endpoints,
         config: ThrottleConfig,
-    ) -> Result<GraphAccount, CloudError> {
+    ) -> Result<Account, CloudError> {
         let http = transport::client(config.max_in_flight as usize).map_err(|e| {
             CloudError::new(
                 &format!("office365:{user}"),
@@ -240,7 +240,7 @@ impl GraphAccount {
                 format!("cannot build the HTTP client: {e}"),
             )
         })?;
-        Ok(GraphAccount {
+        Ok(Account {
             inner: Arc::new(Inner {
                 http,
                 tokens,

@@ -1,4 +1,4 @@
-//! [`GraphMailbox`]: one Office365 folder as a [`CloudMailbox`]. The folder
+//! [`Mailbox`]: one Office365 folder as a [`CloudMailbox`]. The folder
 //! is found by display name on first use; listings come from the folder's
 //! delta feed applied to the listing kept in memory (and in the cursor, so a
 //! restart resumes with one request); downloads stream `$value` with CRLF
@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::batch::{self, Op};
-use super::client::{Call, Failure, GraphAccount, Opened, Retrier, error_in, is_json};
+use super::client::{Account, Call, Failure, Opened, Retrier, error_in, is_json};
 use super::flags::{self, EXPAND, RepliedState, SELECT};
 use super::wire::{DeltaMessage, MailFolder, MoveRequest, Page, parse_utc};
 use crate::cloud::cursor::{Changed, record};
@@ -214,8 +214,8 @@ const WELL_KNOWN: &[&str] = &[
 ];
 
 /// One Office365 folder, listed through delta.
-pub struct GraphMailbox {
-    account: GraphAccount,
+pub struct Mailbox {
+    account: Account,
     path: String,
     name: String,
     folder_id: Mutex<Option<String>>,
@@ -232,12 +232,12 @@ fn needs_resync(status: u16, code: &str) -> bool {
             .any(|c| c.eq_ignore_ascii_case(code))
 }
 
-impl GraphMailbox {
+impl Mailbox {
     /// The folder at `folder_path` (display names, nested as `"A/B/C"`) of
     /// `account`; `name` is used in logs and errors. Nothing is sent until
     /// the first `list`.
-    pub fn new(account: GraphAccount, folder_path: &str, name: &str) -> GraphMailbox {
-        GraphMailbox {
+    pub fn new(account: Account, folder_path: &str, name: &str) -> Mailbox {
+        Mailbox {
             account,
             path: folder_path.to_string(),
             name: name.to_string(),
@@ -766,7 +766,7 @@ fn cursor_entry<'a>(
     )
 }
 
-impl CloudMailbox for GraphMailbox {
+impl CloudMailbox for Mailbox {
     fn name(&self) -> &str {
         &self.name
     }
@@ -809,7 +809,7 @@ impl CloudMailbox for GraphMailbox {
     }
 
     fn cursor_delta(&self) -> Option<CursorDelta> {
-        GraphMailbox::cursor_delta(self)
+        Mailbox::cursor_delta(self)
     }
 
     fn cursor_unsaved(&self) {

@@ -19,6 +19,6 @@ pub mod throttle;
 pub mod wire;
 
 pub use crate::cloud::throttle::Stats as ThrottleStats;
-pub use client::GraphAccount;
-pub use mailbox::GraphMailbox;
+pub use client::Account;
+pub use mailbox::Mailbox;
 pub use throttle::ThrottleConfig;

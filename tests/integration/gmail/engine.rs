@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use cloud_mdir_sync::cloud::gmail::{GmailAccount, GmailMailbox};
+use cloud_mdir_sync::cloud::gmail;
 use cloud_mdir_sync::maildir::parse_name;
 use cloud_mdir_sync::sync::engine::Folder;
 use cloud_mdir_sync::types::DeleteAction;
@@ -27,12 +27,12 @@ async fn engine_syncs_a_label_and_keeps_replied_locally() {
     let loaded = home.config(CFG);
     let account = env.account(fast());
     let key = format!("gmail:{USER}/INBOX");
-    let engine = |account: Arc<GmailAccount>| {
+    let engine = |account: Arc<gmail::Account>| {
         let loaded = &loaded;
         let key = key.clone();
         async move {
             let folder = Folder {
-                cloud: Arc::new(GmailMailbox::new(account, "INBOX", &key)),
+                cloud: Arc::new(gmail::Mailbox::new(account, "INBOX", &key)),
                 key,
                 delete_action: DeleteAction::Archive,
             };

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeSet;
 
-use cloud_mdir_sync::cloud::gmail::{GmailMailbox, Options};
+use cloud_mdir_sync::cloud::gmail::{self, Options};
 use cloud_mdir_sync::cloud::{CloudMailbox, ErrorKind};
 use cloud_mdir_sync::types::Flags;
 use fake_cloud::QuotaMode;
@@ -61,8 +61,8 @@ async fn labels_of_one_account_share_the_idle_poll() {
     env.populate("INBOX", 30, 25).await;
     env.populate("Lists", 20, 26).await;
     let account = env.account(fast());
-    let inbox = GmailMailbox::new(account.clone(), "INBOX", "gmail:user@gmail.com/INBOX");
-    let lists = GmailMailbox::new(account, "Lists", "gmail:user@gmail.com/Lists");
+    let inbox = gmail::Mailbox::new(account.clone(), "INBOX", "gmail:user@gmail.com/INBOX");
+    let lists = gmail::Mailbox::new(account, "Lists", "gmail:user@gmail.com/Lists");
     let (a, b) = tokio::join!(inbox.list(), lists.list());
     assert_eq!((a.expect("inbox").len(), b.expect("lists").len()), (30, 20));
     env.reset_stats().await;

@@ -32,7 +32,7 @@ use std::time::Duration;
 
 use cloud_mdir_sync::auth::{AccessToken, Audience, StaticTokens};
 use cloud_mdir_sync::cloud::CloudEntry;
-use cloud_mdir_sync::cloud::gmail::{GmailAccount, GmailMailbox, Limits, Options};
+use cloud_mdir_sync::cloud::gmail::{self, Limits, Options};
 use cloud_mdir_sync::endpoints::Endpoints;
 use cloud_mdir_sync::types::Flags;
 use fake_cloud::{FakeCloud, Handle, QuotaMode};
@@ -72,12 +72,12 @@ impl Env {
     }
 
     /// The account our backend uses, with its own token.
-    fn account(&self, opts: Options) -> Arc<GmailAccount> {
+    fn account(&self, opts: Options) -> Arc<gmail::Account> {
         let tokens = StaticTokens::new(
             USER,
             [(Audience::Gmail, AccessToken::new(self.token(&[MODIFY])))],
         );
-        GmailAccount::new(
+        gmail::Account::new(
             USER,
             Endpoints::emulated(self.h.base_url()),
             Arc::new(tokens),
@@ -86,8 +86,8 @@ impl Env {
         .expect("account")
     }
 
-    fn mailbox(&self, opts: Options, label: &str) -> GmailMailbox {
-        GmailMailbox::new(self.account(opts), label, &format!("gmail:{USER}/{label}"))
+    fn mailbox(&self, opts: Options, label: &str) -> gmail::Mailbox {
+        gmail::Mailbox::new(self.account(opts), label, &format!("gmail:{USER}/{label}"))
     }
 
     async fn control(&self, method: &str, route: &str, body: Value) -> Value {

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use cloud_mdir_sync::cloud::gmail::{GmailMailbox, Limits, Options};
+use cloud_mdir_sync::cloud::gmail::{self, Limits, Options};
 use cloud_mdir_sync::cloud::{CloudMailbox, FlagChange};
 use cloud_mdir_sync::types::Flags;
 use fake_cloud::QuotaMode;
@@ -23,7 +23,7 @@ async fn rate_limit_storms_and_outages_converge() {
         max_attempts: 8,
         ..fast()
     });
-    let mb = GmailMailbox::new(account.clone(), "INBOX", "gmail:user@gmail.com/INBOX");
+    let mb = gmail::Mailbox::new(account.clone(), "INBOX", "gmail:user@gmail.com/INBOX");
     // Storms of 429, 403 userRateLimitExceeded/rateLimitExceeded and 503
     // on every Gmail route, batch included.
     env.fault(json!([
@@ -96,7 +96,7 @@ async fn a_client_that_outruns_the_real_limiter_still_converges() {
         max_rate_limited_attempts: 200,
         ..Options::default()
     });
-    let mb = GmailMailbox::new(account.clone(), "INBOX", "gmail:user@gmail.com/INBOX");
+    let mb = gmail::Mailbox::new(account.clone(), "INBOX", "gmail:user@gmail.com/INBOX");
     let entries = mb.list().await.expect("list converges");
     assert_listing(&env, "INBOX", &entries).await;
     let results: Vec<_> = futures_util::stream::iter(ids.iter().take(60))
@@ -123,7 +123,7 @@ async fn the_emulator_quota_is_never_hit_in_normal_running() {
     let env = Env::start(QuotaMode::Real).await;
     let ids = env.populate("INBOX", 1000, 91).await;
     let account = env.account(Options::default());
-    let mb = GmailMailbox::new(account.clone(), "INBOX", "gmail:user@gmail.com/INBOX");
+    let mb = gmail::Mailbox::new(account.clone(), "INBOX", "gmail:user@gmail.com/INBOX");
     env.reset_stats().await;
     let entries = mb.list().await.expect("list");
     assert_eq!(entries.len(), 1000);

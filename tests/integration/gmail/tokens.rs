@@ -5,7 +5,7 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 
 use cloud_mdir_sync::auth::{AccessToken, Audience, AuthError, TokenSource};
-use cloud_mdir_sync::cloud::gmail::{GmailAccount, GmailMailbox};
+use cloud_mdir_sync::cloud::gmail;
 use cloud_mdir_sync::cloud::{CloudMailbox, ErrorKind, FlagChange};
 use cloud_mdir_sync::endpoints::Endpoints;
 use cloud_mdir_sync::types::Flags;
@@ -54,14 +54,14 @@ async fn refused_tokens_are_refreshed_once_and_never_logged() {
     let tokens = Arc::new(Rotating {
         tokens: Mutex::new([bogus.clone(), good.clone()].map(AccessToken::new).into()),
     });
-    let account = GmailAccount::new(
+    let account = gmail::Account::new(
         USER,
         Endpoints::emulated(env.h.base_url()),
         tokens.clone(),
         fast(),
     )
     .expect("account");
-    let mb = GmailMailbox::new(account, "INBOX", "gmail:user@gmail.com/INBOX");
+    let mb = gmail::Mailbox::new(account, "INBOX", "gmail:user@gmail.com/INBOX");
     let entries = mb.list().await.expect("list after one refresh");
     assert_eq!(entries.len(), 60);
     let mut out = Vec::new();
@@ -87,9 +87,9 @@ async fn refused_tokens_are_refreshed_once_and_never_logged() {
                 .into(),
         ),
     });
-    let account = GmailAccount::new(USER, Endpoints::emulated(env.h.base_url()), tokens, fast())
+    let account = gmail::Account::new(USER, Endpoints::emulated(env.h.base_url()), tokens, fast())
         .expect("account");
-    let mb2 = GmailMailbox::new(account, "INBOX", "gmail:user@gmail.com/INBOX");
+    let mb2 = gmail::Mailbox::new(account, "INBOX", "gmail:user@gmail.com/INBOX");
     let e = mb2.list().await.expect_err("refused twice");
     assert_eq!(e.kind, ErrorKind::Auth, "{e}");
     for t in [&good, &bogus] {

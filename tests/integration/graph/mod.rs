@@ -27,7 +27,7 @@ use std::time::Duration;
 
 use cloud_mdir_sync::auth::{AccessToken, Audience, StaticTokens};
 use cloud_mdir_sync::cloud::graph::wire::parse_utc;
-use cloud_mdir_sync::cloud::graph::{GraphAccount, GraphMailbox, ThrottleConfig};
+use cloud_mdir_sync::cloud::graph::{self, ThrottleConfig};
 use cloud_mdir_sync::cloud::{CloudEntry, FlagChange};
 use cloud_mdir_sync::endpoints::Endpoints;
 use cloud_mdir_sync::sync::engine::Folder;
@@ -72,13 +72,13 @@ impl Cloud {
     }
 
     /// An account with its own freshly minted token.
-    pub(crate) fn account(&self) -> GraphAccount {
+    pub(crate) fn account(&self) -> graph::Account {
         self.account_with(quick())
     }
 
-    pub(crate) fn account_with(&self, cfg: ThrottleConfig) -> GraphAccount {
+    pub(crate) fn account_with(&self, cfg: ThrottleConfig) -> graph::Account {
         let tokens = StaticTokens::new(USER, [(Audience::Graph, AccessToken::new(self.token()))]);
-        GraphAccount::with_throttle(
+        graph::Account::with_throttle(
             USER,
             Arc::new(tokens),
             Endpoints::emulated(self.h.base_url()),
@@ -87,12 +87,12 @@ impl Cloud {
         .expect("account")
     }
 
-    pub(crate) fn mailbox(&self, account: &GraphAccount, path: &str) -> GraphMailbox {
-        GraphMailbox::new(account.clone(), path, &format!("office365:{USER}/{path}"))
+    pub(crate) fn mailbox(&self, account: &graph::Account, path: &str) -> graph::Mailbox {
+        graph::Mailbox::new(account.clone(), path, &format!("office365:{USER}/{path}"))
     }
 
     /// The inbox as the engine's folder (deletions archive).
-    pub(crate) fn inbox_folder(&self, account: &GraphAccount) -> Folder {
+    pub(crate) fn inbox_folder(&self, account: &graph::Account) -> Folder {
         Folder {
             cloud: Arc::new(self.mailbox(account, "Inbox")),
             key: format!("office365:{USER}/Inbox"),

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use cloud_mdir_sync::auth::{AccessToken, Audience, AuthError, StaticTokens, TokenSource};
-use cloud_mdir_sync::cloud::graph::{GraphAccount, GraphMailbox};
+use cloud_mdir_sync::cloud::graph;
 use cloud_mdir_sync::cloud::{CloudMailbox, ErrorKind, FlagChange};
 use cloud_mdir_sync::endpoints::Endpoints;
 use cloud_mdir_sync::types::DeleteAction;
@@ -150,7 +150,7 @@ async fn a_refused_token_is_replaced_once() {
         good: c.token(),
         invalidated: Mutex::new(0),
     });
-    let acct = GraphAccount::with_throttle(
+    let acct = graph::Account::with_throttle(
         USER,
         src.clone(),
         Endpoints::emulated(c.h.base_url()),
@@ -163,7 +163,7 @@ async fn a_refused_token_is_replaced_once() {
 
     // A token that stays refused: Auth, after one retry.
     let tokens = StaticTokens::new(USER, [(Audience::Graph, AccessToken::new("bogus"))]);
-    let acct = GraphAccount::with_throttle(
+    let acct = graph::Account::with_throttle(
         USER,
         Arc::new(tokens),
         Endpoints::emulated(c.h.base_url()),
@@ -186,7 +186,7 @@ async fn ten_folders_share_one_mailbox_limit() {
     }
     c.reset_stats().await;
     let acct = c.account();
-    let boxes: Vec<Arc<GraphMailbox>> = (0..10)
+    let boxes: Vec<Arc<graph::Mailbox>> = (0..10)
         .map(|f| Arc::new(c.mailbox(&acct, &format!("Inbox/F{f}"))))
         .collect();
     // As the engine does: list every folder at once...
@@ -243,7 +243,7 @@ async fn tokens_never_reach_the_logs() {
     let ids = c.populate("Inbox", 30).await;
     let token = c.token();
     let tokens = StaticTokens::new(USER, [(Audience::Graph, AccessToken::new(token.clone()))]);
-    let acct = GraphAccount::with_throttle(
+    let acct = graph::Account::with_throttle(
         USER,
         Arc::new(tokens),
         Endpoints::emulated(c.h.base_url()),
@@ -268,7 +268,7 @@ async fn tokens_never_reach_the_logs() {
         USER,
         [(Audience::Graph, AccessToken::new(format!("{token}x")))],
     );
-    let acct2 = GraphAccount::with_throttle(
+    let acct2 = graph::Account::with_throttle(
         USER,
         Arc::new(bad),
         Endpoints::emulated(c.h.base_url()),
