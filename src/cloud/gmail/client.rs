@@ -13,7 +13,7 @@ use reqwest::header::CONTENT_TYPE;
 use serde::de::DeserializeOwned;
 
 use super::throttle::{Limits, Method, Usage};
-use super::wire;
+use super::wire::{self, HistoryId};
 use crate::auth::{AccessToken, Audience, AuthError, TokenSource};
 use crate::cloud::throttle::Throttle;
 use crate::cloud::transport::{
@@ -154,7 +154,7 @@ pub struct Account {
     /// The last profile `historyId` and when it was read, shared by the
     /// account's mailboxes so one poll of several labels costs one request.
     /// (when, sequence number, historyId).
-    profile: tokio::sync::Mutex<Option<(tokio::time::Instant, u64, u64)>>,
+    profile: tokio::sync::Mutex<Option<(tokio::time::Instant, u64, HistoryId)>>,
 }
 
 /// How long a profile `historyId` answers the polls of other labels.
@@ -209,7 +209,7 @@ impl Account {
     /// because a listing may start from an older history id (history
     /// replays what came after), and a caller never gets the same answer
     /// twice, so a poll always sees changes made before its previous one.
-    pub(crate) async fn history_id(&self, seen: &AtomicU64) -> Result<u64, ApiError> {
+    pub(crate) async fn history_id(&self, seen: &AtomicU64) -> Result<HistoryId, ApiError> {
         let mut cached = self.profile.lock().await;
         if let Some((at, seq, id)) = *cached
             && at.elapsed() < PROFILE_REUSE
@@ -219,12 +219,7 @@ impl Account {
             return Ok(id);
         }
         let p: wire::Profile = self.get(Method::GetProfile, "/profile", &[]).await?;
-        let id = p.history_id.trim().parse().map_err(|_| {
-            ApiError::new(
-                ErrorKind::Retry,
-                format!("invalid historyId {:?}", p.history_id),
-            )
-        })?;
+        let id = parse_history_id(&p.history_id)?;
         let seq = cached.map_or(1, |c| c.1 + 1);
         *cached = Some((tokio::time::Instant::now(), seq, id));
         seen.store(seq, Ordering::Relaxed);
@@ -554,6 +549,12 @@ impl Account {
             Some(f) => Err(f),
         }
     }
+}
+
+/// A `historyId` Google sent.
+pub(crate) fn parse_history_id(s: &str) -> Result<HistoryId, ApiError> {
+    HistoryId::parse(s)
+        .ok_or_else(|| ApiError::new(ErrorKind::Retry, format!("invalid historyId {s:?}")))
 }
 
 /// `None` for a success; otherwise how the answer failed. An HTTP 200 that

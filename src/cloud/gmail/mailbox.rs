@@ -22,9 +22,9 @@ use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
 use futures_util::stream::{self, StreamExt};
 use serde::{Deserialize, Serialize};
 
-use super::client::{Account, ApiError};
+use super::client::{Account, ApiError, parse_history_id};
 use super::throttle::Method;
-use super::wire;
+use super::wire::{self, HistoryId};
 use crate::cloud::cursor::{Changed, record};
 use crate::cloud::transport::path_segment;
 use crate::cloud::{
@@ -109,7 +109,7 @@ struct Known {
 struct Listing {
     label_id: Option<String>,
     /// Set when `messages` is complete as of this history id.
-    history_id: Option<u64>,
+    history_id: Option<HistoryId>,
     messages: BTreeMap<String, Known>,
 }
 
@@ -150,7 +150,7 @@ pub struct Mailbox {
 #[derive(Default)]
 struct Saving {
     changed: Changed,
-    handed: Option<u64>,
+    handed: Option<HistoryId>,
 }
 
 /// What never changes about a message: `internalDate` and Message-ID.
@@ -390,7 +390,7 @@ impl Mailbox {
         &self,
         base: &Listing,
         label: &str,
-        since: u64,
+        since: HistoryId,
     ) -> Result<Listing, ApiError> {
         let lb = LabelBits { label };
         // Per touched message: Some(bits) when its labels are known after
@@ -483,8 +483,8 @@ impl Mailbox {
         to_fetch.sort();
         tracing::debug!(
             mailbox = %self.name,
-            since,
-            now,
+            %since,
+            %now,
             records,
             fetch = to_fetch.len(),
             "gmail: history applied"
@@ -636,16 +636,6 @@ fn label_edits(set: Flags, clear: Flags) -> (Vec<String>, Vec<String>) {
         remove.push("STARRED".to_string());
     }
     (add, remove)
-}
-
-fn parse_history_id(s: &str) -> Result<u64, ApiError> {
-    s.trim().parse().map_err(|_| ApiError {
-        kind: ErrorKind::Retry,
-        status: None,
-        reason: String::new(),
-        retry_after: None,
-        message: format!("invalid historyId {s:?}"),
-    })
 }
 
 fn message_id(m: &wire::Message) -> Option<String> {
@@ -889,7 +879,7 @@ impl CloudMailbox for Mailbox {
             tracing::info!(mailbox = %self.name, "ignoring saved cursor of another label or version");
             return;
         }
-        let Ok(history_id) = c.history_id.parse::<u64>() else {
+        let Some(history_id) = HistoryId::parse(&c.history_id) else {
             return;
         };
         for text in &records {

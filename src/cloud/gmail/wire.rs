@@ -6,6 +6,25 @@
 use serde::{Deserialize, Serialize};
 
 /// `GET users/me/profile`.
+
+/// A point in a Gmail mailbox's history (`historyId`): changes after it
+/// can be listed. Sent and stored as a decimal string.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct HistoryId(pub u64);
+
+impl HistoryId {
+    /// The id in `s` (surrounding blanks allowed), if it is one.
+    pub fn parse(s: &str) -> Option<HistoryId> {
+        s.trim().parse().ok().map(HistoryId)
+    }
+}
+
+impl std::fmt::Display for HistoryId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
 #[derive(Clone, Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Profile {

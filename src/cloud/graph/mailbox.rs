@@ -17,7 +17,7 @@ use serde_json::Value;
 use super::batch::{self, Op};
 use super::client::{Account, Call, Failure, Opened, Retrier, error_in, is_json};
 use super::flags::{self, EXPAND, RepliedState, SELECT};
-use super::wire::{DeltaMessage, MailFolder, MoveRequest, Page, parse_utc};
+use super::wire::{DeltaLink, DeltaMessage, MailFolder, MoveRequest, Page, parse_utc};
 use crate::cloud::cursor::{Changed, record};
 use crate::cloud::transport::{path_segment, query_value};
 use crate::cloud::{
@@ -156,11 +156,11 @@ impl Change {
 #[derive(Default)]
 struct Committed {
     entries: BTreeMap<ArcStr, Entry>,
-    delta_link: Option<String>,
+    delta_link: Option<DeltaLink>,
     /// Entries changed since the last cursor delta.
     changed: Changed,
     /// The delta link of the last cursor handed out, and when.
-    handed: Option<(String, std::time::Instant)>,
+    handed: Option<(DeltaLink, std::time::Instant)>,
 }
 
 /// A delta round interrupted by an error, resumed by the next `list`.
@@ -187,7 +187,7 @@ struct Cursor {
     /// The folder path it was made for.
     path: String,
     folder_id: String,
-    delta_link: String,
+    delta_link: DeltaLink,
     entries: Vec<CursorEntry>,
 }
 
@@ -406,7 +406,7 @@ impl Mailbox {
             let (mut url, full, mut changes) = match pending.take() {
                 Some(p) => (p.next, p.full, p.changes),
                 None => match lock(&self.committed).delta_link.clone() {
-                    Some(link) => (link, false, Vec::new()),
+                    Some(link) => (link.0, false, Vec::new()),
                     None => (self.initial_delta_url(&folder), true, Vec::new()),
                 },
             };

@@ -21,8 +21,14 @@ pub struct Page<T> {
     pub next_link: Option<String>,
     /// Absolute URL that starts the next delta round (last page only).
     #[serde(rename = "@odata.deltaLink")]
-    pub delta_link: Option<String>,
+    pub delta_link: Option<DeltaLink>,
 }
+
+/// The `@odata.deltaLink` of a finished delta round: the absolute URL that
+/// lists what changed since (opaque state in its query; followed as given).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct DeltaLink(pub String);
 
 /// A `mailFolder` (resources/mailfolder), only the fields we use.
 #[derive(Debug, Deserialize)]
