@@ -5,8 +5,6 @@
 
 use serde::{Deserialize, Serialize};
 
-/// `GET users/me/profile`.
-
 /// A point in a Gmail mailbox's history (`historyId`): changes after it
 /// can be listed. Sent and stored as a decimal string.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -25,6 +23,7 @@ impl std::fmt::Display for HistoryId {
     }
 }
 
+/// `GET users/me/profile`.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Profile {
