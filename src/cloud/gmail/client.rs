@@ -132,6 +132,123 @@ struct Request<'a> {
     units: u32,
 }
 
+/// The parts of a batch to send again, and why.
+#[derive(Default)]
+struct Resend {
+    /// Their indexes, in order.
+    again: Vec<usize>,
+    /// The last transient failure among them.
+    last_error: Option<ApiError>,
+    /// The rate-limit answer with the longest `Retry-After`.
+    rate_limited: Option<ApiError>,
+    /// A part was refused for its token.
+    unauthorized: bool,
+}
+
+impl Resend {
+    /// Part `i` fails as `f` (`None`: it was missing from the answer).
+    fn add(&mut self, i: usize, f: Option<Failure>) {
+        self.again.push(i);
+        match f {
+            None => {
+                self.last_error.get_or_insert_with(|| {
+                    ApiError::new(ErrorKind::Retry, "batch answer is missing parts")
+                });
+            }
+            Some(Failure::RateLimited(e)) => {
+                if self
+                    .rate_limited
+                    .as_ref()
+                    .is_none_or(|r| r.retry_after < e.retry_after)
+                {
+                    self.rate_limited = Some(e);
+                }
+            }
+            Some(Failure::Unauthorized(_, e)) => {
+                self.unauthorized = true;
+                self.last_error = Some(e);
+            }
+            Some(Failure::Transient(e) | Failure::Final(e)) => self.last_error = Some(e),
+        }
+    }
+
+    /// How the round failed, for the retry budget, and the error to report
+    /// if it is spent.
+    fn verdict(&self) -> (Verdict, ApiError) {
+        let verdict = if self.unauthorized {
+            Verdict::Unauthorized
+        } else if let Some(e) = &self.rate_limited {
+            Verdict::RateLimited(e.retry_after)
+        } else {
+            Verdict::Transient(None)
+        };
+        let last = self
+            .rate_limited
+            .clone()
+            .or_else(|| self.last_error.clone())
+            .unwrap_or_else(|| ApiError::new(ErrorKind::Retry, "batch parts kept failing"));
+        (verdict, last)
+    }
+}
+
+/// Sort the `parts` of an answer to the batch of `pending` (indexes into
+/// `ids`): messages and final failures go to `results`, the rest to send
+/// again.
+fn sort_parts(
+    ids: &[String],
+    pending: &[usize],
+    parts: Vec<BatchPart>,
+    token: &AccessToken,
+    results: &mut [Option<Result<wire::Message, ApiError>>],
+) -> Resend {
+    let mut resend = Resend::default();
+    let mut answered = vec![false; ids.len()];
+    for part in parts {
+        let Some(i) = part_index(&part.content_id).filter(|i| pending.contains(i)) else {
+            continue;
+        };
+        answered[i] = true;
+        let reply = Reply {
+            token: token.clone(),
+            status: part.status,
+            retry_after: part.retry_after,
+            content_type: "application/json".into(),
+            body: part.body,
+        };
+        let failure = match classify(&reply) {
+            None => match serde_json::from_slice::<wire::Message>(&reply.body) {
+                Ok(m) if m.id == ids[i] => {
+                    results[i] = Some(Ok(m));
+                    continue;
+                }
+                Ok(m) => ApiError::new(
+                    ErrorKind::Retry,
+                    format!("batch part for {} answered {}", ids[i], m.id),
+                ),
+                Err(e) => {
+                    ApiError::new(ErrorKind::Retry, format!("invalid JSON in batch part: {e}"))
+                }
+            },
+            Some(Failure::Final(e)) => {
+                results[i] = Some(Err(e));
+                continue;
+            }
+            Some(f) => {
+                resend.add(i, Some(f));
+                continue;
+            }
+        };
+        resend.add(i, Some(Failure::Transient(failure)));
+    }
+    for &i in pending {
+        if !answered[i] {
+            resend.add(i, None);
+        }
+    }
+    resend.again.sort_unstable();
+    resend
+}
+
 /// One part of a batch answer.
 #[derive(Debug, PartialEq, Eq)]
 struct BatchPart {
@@ -315,99 +432,27 @@ impl Account {
                     break;
                 }
             };
-            let mut again = Vec::new();
-            let mut last_error = None;
-            let mut rate_limited = None;
-            let mut unauthorized = false;
-            let mut answered = vec![false; ids.len()];
-            for part in parts {
-                let Some(i) = part_index(&part.content_id).filter(|i| pending.contains(i)) else {
-                    continue;
-                };
-                answered[i] = true;
-                let reply = Reply {
-                    token: token.clone(),
-                    status: part.status,
-                    retry_after: part.retry_after,
-                    content_type: "application/json".into(),
-                    body: part.body,
-                };
-                match classify(&reply) {
-                    None => match serde_json::from_slice::<wire::Message>(&reply.body) {
-                        Ok(m) if m.id == ids[i] => results[i] = Some(Ok(m)),
-                        Ok(m) => {
-                            last_error = Some(ApiError::new(
-                                ErrorKind::Retry,
-                                format!("batch part for {} answered {}", ids[i], m.id),
-                            ));
-                            again.push(i);
-                        }
-                        Err(e) => {
-                            last_error = Some(ApiError::new(
-                                ErrorKind::Retry,
-                                format!("invalid JSON in batch part: {e}"),
-                            ));
-                            again.push(i);
-                        }
-                    },
-                    Some(Failure::Final(e)) => results[i] = Some(Err(e)),
-                    Some(Failure::Transient(e)) => {
-                        last_error = Some(e);
-                        again.push(i);
-                    }
-                    Some(Failure::RateLimited(e)) => {
-                        // Keep the longest Retry-After of the parts.
-                        if rate_limited
-                            .as_ref()
-                            .is_none_or(|r: &ApiError| r.retry_after < e.retry_after)
-                        {
-                            rate_limited = Some(e);
-                        }
-                        again.push(i);
-                    }
-                    Some(Failure::Unauthorized(_, e)) => {
-                        unauthorized = true;
-                        last_error = Some(e);
-                        again.push(i);
-                    }
-                }
-            }
-            for &i in &pending {
-                if !answered[i] {
-                    last_error.get_or_insert_with(|| {
-                        ApiError::new(ErrorKind::Retry, "batch answer is missing parts")
-                    });
-                    again.push(i);
-                }
-            }
-            if again.is_empty() {
+            let resend = sort_parts(ids, &pending, parts, &token, &mut results);
+            if resend.again.is_empty() {
                 break;
             }
-            again.sort_unstable();
             tracing::debug!(
                 user = %self.user,
-                retrying = again.len(),
+                retrying = resend.again.len(),
                 "gmail batch: parts to send again"
             );
             // Wait as the policy says before sending the rest again.
-            let verdict = if unauthorized {
+            let (verdict, last) = resend.verdict();
+            if verdict == Verdict::Unauthorized {
                 self.tokens.invalidate(Audience::Gmail, &token);
-                Verdict::Unauthorized
-            } else if let Some(e) = &rate_limited {
-                Verdict::RateLimited(e.retry_after)
-            } else {
-                Verdict::Transient(None)
-            };
-            let last = rate_limited
-                .or(last_error)
-                .unwrap_or_else(|| ApiError::new(ErrorKind::Retry, "batch parts kept failing"));
+            }
             if let Err(e) = self.again(&mut budget, verdict, last).await {
-                for i in again {
+                for i in resend.again {
                     results[i] = Some(Err(e.clone()));
                 }
                 break;
             }
-            pending = again;
+            pending = resend.again;
         }
         results
             .into_iter()
