@@ -265,118 +265,125 @@ impl Mailbox {
         if parts.is_empty() {
             return Err(self.err(ErrorKind::Config, "empty Office365 folder name"));
         }
-        let mut parent: Option<String> = None;
-        let mut first = 0;
-        // A well-known name ("inbox", "archive", ...) works whatever the
-        // mailbox's language calls the folder, so it is tried first for the
-        // top level; the Python program's configs say `Office365("inbox", ..)`.
-        let top = parts[0].to_ascii_lowercase();
-        if WELL_KNOWN.contains(&top.as_str()) {
-            let url = self.account.url(&format!("/me/mailFolders/{top}"));
-            let mut r = Retrier::new(&self.account, &self.name);
-            match self
-                .account
-                .json::<MailFolder>(&Call::get(&url), &mut r)
-                .await
-            {
-                Ok(f) => {
-                    parent = Some(f.id);
-                    first = 1;
-                }
-                Err(f) => {
-                    let e = f.into_cloud(&self.name);
-                    if e.kind != ErrorKind::NotFound {
-                        return Err(e);
-                    }
-                }
-            }
-        }
+        let mut parent = self.well_known(parts[0]).await?;
+        let first = usize::from(parent.is_some());
         for (depth, part) in parts.iter().enumerate().skip(first) {
             let so_far = parts[..=depth].join("/");
-            let base = match &parent {
-                None => self.account.url("/me/mailFolders"),
-                Some(p) => self
-                    .account
-                    .url(&format!("/me/mailFolders/{}/childFolders", path_segment(p))),
-            };
-            let filter = format!("displayName eq '{}'", part.replace('\'', "''"));
-            let mut url = format!("{base}?$filter={}", query_value(&filter));
-            let mut found: Vec<MailFolder> = Vec::new();
-            loop {
-                let mut r = Retrier::new(&self.account, &self.name);
-                let page: Page<MailFolder> = self
-                    .account
-                    .json(&Call::get(&url), &mut r)
-                    .await
-                    .map_err(|f| {
-                        let mut e = f.into_cloud(&self.name);
-                        e.message = format!("looking up folder {so_far:?}: {}", e.message);
-                        e
-                    })?;
-                found.extend(page.value);
-                match page.next_link {
-                    Some(n) => url = n,
-                    None => break,
-                }
-            }
-            if found.is_empty() {
-                // The filter may compare exactly where the user's config
-                // differs in case: list the children and compare ignoring case.
-                let mut url = base.clone();
-                loop {
-                    let mut r = Retrier::new(&self.account, &self.name);
-                    let page: Page<MailFolder> = self
-                        .account
-                        .json(&Call::get(&url), &mut r)
-                        .await
-                        .map_err(|f| f.into_cloud(&self.name))?;
-                    found.extend(
-                        page.value
-                            .into_iter()
-                            .filter(|f| f.display_name.eq_ignore_ascii_case(part)),
-                    );
-                    match page.next_link {
-                        Some(n) => url = n,
-                        None => break,
-                    }
-                }
-            }
-            // The service may compare names case-insensitively; an exact
-            // match wins over those.
-            let exact: Vec<&MailFolder> =
-                found.iter().filter(|f| f.display_name == *part).collect();
-            let pick: Vec<&MailFolder> = if exact.is_empty() {
-                found.iter().collect()
-            } else {
-                exact
-            };
-            match pick.as_slice() {
-                [one] => parent = Some(one.id.clone()),
-                [] => {
-                    return Err(self.err(
-                        ErrorKind::NotFound,
-                        format!(
-                            "Office365 folder {so_far:?} not found (looking for {:?})",
-                            self.path
-                        ),
-                    ));
-                }
-                many => {
-                    return Err(self.err(
-                        ErrorKind::Config,
-                        format!(
-                            "Office365 folder name {so_far:?} is ambiguous: {} folders match (looking for {:?})",
-                            many.len(),
-                            self.path
-                        ),
-                    ));
-                }
-            }
+            let found = self
+                .children_named(parent.as_deref(), part, &so_far)
+                .await?;
+            parent = Some(self.pick(found, part, &so_far)?);
         }
         let id = parent.unwrap_or_default();
         tracing::debug!(mailbox = %self.name, "folder {:?} resolved", self.path);
         *lock(&self.folder_id) = Some(id.clone());
         Ok(id)
+    }
+
+    /// The id of the well-known folder `top` names, if it names one. A
+    /// well-known name ("inbox", "archive", ...) works whatever the
+    /// mailbox's language calls the folder, so it is tried first for the
+    /// top level; the Python program's configs say `Office365("inbox", ..)`.
+    async fn well_known(&self, top: &str) -> Result<Option<String>, CloudError> {
+        let top = top.to_ascii_lowercase();
+        if !WELL_KNOWN.contains(&top.as_str()) {
+            return Ok(None);
+        }
+        let url = self.account.url(&format!("/me/mailFolders/{top}"));
+        let mut r = Retrier::new(&self.account, &self.name);
+        match self
+            .account
+            .json::<MailFolder>(&Call::get(&url), &mut r)
+            .await
+        {
+            Ok(f) => Ok(Some(f.id)),
+            Err(f) => {
+                let e = f.into_cloud(&self.name);
+                if e.kind == ErrorKind::NotFound {
+                    Ok(None)
+                } else {
+                    Err(e)
+                }
+            }
+        }
+    }
+
+    /// The folders named `part` (ignoring case) under `parent` (the top
+    /// level when `None`); `so_far` is the path up to `part`, for errors.
+    async fn children_named(
+        &self,
+        parent: Option<&str>,
+        part: &str,
+        so_far: &str,
+    ) -> Result<Vec<MailFolder>, CloudError> {
+        let base = match parent {
+            None => self.account.url("/me/mailFolders"),
+            Some(p) => self
+                .account
+                .url(&format!("/me/mailFolders/{}/childFolders", path_segment(p))),
+        };
+        let filter = format!("displayName eq '{}'", part.replace('\'', "''"));
+        let found = self
+            .all_pages(format!("{base}?$filter={}", query_value(&filter)))
+            .await
+            .map_err(|mut e| {
+                e.message = format!("looking up folder {so_far:?}: {}", e.message);
+                e
+            })?;
+        if !found.is_empty() {
+            return Ok(found);
+        }
+        // The filter may compare exactly where the user's config differs in
+        // case: list the children and compare ignoring case.
+        let all = self.all_pages(base).await?;
+        Ok(all
+            .into_iter()
+            .filter(|f| f.display_name.eq_ignore_ascii_case(part))
+            .collect())
+    }
+
+    /// Every folder of a collection, following `@odata.nextLink` from `url`.
+    async fn all_pages(&self, mut url: String) -> Result<Vec<MailFolder>, CloudError> {
+        let mut found = Vec::new();
+        loop {
+            let mut r = Retrier::new(&self.account, &self.name);
+            let page: Page<MailFolder> = self
+                .account
+                .json(&Call::get(&url), &mut r)
+                .await
+                .map_err(|f| f.into_cloud(&self.name))?;
+            found.extend(page.value);
+            match page.next_link {
+                Some(n) => url = n,
+                None => return Ok(found),
+            }
+        }
+    }
+
+    /// The one folder of `found` that `part` means: an exact match wins
+    /// over ones the service matched ignoring case; none or several is an
+    /// error naming `so_far`.
+    fn pick(&self, found: Vec<MailFolder>, part: &str, so_far: &str) -> Result<String, CloudError> {
+        let (exact, other): (Vec<MailFolder>, Vec<MailFolder>) =
+            found.into_iter().partition(|f| f.display_name == part);
+        let mut pick = if exact.is_empty() { other } else { exact };
+        match pick.len() {
+            1 => Ok(pick.remove(0).id),
+            0 => Err(self.err(
+                ErrorKind::NotFound,
+                format!(
+                    "Office365 folder {so_far:?} not found (looking for {:?})",
+                    self.path
+                ),
+            )),
+            many => Err(self.err(
+                ErrorKind::Config,
+                format!(
+                    "Office365 folder name {so_far:?} is ambiguous: {many} folders match (looking for {:?})",
+                    self.path
+                ),
+            )),
+        }
     }
 
     fn initial_delta_url(&self, folder_id: &str) -> String {
