@@ -96,6 +96,53 @@ fn flags_of(bits: u8) -> Flags {
     f
 }
 
+/// What history records say about each message they name: its label bits
+/// after them, or `None` when a metadata request must tell.
+struct Touched<'a> {
+    /// The listing the records apply to.
+    base: &'a Listing,
+    lb: &'a LabelBits<'a>,
+    bits: HashMap<String, Option<u8>>,
+}
+
+impl Touched<'_> {
+    /// The bits of `id` as the records so far leave them.
+    fn current(&self, id: &str) -> Option<u8> {
+        match self.bits.get(id) {
+            Some(s) => *s,
+            None => self.base.messages.get(id).map(|k| k.bits),
+        }
+    }
+
+    /// Apply one history record.
+    fn record(&mut self, rec: wire::History) {
+        let lb = self.lb;
+        for m in rec.messages_added {
+            let bits = m.message.label_ids.as_deref().map(|l| lb.of(l));
+            self.bits.insert(m.message.id, bits);
+        }
+        for c in rec.labels_added {
+            let bits = match c.message.label_ids.as_deref() {
+                Some(full) => Some(lb.of(full)),
+                None => self.current(&c.message.id).map(|b| b | lb.of(&c.label_ids)),
+            };
+            self.bits.insert(c.message.id, bits);
+        }
+        for c in rec.labels_removed {
+            let bits = match c.message.label_ids.as_deref() {
+                Some(full) => Some(lb.of(full)),
+                None => self
+                    .current(&c.message.id)
+                    .map(|b| b & !lb.of(&c.label_ids)),
+            };
+            self.bits.insert(c.message.id, bits);
+        }
+        for m in rec.messages_deleted {
+            self.bits.insert(m.message.id, Some(0));
+        }
+    }
+}
+
 /// What is remembered of a listed message.
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct Known {
@@ -393,18 +440,40 @@ impl Mailbox {
         since: HistoryId,
     ) -> Result<Listing, ApiError> {
         let lb = LabelBits { label };
-        // Per touched message: Some(bits) when its labels are known after
-        // the records, None when a metadata request must tell.
-        let mut touched: HashMap<String, Option<u8>> = HashMap::new();
-        let current = |t: &HashMap<String, Option<u8>>, id: &str| -> Option<u8> {
-            match t.get(id) {
-                Some(s) => *s,
-                None => base.messages.get(id).map(|k| k.bits),
-            }
+        let mut touched = Touched {
+            base,
+            lb: &lb,
+            bits: HashMap::new(),
         };
+        let (now, records) = self.history(label, since, &mut touched).await?;
+        let (mut messages, to_fetch) = self.apply(base, &lb, touched.bits);
+        tracing::debug!(
+            mailbox = %self.name,
+            %since,
+            %now,
+            records,
+            fetch = to_fetch.len(),
+            "gmail: history applied"
+        );
+        self.fill_metadata(&lb, &mut messages, to_fetch).await?;
+        Ok(Listing {
+            label_id: Some(label.to_string()),
+            history_id: Some(now.max(since)),
+            messages,
+        })
+    }
+
+    /// Read the history of `label` since `since`, page by page, into
+    /// `touched`; the history id it is complete as of, and the records read.
+    async fn history(
+        &self,
+        label: &str,
+        since: HistoryId,
+        touched: &mut Touched<'_>,
+    ) -> Result<(HistoryId, usize), ApiError> {
         let mut token: Option<String> = None;
         let mut records = 0usize;
-        let now = loop {
+        loop {
             let mut q = vec![
                 ("startHistoryId", since.to_string()),
                 ("labelId", label.to_string()),
@@ -419,27 +488,7 @@ impl Mailbox {
                 .await?;
             records += page.history.len();
             for rec in page.history {
-                for m in rec.messages_added {
-                    let bits = m.message.label_ids.as_deref().map(|l| lb.of(l));
-                    touched.insert(m.message.id, bits);
-                }
-                for c in rec.labels_added {
-                    let bits = match c.message.label_ids.as_deref() {
-                        Some(full) => Some(lb.of(full)),
-                        None => current(&touched, &c.message.id).map(|b| b | lb.of(&c.label_ids)),
-                    };
-                    touched.insert(c.message.id, bits);
-                }
-                for c in rec.labels_removed {
-                    let bits = match c.message.label_ids.as_deref() {
-                        Some(full) => Some(lb.of(full)),
-                        None => current(&touched, &c.message.id).map(|b| b & !lb.of(&c.label_ids)),
-                    };
-                    touched.insert(c.message.id, bits);
-                }
-                for m in rec.messages_deleted {
-                    touched.insert(m.message.id, Some(0));
-                }
+                touched.record(rec);
             }
             match page.next_page_token {
                 Some(t) if Some(&t) != token.as_ref() => token = Some(t),
@@ -452,9 +501,19 @@ impl Mailbox {
                         message: "history.list repeated its page token".into(),
                     });
                 }
-                None => break parse_history_id(&page.history_id)?,
+                None => return Ok((parse_history_id(&page.history_id)?, records)),
             }
-        };
+        }
+    }
+
+    /// `base` with the `touched` label bits applied; the ids whose labels
+    /// only a metadata request can tell come back apart, sorted.
+    fn apply(
+        &self,
+        base: &Listing,
+        lb: &LabelBits<'_>,
+        touched: HashMap<String, Option<u8>>,
+    ) -> (BTreeMap<String, Known>, Vec<String>) {
         let mut messages = base.messages.clone();
         let mut to_fetch = Vec::new();
         for (id, bits) in touched {
@@ -481,20 +540,7 @@ impl Mailbox {
             }
         }
         to_fetch.sort();
-        tracing::debug!(
-            mailbox = %self.name,
-            %since,
-            %now,
-            records,
-            fetch = to_fetch.len(),
-            "gmail: history applied"
-        );
-        self.fill_metadata(&lb, &mut messages, to_fetch).await?;
-        Ok(Listing {
-            label_id: Some(label.to_string()),
-            history_id: Some(now.max(since)),
-            messages,
-        })
+        (messages, to_fetch)
     }
 
     /// Ask for the metadata of `ids` (batched) and put the ones in the

@@ -417,70 +417,9 @@ impl Mailbox {
                     None => (self.initial_delta_url(&folder), true, Vec::new()),
                 },
             };
-            let prefer = format!("odata.maxpagesize={PAGE_SIZE}");
-            let mut pages = 0u32;
-            let outcome = loop {
-                let call = Call {
-                    prefer: Some(&prefer),
-                    ..Call::get(&url)
-                };
-                let mut r = Retrier::new(&self.account, &self.name);
-                match self.account.json::<Page<DeltaMessage>>(&call, &mut r).await {
-                    Ok(page) => {
-                        pages += 1;
-                        changes.extend(page.value.into_iter().map(Change::from_wire));
-                        match (page.next_link, page.delta_link) {
-                            (Some(next), _) => url = next,
-                            (None, Some(delta)) => break Ok(delta),
-                            (None, None) => {
-                                break Err(Failure::Cloud(self.err(
-                                    ErrorKind::Retry,
-                                    "delta page without nextLink or deltaLink",
-                                )));
-                            }
-                        }
-                    }
-                    Err(f) => break Err(f),
-                }
-            };
+            let outcome = self.delta_pages(&mut url, &mut changes).await;
             match outcome {
-                Ok(delta) => {
-                    let n = changes.len();
-                    let mut c = lock(&self.committed);
-                    if full {
-                        c.entries.clear();
-                        c.changed.all();
-                    }
-                    let mut touched = std::collections::BTreeSet::new();
-                    for ch in changes {
-                        c.changed.touch(ch.id());
-                        if !full {
-                            touched.insert(ch.id().to_string());
-                        }
-                        ch.apply(&mut c.entries);
-                    }
-                    c.delta_link = Some(delta);
-                    tracing::debug!(
-                        mailbox = %self.name,
-                        full,
-                        pages,
-                        changes = n,
-                        listed = c.entries.len(),
-                        "delta round done"
-                    );
-                    if full {
-                        drop(c);
-                        return Ok(Listed::Full(self.snapshot()));
-                    }
-                    let (mut upsert, mut gone) = (Vec::new(), Vec::new());
-                    for id in touched {
-                        match c.entries.get_key_value(id.as_str()) {
-                            Some((key, e)) => upsert.push(e.listed(key)),
-                            None => gone.push(id),
-                        }
-                    }
-                    return Ok(Listed::Changes { upsert, gone });
-                }
+                Ok((delta, pages)) => return Ok(self.commit_round(full, changes, delta, pages)),
                 Err(Failure::Api { status, code, .. }) if needs_resync(status, &code) => {
                     resyncs += 1;
                     tracing::warn!(
@@ -520,6 +459,86 @@ impl Mailbox {
                 }
             }
         }
+    }
+
+    /// Fetch delta pages from `url` on, adding their items to `changes`,
+    /// until the round's delta link (returned with the pages fetched). On
+    /// failure `url` is the page that failed, to resume from.
+    async fn delta_pages(
+        &self,
+        url: &mut String,
+        changes: &mut Vec<Change>,
+    ) -> Result<(DeltaLink, u32), Failure> {
+        let prefer = format!("odata.maxpagesize={PAGE_SIZE}");
+        let mut pages = 0u32;
+        loop {
+            let call = Call {
+                prefer: Some(&prefer),
+                ..Call::get(url)
+            };
+            let mut r = Retrier::new(&self.account, &self.name);
+            let page = self
+                .account
+                .json::<Page<DeltaMessage>>(&call, &mut r)
+                .await?;
+            pages += 1;
+            changes.extend(page.value.into_iter().map(Change::from_wire));
+            match (page.next_link, page.delta_link) {
+                (Some(next), _) => *url = next,
+                (None, Some(delta)) => return Ok((delta, pages)),
+                (None, None) => {
+                    return Err(Failure::Cloud(
+                        self.err(ErrorKind::Retry, "delta page without nextLink or deltaLink"),
+                    ));
+                }
+            }
+        }
+    }
+
+    /// Apply a finished delta round to the committed listing: the whole
+    /// folder (`full`) or what changed.
+    fn commit_round(
+        &self,
+        full: bool,
+        changes: Vec<Change>,
+        delta: DeltaLink,
+        pages: u32,
+    ) -> Listed {
+        let n = changes.len();
+        let mut c = lock(&self.committed);
+        if full {
+            c.entries.clear();
+            c.changed.all();
+        }
+        let mut touched = std::collections::BTreeSet::new();
+        for ch in changes {
+            c.changed.touch(ch.id());
+            if !full {
+                touched.insert(ch.id().to_string());
+            }
+            ch.apply(&mut c.entries);
+        }
+        c.delta_link = Some(delta);
+        tracing::debug!(
+            mailbox = %self.name,
+            full,
+            pages,
+            changes = n,
+            listed = c.entries.len(),
+            "delta round done"
+        );
+        if full {
+            drop(c);
+            return Listed::Full(self.snapshot());
+        }
+        let (mut upsert, mut gone) = (Vec::new(), Vec::new());
+        for id in touched {
+            match c.entries.get_key_value(id.as_str()) {
+                Some((key, e)) => upsert.push(e.listed(key)),
+                None => gone.push(id),
+            }
+        }
+        Listed::Changes { upsert, gone }
     }
 
     async fn fetch_impl(&self, id: &str, out: &mut Sink) -> Result<(), CloudError> {
