@@ -11,6 +11,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use rustix::fs::Mode;
+use rustix::process::umask;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::watch;
@@ -140,11 +142,9 @@ pub fn bind(path: &Path, mode: u32) -> Result<UnixListener, CredsrvError> {
     }
     // Bind under a restrictive umask so the socket is never more open than
     // asked, even for an instant; then set the exact mode.
-    // SAFETY: umask only changes this process's file-creation mask.
-    let old = unsafe { libc::umask(0o077) };
+    let old = umask(Mode::from_raw_mode(0o077));
     let listener = UnixListener::bind(path);
-    // SAFETY: as above, restoring the previous mask.
-    unsafe { libc::umask(old) };
+    umask(old);
     let listener = listener.map_err(err)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(err)?;
     Ok(listener)
@@ -220,6 +220,30 @@ mod tests {
         assert_eq!(parse_request("SMTP"), None);
         assert_eq!(parse_request("SMTP nobody"), None);
         assert_eq!(parse_request("SMTP a@b c@d"), None);
+    }
+
+    /// This process's file-creation mask, read without changing it.
+    fn current_umask() -> u32 {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        let line = status.lines().find(|l| l.starts_with("Umask:")).unwrap();
+        u32::from_str_radix(line["Umask:".len()..].trim(), 8).unwrap()
+    }
+
+    #[tokio::test]
+    async fn bind_sets_the_mode_and_restores_the_umask() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sock");
+        let before = current_umask();
+        let _listener = bind(&path, 0o660).unwrap();
+        assert_eq!(current_umask(), before);
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode, 0o660);
+        // A stale socket is replaced; another kind of file is refused.
+        drop(_listener);
+        bind(&path, 0o600).unwrap();
+        let plain = dir.path().join("plain");
+        std::fs::write(&plain, b"x").unwrap();
+        assert!(bind(&plain, 0o600).is_err());
     }
 
     #[test]

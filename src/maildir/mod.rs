@@ -22,6 +22,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use rustix::process::Pid;
+
 use crate::fsutil::{self, FsError, InodeKey};
 use crate::types::Flags;
 
@@ -601,8 +603,6 @@ fn stat_err(path: &Path, source: io::Error) -> MaildirError {
     }
 }
 
-/// This host's name, made safe for a maildir file name ('/' and ':'
-/// replaced), or `localhost` when it cannot be read.
 /// The pid in a `tmp/` name made by [`Maildir::new_base_name`] on the host
 /// whose suffix is `host` (`.<hostname>`), if it is one.
 fn our_delivery_pid(name: &str, host: &str) -> Option<u32> {
@@ -615,28 +615,27 @@ fn our_delivery_pid(name: &str, host: &str) -> Option<u32> {
     pid.parse().ok()
 }
 
-/// True when a process with this pid exists.
+/// True when a process with this pid exists (signal 0: nothing is sent;
+/// `EPERM` means it exists but is not ours). Pid 0 and pids beyond the
+/// kernel's range are no process.
 fn process_alive(pid: u32) -> bool {
-    let Ok(pid) = libc::pid_t::try_from(pid) else {
+    let Some(pid) = i32::try_from(pid).ok().and_then(Pid::from_raw) else {
         return false;
     };
-    // SAFETY: signal 0 only checks that the process exists; nothing is sent.
-    let rc = unsafe { libc::kill(pid, 0) };
-    rc == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+    match rustix::process::test_kill_process(pid) {
+        Ok(()) => true,
+        Err(e) => e == rustix::io::Errno::PERM,
+    }
 }
 
+/// This host's name (the `uname` node name, which is what `gethostname`
+/// returns), made safe for a maildir file name ('/' and ':' replaced), or
+/// `localhost` when it is empty.
 fn hostname() -> String {
-    let mut buf = [0u8; 256];
-    // SAFETY: the buffer is valid for `buf.len()` bytes; gethostname writes
-    // at most that many and we stop at the first NUL or at the end.
-    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
-    let len = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
-    let name = if rc == 0 {
-        String::from_utf8_lossy(&buf[..len]).into_owned()
-    } else {
-        String::new()
-    };
-    let name: String = name
+    let uname = rustix::system::uname();
+    let name: String = uname
+        .nodename()
+        .to_string_lossy()
         .chars()
         .map(|c| {
             if c == '/' || c == ':' || c.is_control() {

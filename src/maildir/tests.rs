@@ -310,3 +310,17 @@ fn interrupted_deliveries_of_dead_processes_are_cleared() {
     want.sort();
     assert_eq!(left, want, "only the dead process's delivery goes");
 }
+
+#[test]
+fn process_liveness_and_hostname() {
+    assert!(super::process_alive(std::process::id()));
+    // pid 1 exists (EPERM when it is not ours counts as alive).
+    assert!(super::process_alive(1));
+    // Beyond the kernel's pid_max, beyond i32, and pid 0: no process.
+    assert!(!super::process_alive(4_999_999));
+    assert!(!super::process_alive(u32::MAX));
+    assert!(!super::process_alive(0));
+    let host = super::hostname();
+    assert!(!host.is_empty());
+    assert!(!host.contains('/') && !host.contains(':'));
+}

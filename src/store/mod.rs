@@ -29,10 +29,10 @@ pub(crate) mod statefile;
 pub use hash::{ContentHasher, hash_bytes, hash_file, hash_reader};
 
 use foldhash::{HashSet, HashSetExt};
+use rustix::fs::{FlockOperation, flock};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::OpenOptionsExt;
-use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -1311,10 +1311,8 @@ fn take_lock(path: &Path) -> Result<File, StoreError> {
             path: path.to_path_buf(),
             source,
         })?;
-    // SAFETY: flock on a file descriptor we own; no memory is involved.
-    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-    if rc != 0 {
-        let err = io::Error::last_os_error();
+    if let Err(errno) = flock(&file, FlockOperation::NonBlockingLockExclusive) {
+        let err = io::Error::from(errno);
         return Err(if err.kind() == io::ErrorKind::WouldBlock {
             StoreError::Locked {
                 path: path.to_path_buf(),
