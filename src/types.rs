@@ -8,40 +8,39 @@ use serde::{Deserialize, Serialize};
 
 /// The four message flags the product tracks, as a bit set with the values
 /// the Python config API exposes (`FLAG_REPLIED=1`, `FLAG_READ=2`,
-/// `FLAG_FLAGGED=4`, `FLAG_DELETED=8`).
+/// `FLAG_FLAGGED=4`, `FLAG_DELETED=8`). The set operations (`|`, `&`, `^`,
+/// `!` within the four bits, `-`, `contains`, `is_empty`, iteration) come
+/// from `bitflags`; the field stays public so stored and wire values (`u8`)
+/// convert as they are.
 #[derive(
     Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
 )]
 #[serde(transparent)]
 pub struct Flags(pub u8);
 
+bitflags::bitflags! {
+    impl Flags: u8 {
+        /// The message was answered (maildir `R`).
+        const REPLIED = 1;
+        /// The message was read (maildir `S`).
+        const READ = 2;
+        /// The message is flagged for follow-up (maildir `F`).
+        const FLAGGED = 4;
+        /// The message is marked for deletion (maildir `T`).
+        const DELETED = 8;
+    }
+}
+
 impl Flags {
     /// No flag set.
-    pub const NONE: Flags = Flags(0);
-    /// The message was answered (maildir `R`).
-    pub const REPLIED: Flags = Flags(1);
-    /// The message was read (maildir `S`).
-    pub const READ: Flags = Flags(2);
-    /// The message is flagged for follow-up (maildir `F`).
-    pub const FLAGGED: Flags = Flags(4);
-    /// The message is marked for deletion (maildir `T`).
-    pub const DELETED: Flags = Flags(8);
+    pub const NONE: Flags = Flags::empty();
     /// Every flag bit.
-    pub const ALL: Flags = Flags(15);
+    pub const ALL: Flags = Flags::all();
 
-    /// True when every bit of `other` is set in `self`.
-    pub fn contains(self, other: Flags) -> bool {
-        self.0 & other.0 == other.0
-    }
-
-    /// `self` with the bits of `other` set or cleared.
+    /// `self` with the bits of `other` set or cleared (clearing also drops
+    /// bits outside the four, as `& !other` does).
     pub fn with(self, other: Flags, on: bool) -> Flags {
         if on { self | other } else { self & !other }
-    }
-
-    /// True when no bit is set.
-    pub fn is_empty(self) -> bool {
-        self.0 == 0
     }
 }
 
@@ -62,40 +61,6 @@ impl fmt::Display for Flags {
             }
         }
         Ok(())
-    }
-}
-
-impl std::ops::BitOr for Flags {
-    type Output = Flags;
-    fn bitor(self, rhs: Flags) -> Flags {
-        Flags(self.0 | rhs.0)
-    }
-}
-
-impl std::ops::BitAnd for Flags {
-    type Output = Flags;
-    fn bitand(self, rhs: Flags) -> Flags {
-        Flags(self.0 & rhs.0)
-    }
-}
-
-impl std::ops::BitXor for Flags {
-    type Output = Flags;
-    fn bitxor(self, rhs: Flags) -> Flags {
-        Flags(self.0 ^ rhs.0)
-    }
-}
-
-impl std::ops::Not for Flags {
-    type Output = Flags;
-    fn not(self) -> Flags {
-        Flags(!self.0 & Flags::ALL.0)
-    }
-}
-
-impl std::ops::BitOrAssign for Flags {
-    fn bitor_assign(&mut self, rhs: Flags) {
-        self.0 |= rhs.0;
     }
 }
 
@@ -216,6 +181,47 @@ mod tests {
         assert!(!f.contains(Flags::REPLIED));
         assert_eq!(f.with(Flags::READ, false), Flags::FLAGGED);
         assert_eq!(!Flags::NONE, Flags::ALL);
+    }
+
+    /// The bitflags operations agree with the hand-written ones they
+    /// replaced on every `u8`, bits outside the four included (a stored or
+    /// cloud value may carry them).
+    #[test]
+    fn flag_ops_match_the_plain_bit_arithmetic() {
+        for a in 0..=u8::MAX {
+            let fa = Flags(a);
+            assert_eq!((!fa).0, !a & 15);
+            assert_eq!(fa.is_empty(), a == 0);
+            for b in 0..=u8::MAX {
+                let fb = Flags(b);
+                assert_eq!((fa | fb).0, a | b);
+                assert_eq!((fa & fb).0, a & b);
+                assert_eq!((fa ^ fb).0, a ^ b);
+                assert_eq!(fa.contains(fb), a & b == b);
+                assert_eq!(fa.with(fb, true).0, a | b);
+                assert_eq!(fa.with(fb, false).0, a & (!b & 15));
+                let mut or = fa;
+                or |= fb;
+                assert_eq!(or.0, a | b);
+                assert_eq!(fa.cmp(&fb), a.cmp(&b));
+            }
+        }
+        assert_eq!((Flags::NONE.0, Flags::ALL.0), (0, 15));
+        assert_eq!(
+            [Flags::REPLIED, Flags::READ, Flags::FLAGGED, Flags::DELETED].map(|f| f.0),
+            [1, 2, 4, 8]
+        );
+        assert_eq!(Flags::default(), Flags::NONE);
+    }
+
+    #[test]
+    fn flag_display_debug_and_serde() {
+        assert_eq!(Flags::NONE.to_string(), "-");
+        assert_eq!(Flags::ALL.to_string(), "FRST");
+        assert_eq!((Flags::READ | Flags::REPLIED).to_string(), "RS");
+        assert_eq!(format!("{:?}", Flags::READ), "Flags(2)");
+        assert_eq!(serde_json::to_string(&Flags(5)).unwrap(), "5");
+        assert_eq!(serde_json::from_str::<Flags>("11").unwrap(), Flags(11));
     }
 }
 

@@ -279,7 +279,7 @@ impl Model {
                     return;
                 }
                 let v = self.cloud.get_mut(&k).unwrap();
-                v.1 = v.1 ^ b;
+                v.1 ^= b;
                 let (c, on) = (v.0, v.1.contains(b));
                 let key = (c, bit as usize);
                 // Copies changed both ways before the daemon saw them: the
@@ -352,7 +352,7 @@ impl Model {
                     return;
                 };
                 let f = self.files.get_mut(&k).unwrap();
-                f.1 = f.1 ^ SYNCED_BITS[bit as usize];
+                f.1 ^= SYNCED_BITS[bit as usize];
                 let (c, v) = (f.0, f.1.contains(SYNCED_BITS[bit as usize]));
                 let b = SYNCED_BITS[bit as usize];
                 // A write back to the local base is no change the daemon can

@@ -12,7 +12,7 @@ pub use crate::types::DeleteAction;
 use crate::types::{ContentHash, Flags};
 
 /// The flags a cloud can hold; `T` is local only (a deletion request).
-pub(crate) const SYNCED: Flags = Flags(Flags::REPLIED.0 | Flags::READ.0 | Flags::FLAGGED.0);
+pub(crate) const SYNCED: Flags = Flags::REPLIED.union(Flags::READ).union(Flags::FLAGGED);
 
 /// A maildir that lost more than this many files may be a mass deletion.
 const GUARD_MIN_MISSING: usize = 50;
@@ -606,7 +606,7 @@ fn first_sight(input: &PlanInput, g: &Group<'_>) -> Flags {
     for f in &g.local {
         local |= f.flags;
     }
-    local = local & SYNCED;
+    local &= SYNCED;
     if offline(input, g) && !g.local.is_empty() {
         return local;
     }
@@ -927,7 +927,7 @@ pub fn next_state(input: &PlanInput, plan: &Plan, outcomes: &[Outcome]) -> LastS
                 // hold the result look changed, so it is merged again.
                 let (mut all, mut any) = (Flags::ALL, Flags::NONE);
                 for &(_, f) in post {
-                    all = all & f;
+                    all &= f;
                     any |= f;
                 }
                 let disputed = any & !all;
