@@ -44,16 +44,23 @@ const METADATA_QUERY: &str = "format=metadata&metadataHeaders=message-id";
 /// Version of the persisted cursor.
 const CURSOR_VERSION: u32 = 1;
 
-/// The message carries the synced label.
-const IN: u8 = 1;
-/// The message carries `UNREAD`.
-const UNREAD: u8 = 2;
-/// The message carries `STARRED`.
-const STARRED: u8 = 4;
-/// The message carries `TRASH`.
-const TRASH: u8 = 8;
-/// The message carries `SPAM`.
-const SPAM: u8 = 16;
+bitflags::bitflags! {
+    /// The labels of a message that matter for one synced label (stored in
+    /// cursors as their `u8` bits).
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    struct Bits: u8 {
+        /// The message carries the synced label.
+        const IN = 1;
+        /// The message carries `UNREAD`.
+        const UNREAD = 2;
+        /// The message carries `STARRED`.
+        const STARRED = 4;
+        /// The message carries `TRASH`.
+        const TRASH = 8;
+        /// The message carries `SPAM`.
+        const SPAM = 16;
+    }
+}
 
 /// The labels that matter for one synced label, as bits.
 struct LabelBits<'a> {
@@ -61,36 +68,40 @@ struct LabelBits<'a> {
 }
 
 impl LabelBits<'_> {
-    fn mask(&self, l: &str) -> u8 {
-        let mut m = if l == self.label { IN } else { 0 };
+    fn mask(&self, l: &str) -> Bits {
+        let mut m = if l == self.label {
+            Bits::IN
+        } else {
+            Bits::empty()
+        };
         m |= match l {
-            "UNREAD" => UNREAD,
-            "STARRED" => STARRED,
-            "TRASH" => TRASH,
-            "SPAM" => SPAM,
-            _ => 0,
+            "UNREAD" => Bits::UNREAD,
+            "STARRED" => Bits::STARRED,
+            "TRASH" => Bits::TRASH,
+            "SPAM" => Bits::SPAM,
+            _ => Bits::empty(),
         };
         m
     }
 
-    fn of(&self, labels: &[String]) -> u8 {
-        labels.iter().fold(0, |b, l| b | self.mask(l))
+    fn of(&self, labels: &[String]) -> Bits {
+        labels.iter().fold(Bits::empty(), |b, l| b | self.mask(l))
     }
 
     /// True when a message with these bits is listed in the mailbox.
-    fn contains(&self, bits: u8) -> bool {
-        bits & IN != 0
-            && (bits & TRASH == 0 || self.label == "TRASH")
-            && (bits & SPAM == 0 || self.label == "SPAM")
+    fn contains(&self, bits: Bits) -> bool {
+        bits.contains(Bits::IN)
+            && (!bits.contains(Bits::TRASH) || self.label == "TRASH")
+            && (!bits.contains(Bits::SPAM) || self.label == "SPAM")
     }
 }
 
-fn flags_of(bits: u8) -> Flags {
+fn flags_of(bits: Bits) -> Flags {
     let mut f = Flags::NONE;
-    if bits & UNREAD == 0 {
+    if !bits.contains(Bits::UNREAD) {
         f |= Flags::READ;
     }
-    if bits & STARRED != 0 {
+    if bits.contains(Bits::STARRED) {
         f |= Flags::FLAGGED;
     }
     f
@@ -102,12 +113,12 @@ struct Touched<'a> {
     /// The listing the records apply to.
     base: &'a Listing,
     lb: &'a LabelBits<'a>,
-    bits: HashMap<String, Option<u8>>,
+    bits: HashMap<String, Option<Bits>>,
 }
 
 impl Touched<'_> {
     /// The bits of `id` as the records so far leave them.
-    fn current(&self, id: &str) -> Option<u8> {
+    fn current(&self, id: &str) -> Option<Bits> {
         match self.bits.get(id) {
             Some(s) => *s,
             None => self.base.messages.get(id).map(|k| k.bits),
@@ -138,7 +149,7 @@ impl Touched<'_> {
             self.bits.insert(c.message.id, bits);
         }
         for m in rec.messages_deleted {
-            self.bits.insert(m.message.id, Some(0));
+            self.bits.insert(m.message.id, Some(Bits::empty()));
         }
     }
 }
@@ -146,7 +157,7 @@ impl Touched<'_> {
 /// What is remembered of a listed message.
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct Known {
-    bits: u8,
+    bits: Bits,
     received_ms: Option<i64>,
     email_id: Option<String>,
 }
@@ -407,10 +418,10 @@ impl Mailbox {
             let (received_ms, email_id) = meta.remove(&id).unwrap_or_default();
             let mut bits = lb.mask(&label);
             if unread.contains(&id) {
-                bits |= UNREAD;
+                bits |= Bits::UNREAD;
             }
             if starred.contains(&id) {
-                bits |= STARRED;
+                bits |= Bits::STARRED;
             }
             let k = Known {
                 bits,
@@ -512,7 +523,7 @@ impl Mailbox {
         &self,
         base: &Listing,
         lb: &LabelBits<'_>,
-        touched: HashMap<String, Option<u8>>,
+        touched: HashMap<String, Option<Bits>>,
     ) -> (BTreeMap<String, Known>, Vec<String>) {
         let mut messages = base.messages.clone();
         let mut to_fetch = Vec::new();
@@ -696,7 +707,7 @@ fn message_id(m: &wire::Message) -> Option<String> {
 
 /// One listed message as a cursor record.
 fn cursor_record<'a>(id: &'a str, k: &'a Known) -> (&'a str, u8, Option<i64>, &'a Option<String>) {
-    (id, k.bits, k.received_ms, &k.email_id)
+    (id, k.bits.bits(), k.received_ms, &k.email_id)
 }
 
 /// Records in `changed` every id whose entry differs between `old` and
@@ -953,7 +964,7 @@ impl CloudMailbox for Mailbox {
                     (
                         id,
                         Known {
-                            bits,
+                            bits: Bits::from_bits_truncate(bits),
                             received_ms,
                             email_id,
                         },
