@@ -75,3 +75,72 @@ def test_a_misnamed_folder_holds_back_only_itself(cms, fakecloud_factory):
     # not once per poll.
     missing = [line for line in err.splitlines() if "No Such Folder" in line and "not found" in line]
     assert len(missing) <= 2, err[-3000:]
+
+
+GMAIL = "waiting@gmail.example"
+
+CONFIG_WITH_GMAIL = CONFIG + f'''
+other = MailDir("~/mail/gmail")
+gm = GMail("INBOX", GMail_Account(user="{GMAIL}"))
+gm.poll_interval = 1
+def direct_message(msg):
+    return other if msg.mailbox is gm else inbox
+cfg.direct_message = direct_message
+'''
+
+
+def test_offline_ends_per_folder_with_another_account_waiting_for_a_login(cms, fakecloud_factory):
+    """--offline with one folder misnamed and one account never logged in:
+    the good folder's deletion made while stopped reaches the cloud after
+    its own first cycle; the misnamed folder is retried rarely; the account
+    waiting for its login sends nothing; nothing hot-loops."""
+    cloud = fakecloud_factory("--populate-o365", f"{USER}:Inbox:6",
+                              "--populate-gmail", f"{GMAIL}:INBOX:3")
+    cms.use_cloud(cloud)
+    cms.write_cfg(CONFIG)
+    first = cms.run("--once", check=False)
+    assert first.returncode == 1, first.stderr[-3000:]
+    assert len(maildir_files(cms.home)) == 6
+
+    # A "browser" that logs in to Microsoft and never to Google.
+    browser = cms.home / "browser.py"
+    browser.write_text(
+        "#!/usr/bin/python3\n"
+        "import sys, urllib.request\n"
+        "class NoGoogle(urllib.request.HTTPRedirectHandler):\n"
+        "    def redirect_request(self, req, fp, code, msg, hdrs, newurl):\n"
+        "        if 'google' in newurl:\n"
+        "            return None\n"
+        "        return super().redirect_request(req, fp, code, msg, hdrs, newurl)\n"
+        "try:\n"
+        "    urllib.request.build_opener(NoGoogle).open(sys.argv[1], timeout=30).read()\n"
+        "except Exception:\n"
+        "    pass\n"
+    )
+    cms.write_cfg(CONFIG_WITH_GMAIL)
+    os.unlink(maildir_files(cms.home)[0])
+    cloud.control("stats", method="DELETE")
+    proc = subprocess.Popen([str(binary("cloud-mdir-sync")), "--offline"], cwd=cms.home,
+                            env=cms.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for("the restore of the removed file", lambda: len(maildir_files(cms.home)) == 6, 30)
+        # After the good folder's first cycle, a removal is a deletion in
+        # the cloud, though another folder and another account never synced.
+        os.unlink(maildir_files(cms.home)[0])
+        wait_for("the archive in the cloud", lambda: len(inbox_messages(cloud)) == 5, 30)
+        cloud.control("stats", method="DELETE")
+        time.sleep(10)
+        routes = cloud.stats()["routes"]
+        polls = requests(cloud, lambda r: r.endswith("/messages/delta"))
+        lookups = requests(cloud, lambda r: "mailFolders" in r and not r.endswith("/messages/delta"))
+        gmail = requests(cloud, lambda r: r.startswith("gmail"))
+        assert polls >= 5, routes
+        assert lookups <= 1, routes
+        assert gmail == 0, routes
+        assert len(maildir_files(cms.home)) == 5
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=30)
+    assert_no_tokens(err)
+    assert proc.returncode == 0, err[-3000:]
+    assert GMAIL in err and "login" in err, err[-3000:]
