@@ -407,8 +407,9 @@ impl Mailbox {
     /// the round changed.
     async fn list_impl(&self) -> Result<Listed, CloudError> {
         let mut pending = self.listing.lock().await;
-        let folder = self.folder_id().await?;
+        let mut folder = self.folder_id().await?;
         let mut resyncs = 0;
+        let mut relooked = false;
         loop {
             let (mut url, full, mut changes) = match pending.take() {
                 Some(p) => (p.next, p.full, p.changes),
@@ -438,14 +439,19 @@ impl Mailbox {
                     status: 404,
                     code,
                     message,
-                }) => {
-                    // The folder itself went away: look it up again next time.
+                }) if !relooked => {
+                    // The folder itself went away (deleted, or moved out of
+                    // its path): look its path up again now. Gone for good
+                    // is `NotFound`; a folder there again is listed whole.
+                    relooked = true;
+                    tracing::info!(
+                        mailbox = %self.name,
+                        "folder answered HTTP 404 {code} ({message}): looking up {:?} again",
+                        self.path
+                    );
                     *lock(&self.folder_id) = None;
                     lock(&self.committed).delta_link = None;
-                    return Err(self.err(
-                        ErrorKind::Retry,
-                        format!("folder {:?} gone? HTTP 404 {code}: {message}", self.path),
-                    ));
+                    folder = self.folder_id().await?;
                 }
                 Err(f) => {
                     // Keep what this round fetched; the next call resumes at
