@@ -15,9 +15,9 @@ use rustix::fs::Mode;
 use rustix::process::umask;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::watch;
 
 use crate::auth::{Audience, TokenSource};
+use crate::shutdown::{self, StopSignal, TaskTracker};
 use crate::types::{CloudKind, Protocol};
 
 /// Longest request accepted.
@@ -150,30 +150,43 @@ pub fn bind(path: &Path, mode: u32) -> Result<UnixListener, CredsrvError> {
     Ok(listener)
 }
 
-/// Serve `broker` on `listener` until `shutdown` turns true; removes the
-/// socket file at the end.
+/// Serve `broker` on `listener` until `shutdown` (a token, or a watch that
+/// turns true); removes the socket file at the end.
+/// Each connection is a task tracked here; a stop abandons the ones still
+/// running (their clients see the connection close without data) and waits
+/// for them before returning.
 pub async fn serve(
     listener: UnixListener,
     path: PathBuf,
     broker: Arc<Broker>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: impl Into<StopSignal>,
 ) {
-    loop {
-        tokio::select! {
-            _ = shutdown.changed() => break,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => {
-                    let broker = broker.clone();
-                    tokio::spawn(async move { handle(stream, &broker).await });
-                }
-                Err(e) => {
-                    tracing::warn!("credential socket accept failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
+    shutdown
+        .into()
+        .drive(|stop| async move {
+            let connections = TaskTracker::new();
+            loop {
+                tokio::select! {
+                    () = stop.cancelled() => break,
+                    accepted = listener.accept() => match accepted {
+                        Ok((stream, _)) => {
+                            let (broker, stop) = (broker.clone(), stop.clone());
+                            connections.spawn(async move {
+                                stop.run_until_cancelled(handle(stream, &broker)).await;
+                            });
+                        }
+                        Err(e) => {
+                            tracing::warn!("credential socket accept failed: {e}");
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                        }
+                    }
                 }
             }
-        }
-    }
-    let _ = std::fs::remove_file(&path);
+            drop(listener);
+            let _ = std::fs::remove_file(&path);
+            shutdown::wait_tracked(&connections, "credential connection").await;
+        })
+        .await;
 }
 
 async fn handle(mut stream: UnixStream, broker: &Broker) {

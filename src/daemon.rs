@@ -2,7 +2,10 @@
 //! maildirs, opens the store, and runs sync cycles one at a time, woken by
 //! the maildir watcher (push local changes, no listing), per-folder timers
 //! (a folder's poll, or its retry as its error's kind says: [`schedule`])
-//! and logins. A shutdown signal stops it between cycles, state saved.
+//! and logins. A shutdown signal stops it between cycles, state saved: the
+//! signal cancels the root of a [`crate::shutdown`] tree (the engine and the
+//! credential servers hold child tokens), and the run ends by waiting for
+//! the tasks its tracker holds.
 
 mod folders;
 mod schedule;
@@ -18,6 +21,7 @@ use crate::config::Loaded;
 use crate::credsrv::{self, Broker, BrokerAccount};
 use crate::endpoints::Endpoints;
 use crate::maildir::{self, Maildir, MaildirError};
+use crate::shutdown::{self, CancellationToken, StopSignal, TaskTracker};
 use crate::store::{Store, StoreError};
 use crate::sync::engine::{CycleReport, Engine, Folder, SyncError};
 use schedule::Schedule;
@@ -134,12 +138,24 @@ async fn finish_prepare(p: Preparing) -> Result<(Arc<Store>, Vec<Maildir>), Daem
 
 /// The whole daemon for a loaded config: the login server and token
 /// sources, the cloud backends, the credential servers, then the sync loop
-/// ([`run`]) until `shutdown` turns true.
+/// ([`run`]) until `shutdown` (the root token, or a watch that turns true).
 pub async fn run_config(
     loaded: Loaded,
     opts: Options,
     env: Environment,
-    shutdown: watch::Receiver<bool>,
+    shutdown: impl Into<StopSignal>,
+) -> Result<(), DaemonError> {
+    shutdown
+        .into()
+        .drive(|root| run_config_under(loaded, opts, env, root))
+        .await
+}
+
+async fn run_config_under(
+    loaded: Loaded,
+    opts: Options,
+    env: Environment,
+    root: CancellationToken,
 ) -> Result<(), DaemonError> {
     let cfg = loaded.config.clone();
     let state_dir = cfg.message_db_dir.join("state");
@@ -150,7 +166,7 @@ pub async fn run_config(
         })?;
     }
     if cfg.accounts.is_empty() {
-        return run(loaded, opts, Vec::new(), shutdown).await;
+        return run(loaded, opts, Vec::new(), root).await;
     }
     let preparing = start_prepare(&loaded);
     let auth_opts = crate::auth::daemon_options(
@@ -169,8 +185,10 @@ pub async fn run_config(
         .collect();
     let folders = folders::folders_for(&cfg, &env.endpoints, &sources, env.quota_scale)?;
 
-    // Token brokers.
-    let mut broker_tasks = Vec::new();
+    // Token brokers, on a child token: they stop with the root, and when
+    // the sync loop ends by itself (`--once`).
+    let tracker = TaskTracker::new();
+    let brokers = root.child_token();
     for srv in &cfg.credential_servers {
         let accounts = srv
             .accounts
@@ -188,41 +206,35 @@ pub async fn run_config(
             .collect();
         let listener = credsrv::bind(&srv.path, srv.umask)?;
         tracing::info!("credential server on {}", srv.path.display());
-        broker_tasks.push(tokio::spawn(credsrv::serve(
+        tracker.spawn(credsrv::serve(
             listener,
             srv.path.clone(),
             Arc::new(Broker::new(accounts, srv.protocols.clone())),
-            shutdown.clone(),
-        )));
+            brokers.clone(),
+        ));
     }
 
-    if opts.once {
-        // One cycle needs every syncing account logged in first.
-        let mut shutdown = shutdown.clone();
-        for m in &cfg.mailboxes {
-            let Some(acct) = auth.account(m.account) else {
-                continue;
-            };
-            let who = cfg.accounts[m.account].user.clone().unwrap_or_default();
-            tokio::select! {
-                _ = acct.wait_logged_in() => {}
-                _ = tokio::time::sleep(ONCE_LOGIN_WAIT) => return Err(DaemonError::LoginTimeout(who)),
-                _ = shutdown.changed() => return Ok(()),
+    let result = async {
+        if opts.once {
+            // One cycle needs every syncing account logged in first.
+            for m in &cfg.mailboxes {
+                let Some(acct) = auth.account(m.account) else {
+                    continue;
+                };
+                let who = cfg.accounts[m.account].user.clone().unwrap_or_default();
+                tokio::select! {
+                    _ = acct.wait_logged_in() => {}
+                    _ = tokio::time::sleep(ONCE_LOGIN_WAIT) => return Err(DaemonError::LoginTimeout(who)),
+                    () = root.cancelled() => return Ok(()),
+                }
             }
         }
+        let logins = Some(auth.subscribe());
+        run_with_logins(loaded, opts, folders, &root, logins, preparing, &tracker).await
     }
-    let result = run_with_logins(
-        loaded,
-        opts,
-        folders,
-        shutdown,
-        Some(auth.subscribe()),
-        preparing,
-    )
     .await;
-    for t in broker_tasks {
-        t.abort();
-    }
+    brokers.cancel();
+    shutdown::wait_tracked(&tracker, "daemon").await;
     for srv in &cfg.credential_servers {
         let _ = std::fs::remove_file(&srv.path);
     }
@@ -268,27 +280,78 @@ impl<T: Send + 'static> Drop for FreeLater<T> {
     }
 }
 
-/// Run until `shutdown` turns true (or one cycle with `once`), syncing the
-/// given folders (one per config mailbox, in config order).
+/// Run until `shutdown` (a token, or a watch that turns true) or one cycle
+/// with `once`, syncing the given folders (one per config mailbox, in
+/// config order).
 pub async fn run(
     loaded: Loaded,
     opts: Options,
     folders: Vec<Folder>,
-    shutdown: watch::Receiver<bool>,
+    shutdown: impl Into<StopSignal>,
+) -> Result<(), DaemonError> {
+    run_tracked(loaded, opts, folders, shutdown, &TaskTracker::new()).await
+}
+
+/// [`run`], its tasks held by `tracker`, which is closed and (for at most
+/// [`shutdown::GRACE`]) empty when this returns.
+pub async fn run_tracked(
+    loaded: Loaded,
+    opts: Options,
+    folders: Vec<Folder>,
+    shutdown: impl Into<StopSignal>,
+    tracker: &TaskTracker,
 ) -> Result<(), DaemonError> {
     let preparing = start_prepare(&loaded);
-    run_with_logins(loaded, opts, folders, shutdown, None, preparing).await
+    shutdown
+        .into()
+        .drive(|root| async move {
+            let result =
+                run_with_logins(loaded, opts, folders, &root, None, preparing, tracker).await;
+            shutdown::wait_tracked(tracker, "daemon").await;
+            result
+        })
+        .await
 }
 
 /// [`run`], also woken when a login completes (`logins` changes), so
-/// folders waiting for a login sync at once.
+/// folders waiting for a login sync at once. The engine runs on a child of
+/// `root`, cancelled when this returns, so its background tasks (tracked by
+/// `tracker`) end too; the caller waits for them.
 async fn run_with_logins(
     loaded: Loaded,
     opts: Options,
     folders: Vec<Folder>,
-    mut shutdown: watch::Receiver<bool>,
+    root: &CancellationToken,
     logins: Option<watch::Receiver<u64>>,
     preparing: Preparing,
+    tracker: &TaskTracker,
+) -> Result<(), DaemonError> {
+    let engine_stop = root.child_token();
+    let result = sync_loop(
+        loaded,
+        opts,
+        folders,
+        root,
+        engine_stop.clone(),
+        logins,
+        preparing,
+        tracker,
+    )
+    .await;
+    engine_stop.cancel();
+    result
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn sync_loop(
+    loaded: Loaded,
+    opts: Options,
+    folders: Vec<Folder>,
+    shutdown: &CancellationToken,
+    engine_stop: CancellationToken,
+    logins: Option<watch::Receiver<u64>>,
+    preparing: Preparing,
+    tracker: &TaskTracker,
 ) -> Result<(), DaemonError> {
     let (store, maildirs) = finish_prepare(preparing).await?;
     let _checkpoint = CheckpointAtExit(store.clone());
@@ -320,21 +383,10 @@ async fn run_with_logins(
         })??
     }));
 
-    // A shutdown signal during a cycle stops it after the current action;
-    // the cycle then records what was done, as always.
-    let stop = engine.stop_handle();
-    let mut stop_rx = shutdown.clone();
-    tokio::spawn(async move {
-        loop {
-            if *stop_rx.borrow_and_update() {
-                stop.stop();
-                break;
-            }
-            if stop_rx.changed().await.is_err() {
-                break;
-            }
-        }
-    });
+    // A shutdown signal during a cycle stops it after the current action
+    // (the engine's token is a child of the root); the cycle then records
+    // what was done, as always.
+    engine.attach(engine_stop, tracker.clone());
 
     if opts.once {
         let mut report = engine.cycle().await?;
@@ -342,14 +394,14 @@ async fn run_with_logins(
         // A fixed point: list the folders this cycle changed in the cloud
         // again (one delta call each) and follow, so the deletions it sent
         // are confirmed and their files go now, not in the next run.
-        if report.touched.iter().any(|t| *t) && !*shutdown.borrow() {
+        if report.touched.iter().any(|t| *t) && !shutdown.is_cancelled() {
             let touched = report.touched.clone();
             let again = engine.settle(&touched).await?;
             log_report(&again);
             report.failed += again.failed;
             report.cloud_errors.extend(again.cloud_errors);
         }
-        if *shutdown.borrow() {
+        if shutdown.is_cancelled() {
             tracing::info!("stopped before the cycle completed; what was done is saved");
             return Ok(());
         }
@@ -384,7 +436,7 @@ async fn run_with_logins(
             engine.request_rescan();
         }
         let result = engine.poll(&relist).await;
-        if *shutdown.borrow() {
+        if shutdown.is_cancelled() {
             tracing::info!("stopping; state saved");
             return Ok(());
         }
@@ -412,7 +464,7 @@ async fn run_with_logins(
         let busy = engine.background_busy();
         let background = engine.background_ready();
         tokio::select! {
-            _ = shutdown.changed() => {
+            () = shutdown.cancelled() => {
                 tracing::info!("stopping");
                 return Ok(());
             }
@@ -436,7 +488,7 @@ async fn run_with_logins(
         while let Ok(event) = events.try_recv() {
             engine.files_changed(event);
         }
-        if *shutdown.borrow() {
+        if shutdown.is_cancelled() {
             return Ok(());
         }
     }
@@ -458,5 +510,73 @@ fn log_report(r: &CycleReport) {
         tracing::info!("sync: {}", summary(r));
     } else {
         tracing::debug!("sync: nothing to do");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cloud::memory::MemoryMailbox;
+    use crate::config::{PathContext, PyActor};
+    use crate::types::{DeleteAction, Flags};
+
+    /// A stop ends the run with success, and by then every task it tracked
+    /// (the engine's listings and downloads) has ended.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_stopped_run_leaves_no_tracked_task() {
+        let home = tempfile::tempdir().unwrap();
+        let cfg = home.path().join("cms.cfg");
+        std::fs::write(
+            &cfg,
+            "inbox = MailDir(\"~/mail/inbox\")\n\
+             box = Office365(\"Inbox\", Office365_Account(user=\"u@example.com\"))\n\
+             box.poll_interval = 1\n",
+        )
+        .unwrap();
+        let paths = PathContext {
+            home: home.path().to_path_buf(),
+            cwd: home.path().to_path_buf(),
+        };
+        let loaded = crate::config::load(&PyActor::spawn(), &cfg, &paths).unwrap();
+        let cloud = Arc::new(MemoryMailbox::new("Inbox", Flags::READ | Flags::FLAGGED));
+        for n in 0..5 {
+            cloud.add(
+                format!("Subject: {n}\n\nbody {n}\n").as_bytes(),
+                Flags::NONE,
+            );
+        }
+        let folder = Folder {
+            cloud: cloud.clone(),
+            key: "office365:u@example.com/Inbox".into(),
+            delete_action: DeleteAction::Archive,
+        };
+        let root = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        let run = run_tracked(
+            loaded,
+            Options::default(),
+            vec![folder],
+            root.clone(),
+            &tracker,
+        );
+        let stopper = async {
+            let cur = home.path().join("mail/inbox/new");
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while std::fs::read_dir(&cur).map_or(0, |d| d.count()) < 5 {
+                assert!(Instant::now() < deadline, "nothing delivered");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            // At least one more poll's listing starts in the background.
+            tokio::time::sleep(Duration::from_millis(1100)).await;
+            root.cancel();
+        };
+        let (result, ()) = tokio::time::timeout(Duration::from_secs(30), async {
+            tokio::join!(run, stopper)
+        })
+        .await
+        .expect("stopped");
+        result.unwrap();
+        assert!(tracker.is_closed());
+        assert!(tracker.is_empty(), "{} tasks left", tracker.len());
     }
 }

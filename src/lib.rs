@@ -16,6 +16,8 @@
 //! - [`store`]: the content-addressed message store, id and inode caches,
 //!   atomic state files.
 //! - [`daemon`]: wiring and the loop: triggers, per-folder retries, shutdown.
+//! - [`shutdown`]: the cancellation-token tree and task tracker a run ends
+//!   by.
 //! - [`endpoints`]: the services' base URLs (real, or the emulator).
 //! - [`error`]: the [`error::Kind`] every error maps to, and what the daemon
 //!   does about each.
@@ -34,6 +36,7 @@ pub mod fsutil;
 pub mod lf;
 pub mod lock;
 pub mod maildir;
+pub mod shutdown;
 pub mod store;
 pub mod sync;
 pub mod types;

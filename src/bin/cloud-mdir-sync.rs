@@ -20,6 +20,7 @@ use tracing_subscriber::EnvFilter;
 
 use cloud_mdir_sync::config::{self, PathContext, PyActor};
 use cloud_mdir_sync::endpoints::Endpoints;
+use cloud_mdir_sync::shutdown::CancellationToken;
 
 /// Mirror Office365 and Gmail mailboxes into local Maildirs and push local
 /// changes back.
@@ -131,12 +132,19 @@ fn run(args: &Args) -> anyhow::Result<ExitCode> {
         },
     };
     let result = rt.block_on(async move {
-        let (tx, rx) = tokio::sync::watch::channel(false);
-        tokio::spawn(async move {
-            wait_for_signal().await;
-            let _ = tx.send(true);
-        });
-        cloud_mdir_sync::daemon::run_config(loaded, opts, env, rx).await?;
+        // The root of the shutdown tree: the first SIGTERM or SIGINT
+        // cancels it, and the daemon winds down under it.
+        let root = CancellationToken::new();
+        let signals = stop_signals();
+        let daemon = cloud_mdir_sync::daemon::run_config(loaded, opts, env, root.clone());
+        tokio::pin!(daemon);
+        tokio::select! {
+            r = &mut daemon => r?,
+            () = signals => {
+                root.cancel();
+                daemon.await?;
+            }
+        }
         anyhow::Ok(())
     });
     // What is still being freed is not waited for.
@@ -145,18 +153,24 @@ fn run(args: &Args) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Resolves on SIGINT or SIGTERM.
-async fn wait_for_signal() {
+/// Listens for SIGINT and SIGTERM from now on (registered before the daemon
+/// starts, so an early signal is not fatal); the future resolves on the
+/// first of them.
+fn stop_signals() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{SignalKind, signal};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-            return;
+    let int = signal(SignalKind::interrupt());
+    let term = signal(SignalKind::terminate());
+    async move {
+        match (int, term) {
+            (Ok(mut int), Ok(mut term)) => {
+                tokio::select! {
+                    _ = int.recv() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            _ => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
         }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
     }
 }

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
+use tokio_util::task::TaskTracker;
 
 use super::engine::{Stop, SyncError};
 use crate::cloud::{CloudError, CloudMailbox, ErrorKind, Listed};
@@ -115,11 +116,13 @@ struct Shared {
     first_finished: Option<Instant>,
 }
 
-/// The background tasks of one engine (aborted when it is dropped).
+/// The background tasks of one engine (aborted when it is dropped), each
+/// also held by `tracker` until it ends, so a daemon can wait for them.
 pub(super) struct Background {
     shared: Arc<Mutex<Shared>>,
     notify: Arc<Notify>,
     tasks: JoinSet<()>,
+    tracker: TaskTracker,
     /// When the last cycle ended and how long it worked (batch spacing).
     last_cycle: Option<(Instant, Duration)>,
     /// Time the running cycle spent waiting for listings.
@@ -151,9 +154,15 @@ impl Background {
             shared: Arc::new(Mutex::new(shared)),
             notify: Arc::new(Notify::new()),
             tasks: JoinSet::new(),
+            tracker: TaskTracker::new(),
             last_cycle: None,
             waited: Duration::ZERO,
         }
+    }
+
+    /// Tracks the tasks started from now on with `tracker` (the daemon's).
+    pub(super) fn track_with(&mut self, tracker: TaskTracker) {
+        self.tracker = tracker;
     }
 
     /// True while a listing or download runs or waits to be collected.
@@ -192,7 +201,7 @@ impl Background {
         // Every poll starts listings: without reaping, an idle daemon's set
         // would grow by one finished task per folder per poll.
         self.reap();
-        self.tasks.spawn(async move {
+        self.tasks.spawn(self.tracker.track_future(async move {
             let call = async {
                 if changes_only {
                     cloud.list_changes().await
@@ -209,7 +218,7 @@ impl Background {
             s.pipes[i].listed = Some(ListDone { version, result });
             drop(s);
             notify.notify_waiters();
-        });
+        }));
     }
 
     /// Waits until no listing is running or `grace` has passed (or a
@@ -301,8 +310,8 @@ impl Background {
             };
             let (cloud, store, stop) = (cloud.clone(), store.clone(), stop.clone());
             let notify = self.notify.clone();
-            self.tasks
-                .spawn(async move { worker(slot, cloud, store, stop, notify).await });
+            let work = worker(slot, cloud, store, stop, notify);
+            self.tasks.spawn(self.tracker.track_future(work));
         }
         self.reap();
     }
@@ -479,5 +488,35 @@ mod tests {
             }
         }
         assert!(bg.task_count() <= 1, "{} tasks kept", bg.task_count());
+    }
+
+    /// Background tasks are held by the tracker until they end, and a
+    /// dropped engine's tasks end (aborted) as before.
+    #[tokio::test]
+    async fn tasks_are_tracked_until_they_end() {
+        let tracker = TaskTracker::new();
+        let mut bg = Background::new(1);
+        bg.track_with(tracker.clone());
+        let cloud: Arc<dyn CloudMailbox> = Arc::new(MemoryMailbox::new("m", Flags::READ));
+        let stop = Stop::default();
+        // A stopped listing ends at once.
+        stop.stop();
+        bg.start_listing(0, 1, true, cloud.clone(), stop);
+        tracker.close();
+        tokio::time::timeout(Duration::from_secs(5), tracker.wait())
+            .await
+            .expect("the listing ended");
+        assert!(bg.take_listing(0).is_some());
+        // One that never ends is aborted with the background.
+        let tracker = TaskTracker::new();
+        bg.track_with(tracker.clone());
+        bg.tasks
+            .spawn(bg.tracker.track_future(std::future::pending::<()>()));
+        assert_eq!(tracker.len(), 1);
+        drop(bg);
+        tracker.close();
+        tokio::time::timeout(Duration::from_secs(5), tracker.wait())
+            .await
+            .expect("aborted with the background");
     }
 }

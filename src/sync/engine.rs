@@ -9,10 +9,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
-use tokio::sync::Notify;
 use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use super::background::{Background, Finished, LIST_GRACE, stopping};
 use super::index::{CloudIndex, Listing, LocalIndex, MaildirFiles};
@@ -48,44 +48,36 @@ pub enum SyncError {
 
 /// Asks a running cycle to finish early: calls waiting on the cloud (a
 /// listing, a download, a request window, a `Retry-After`) give up at once,
-/// no new action starts, and what was done is recorded as usual.
+/// no new action starts, and what was done is recorded as usual. A
+/// cancellation token; the daemon makes it a child of its root.
 #[derive(Clone, Debug, Default)]
-pub struct Stop {
-    flag: Arc<AtomicBool>,
-    notify: Arc<Notify>,
+pub struct Stop(CancellationToken);
+
+impl From<CancellationToken> for Stop {
+    fn from(token: CancellationToken) -> Stop {
+        Stop(token)
+    }
 }
 
 impl Stop {
     /// Ask for the stop (idempotent).
     pub fn stop(&self) {
-        self.flag.store(true, Ordering::SeqCst);
-        self.notify.notify_waiters();
+        self.0.cancel();
     }
 
-    /// True once [`Stop::stop`] was called.
+    /// True once [`Stop::stop`] was called (or a parent token cancelled).
     pub fn is_stopped(&self) -> bool {
-        self.flag.load(Ordering::SeqCst)
+        self.0.is_cancelled()
     }
 
     /// Resolves once the stop is asked for.
     pub async fn stopped(&self) {
-        loop {
-            let notified = self.notify.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            if self.is_stopped() {
-                return;
-            }
-            notified.await;
-        }
+        self.0.cancelled().await;
     }
 
     /// `fut`, unless the stop comes first (then `None`).
     pub(crate) async fn unless<F: std::future::Future>(&self, fut: F) -> Option<F::Output> {
-        tokio::select! {
-            r = fut => Some(r),
-            () = self.stopped() => None,
-        }
+        self.0.run_until_cancelled(fut).await
     }
 }
 
@@ -332,6 +324,15 @@ impl Engine {
     /// start, and what was done is recorded as usual.
     pub fn stop_handle(&self) -> Stop {
         self.stop.clone()
+    }
+
+    /// Puts the engine under a shutdown tree: `stop` (a child of the
+    /// daemon's root token) stops its cycles, and its background listings
+    /// and downloads are tracked by `tracker` too. Call before the first
+    /// cycle.
+    pub fn attach(&mut self, stop: CancellationToken, tracker: TaskTracker) {
+        self.stop = Stop::from(stop);
+        self.background.track_with(tracker);
     }
 
     /// Number of cloud folders.
