@@ -7,12 +7,13 @@
 //! credential servers hold child tokens), and the run ends by waiting for
 //! the tasks its tracker holds.
 
+mod clock;
 mod folders;
 mod schedule;
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::sync::watch;
 
@@ -24,6 +25,7 @@ use crate::maildir::{self, Maildir, MaildirError};
 use crate::shutdown::{self, CancellationToken, StopSignal, TaskTracker};
 use crate::store::{Store, StoreError};
 use crate::sync::engine::{CycleReport, Engine, Folder, SyncError};
+pub use clock::{Clock, SystemClock};
 use schedule::Schedule;
 
 /// Run-time options from the command line.
@@ -229,8 +231,18 @@ async fn run_config_under(
                 }
             }
         }
-        let logins = Some(auth.subscribe());
-        run_with_logins(loaded, opts, folders, &root, logins, preparing, &tracker).await
+        Loop {
+            loaded,
+            opts,
+            folders,
+            shutdown: root.clone(),
+            logins: Some(auth.subscribe()),
+            preparing,
+            tracker: tracker.clone(),
+            clock: Arc::new(SystemClock),
+        }
+        .run()
+        .await
     }
     .await;
     brokers.cancel();
@@ -301,196 +313,251 @@ pub async fn run_tracked(
     shutdown: impl Into<StopSignal>,
     tracker: &TaskTracker,
 ) -> Result<(), DaemonError> {
+    run_clocked(
+        loaded,
+        opts,
+        folders,
+        shutdown,
+        tracker,
+        Arc::new(SystemClock),
+    )
+    .await
+}
+
+/// [`run_tracked`] with its time from `clock` (tests run hours of polls
+/// and backoff in no time).
+pub async fn run_clocked(
+    loaded: Loaded,
+    opts: Options,
+    folders: Vec<Folder>,
+    shutdown: impl Into<StopSignal>,
+    tracker: &TaskTracker,
+    clock: Arc<dyn Clock>,
+) -> Result<(), DaemonError> {
     let preparing = start_prepare(&loaded);
+    let tracker = tracker.clone();
     shutdown
         .into()
         .drive(|root| async move {
-            let result =
-                run_with_logins(loaded, opts, folders, &root, None, preparing, tracker).await;
-            shutdown::wait_tracked(tracker, "daemon").await;
+            let result = Loop {
+                loaded,
+                opts,
+                folders,
+                shutdown: root,
+                logins: None,
+                preparing,
+                tracker: tracker.clone(),
+                clock,
+            }
+            .run()
+            .await;
+            shutdown::wait_tracked(&tracker, "daemon").await;
             result
         })
         .await
 }
 
-/// [`run`], also woken when a login completes (`logins` changes), so
-/// folders waiting for a login sync at once. The engine runs on a child of
-/// `root`, cancelled when this returns, so its background tasks (tracked by
-/// `tracker`) end too; the caller waits for them.
-async fn run_with_logins(
+/// One run of the sync loop and what it needs.
+struct Loop {
     loaded: Loaded,
     opts: Options,
     folders: Vec<Folder>,
-    root: &CancellationToken,
+    /// The root token: a stop ends the loop between cycles.
+    shutdown: CancellationToken,
+    /// Changes when a login completes, so folders waiting for a login sync
+    /// at once.
     logins: Option<watch::Receiver<u64>>,
     preparing: Preparing,
-    tracker: &TaskTracker,
-) -> Result<(), DaemonError> {
-    let engine_stop = root.child_token();
-    let result = sync_loop(
-        loaded,
-        opts,
-        folders,
-        root,
-        engine_stop.clone(),
-        logins,
-        preparing,
-        tracker,
-    )
-    .await;
-    engine_stop.cancel();
-    result
+    /// Holds the engine's background tasks; the caller waits for them.
+    tracker: TaskTracker,
+    clock: Arc<dyn Clock>,
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn sync_loop(
-    loaded: Loaded,
-    opts: Options,
-    folders: Vec<Folder>,
-    shutdown: &CancellationToken,
-    engine_stop: CancellationToken,
-    logins: Option<watch::Receiver<u64>>,
-    preparing: Preparing,
-    tracker: &TaskTracker,
-) -> Result<(), DaemonError> {
-    let (store, maildirs) = finish_prepare(preparing).await?;
-    let _checkpoint = CheckpointAtExit(store.clone());
-    let (_keep, mut logins) = match logins {
-        Some(rx) => (None, rx),
-        None => {
-            let (tx, rx) = watch::channel(0);
-            (Some(tx), rx)
-        }
-    };
-    let polls: Vec<Duration> = loaded
-        .config
-        .mailboxes
-        .iter()
-        .map(|m| m.poll_interval)
-        .collect();
-    let keys: Vec<String> = folders.iter().map(|f| f.key.clone()).collect();
-    let watch_dirs: Vec<PathBuf> = maildirs.iter().map(|m| m.path().to_path_buf()).collect();
-    let router = loaded.router.clone();
-    let mut engine = FreeLater(Some({
-        let store = store.clone();
-        tokio::task::spawn_blocking(move || {
-            Engine::new(store, router, folders, maildirs, opts.offline)
-        })
-        .await
-        .map_err(|e| DaemonError::Prepare {
-            path: PathBuf::from("<startup>"),
-            message: e.to_string(),
-        })??
-    }));
-
-    // A shutdown signal during a cycle stops it after the current action
-    // (the engine's token is a child of the root); the cycle then records
-    // what was done, as always.
-    engine.attach(engine_stop, tracker.clone());
-
-    if opts.once {
-        let mut report = engine.cycle().await?;
-        log_report(&report);
-        // A fixed point: list the folders this cycle changed in the cloud
-        // again (one delta call each) and follow, so the deletions it sent
-        // are confirmed and their files go now, not in the next run.
-        if report.touched.iter().any(|t| *t) && !shutdown.is_cancelled() {
-            let touched = report.touched.clone();
-            let again = engine.settle(&touched).await?;
-            log_report(&again);
-            report.failed += again.failed;
-            report.cloud_errors.extend(again.cloud_errors);
-        }
-        if shutdown.is_cancelled() {
-            tracing::info!("stopped before the cycle completed; what was done is saved");
-            return Ok(());
-        }
-        if !report.is_clean() {
-            return Err(DaemonError::Incomplete(summary(&report)));
-        }
-        return Ok(());
+impl Loop {
+    /// Run the loop; the engine runs on a child of the root token,
+    /// cancelled when this returns, so its background tasks end too.
+    async fn run(self) -> Result<(), DaemonError> {
+        let engine_stop = self.shutdown.child_token();
+        let result = self.sync_loop(engine_stop.clone()).await;
+        engine_stop.cancel();
+        result
     }
 
-    // Without a watcher local changes still travel at the next poll.
-    let (_guard, mut events) = match maildir::watch(watch_dirs, WATCH_DEBOUNCE) {
-        Ok((g, rx)) => (Some(g), rx),
-        Err(e) => {
-            tracing::error!(
-                "cannot watch the maildirs ({e}); local changes wait for the next poll"
-            );
-            let (_tx, rx) = tokio::sync::mpsc::channel(1);
-            (None, rx)
-        }
-    };
-    let n = engine.folder_count();
-    let mut schedule = Schedule::new(keys, &polls, Instant::now());
-    let mut relist = vec![true; n];
-    // The first cycle scans every maildir; so does one every
-    // `cfg.rescan_interval`, the safety net for anything the watcher missed (an
-    // overflow asks for one too). Other cycles handle the files the
-    // watcher names.
-    let mut last_scan = Instant::now();
-    loop {
-        if last_scan.elapsed() >= loaded.config.rescan_interval {
-            last_scan = Instant::now();
-            engine.request_rescan();
-        }
-        let result = engine.poll(&relist).await;
-        if shutdown.is_cancelled() {
-            tracing::info!("stopping; state saved");
-            return Ok(());
-        }
-        let report = match &result {
-            Ok(report) => {
-                log_report(report);
-                Some(report)
-            }
-            Err(e) => {
-                tracing::error!("sync cycle failed: {e}");
-                None
+    async fn sync_loop(self, engine_stop: CancellationToken) -> Result<(), DaemonError> {
+        let (store, maildirs) = finish_prepare(self.preparing).await?;
+        let _checkpoint = CheckpointAtExit(store.clone());
+        let (_keep, logins) = match self.logins {
+            Some(rx) => (None, rx),
+            None => {
+                let (tx, rx) = watch::channel(0);
+                (Some(tx), rx)
             }
         };
-        // Each folder is due again as its own outcome says; jitter spreads
-        // retries, but never below what a server asked.
-        schedule.after_cycle(&relist, report, Instant::now(), &mut |d| {
-            crate::cloud::transport::around(d, 0.2)
-        });
-        // Wait for the next reason to run.
+        let polls: Vec<Duration> = (self.loaded.config.mailboxes.iter())
+            .map(|m| m.poll_interval)
+            .collect();
+        let keys: Vec<String> = self.folders.iter().map(|f| f.key.clone()).collect();
+        let watch_dirs: Vec<PathBuf> = maildirs.iter().map(|m| m.path().to_path_buf()).collect();
+        let router = self.loaded.router.clone();
+        let (folders, offline) = (self.folders, self.opts.offline);
+        let mut engine = FreeLater(Some({
+            let store = store.clone();
+            tokio::task::spawn_blocking(move || {
+                Engine::new(store, router, folders, maildirs, offline)
+            })
+            .await
+            .map_err(|e| DaemonError::Prepare {
+                path: PathBuf::from("<startup>"),
+                message: e.to_string(),
+            })??
+        }));
+        // A shutdown signal during a cycle stops it after the current action
+        // (the engine's token is a child of the root); the cycle then records
+        // what was done, as always.
+        engine.attach(engine_stop, self.tracker.clone());
+        if self.opts.once {
+            return run_once(&mut engine, &self.shutdown).await;
+        }
+        let schedule = Schedule::new(keys, &polls, self.clock.now());
+        let polling = Polling {
+            shutdown: self.shutdown,
+            logins,
+            clock: self.clock,
+            rescan_interval: self.loaded.config.rescan_interval,
+        };
+        polling.run(&mut engine, schedule, watch_dirs).await
+    }
+}
+
+/// `--once`: one cycle, then a fixed point: the folders this cycle changed
+/// in the cloud are listed again (one delta call each) and followed, so the
+/// deletions it sent are confirmed and their files go now, not next run.
+async fn run_once(engine: &mut Engine, shutdown: &CancellationToken) -> Result<(), DaemonError> {
+    let mut report = engine.cycle().await?;
+    log_report(&report);
+    if report.touched.iter().any(|t| *t) && !shutdown.is_cancelled() {
+        let touched = report.touched.clone();
+        let again = engine.settle(&touched).await?;
+        log_report(&again);
+        report.failed += again.failed;
+        report.cloud_errors.extend(again.cloud_errors);
+    }
+    if shutdown.is_cancelled() {
+        tracing::info!("stopped before the cycle completed; what was done is saved");
+        return Ok(());
+    }
+    if !report.is_clean() {
+        return Err(DaemonError::Incomplete(summary(&report)));
+    }
+    Ok(())
+}
+
+/// The long-running loop's inputs besides the engine.
+struct Polling {
+    shutdown: CancellationToken,
+    logins: watch::Receiver<u64>,
+    clock: Arc<dyn Clock>,
+    rescan_interval: Duration,
+}
+
+impl Polling {
+    /// Cycle until a stop: each folder when its schedule says, local
+    /// changes as the watcher names them, everything after a login.
+    async fn run(
+        mut self,
+        engine: &mut Engine,
+        mut schedule: Schedule,
+        watch_dirs: Vec<PathBuf>,
+    ) -> Result<(), DaemonError> {
+        // Without a watcher local changes still travel at the next poll.
+        let (_guard, mut events) = match maildir::watch(watch_dirs, WATCH_DEBOUNCE) {
+            Ok((g, rx)) => (Some(g), rx),
+            Err(e) => {
+                tracing::error!(
+                    "cannot watch the maildirs ({e}); local changes wait for the next poll"
+                );
+                let (_tx, rx) = tokio::sync::mpsc::channel(1);
+                (None, rx)
+            }
+        };
+        let mut relist = vec![true; engine.folder_count()];
+        // The first cycle scans every maildir; so does one every
+        // `cfg.rescan_interval`, the safety net for anything the watcher
+        // missed (an overflow asks for one too). Other cycles handle the
+        // files the watcher names.
+        let mut last_scan = self.clock.now();
+        loop {
+            if self.clock.now().duration_since(last_scan) >= self.rescan_interval {
+                last_scan = self.clock.now();
+                engine.request_rescan();
+            }
+            let result = engine.poll(&relist).await;
+            if self.shutdown.is_cancelled() {
+                tracing::info!("stopping; state saved");
+                return Ok(());
+            }
+            let report = match &result {
+                Ok(report) => {
+                    log_report(report);
+                    Some(report)
+                }
+                Err(e) => {
+                    tracing::error!("sync cycle failed: {e}");
+                    None
+                }
+            };
+            // Each folder is due again as its own outcome says; jitter
+            // spreads retries, but never below what a server asked.
+            schedule.after_cycle(&relist, report, self.clock.now(), &mut |d| {
+                crate::cloud::transport::around(d, 0.2)
+            });
+            if !self.wait(engine, &mut schedule, &mut events).await {
+                tracing::info!("stopping");
+                return Ok(());
+            }
+            relist = schedule.due(self.clock.now());
+            // Everything else the watcher reported meanwhile goes into the
+            // same cycle.
+            while let Ok(event) = events.try_recv() {
+                engine.files_changed(event);
+            }
+            if self.shutdown.is_cancelled() {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Wait for the next reason to run a cycle; `false` on a stop.
+    async fn wait(
+        &mut self,
+        engine: &mut Engine,
+        schedule: &mut Schedule,
+        events: &mut tokio::sync::mpsc::Receiver<maildir::WatchEvent>,
+    ) -> bool {
         let wake_at = schedule
             .next()
-            .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+            .unwrap_or_else(|| self.clock.now() + Duration::from_secs(3600));
         // Listings and downloads still running in the background wake the
         // loop when a batch of them is ready to be taken in.
         let busy = engine.background_busy();
         let background = engine.background_ready();
         tokio::select! {
-            () = shutdown.cancelled() => {
-                tracing::info!("stopping");
-                return Ok(());
-            }
+            () = self.shutdown.cancelled() => return false,
             () = background, if busy => {
                 // New content to deliver, or a listing to take in.
             }
-            Ok(()) = logins.changed() => {
+            Ok(()) = self.logins.changed() => {
                 // A login finished (or an account needs one): list again.
-                schedule.login_changed(Instant::now());
+                schedule.login_changed(self.clock.now());
             }
             Some(event) = events.recv() => {
                 // A local change: push it without listing again (folders
                 // due anyway are listed too).
                 engine.files_changed(event);
             }
-            _ = tokio::time::sleep_until(wake_at.into()) => {}
+            () = self.clock.sleep_until(wake_at) => {}
         }
-        relist = schedule.due(Instant::now());
-        // Everything else the watcher reported meanwhile goes into the
-        // same cycle.
-        while let Ok(event) = events.try_recv() {
-            engine.files_changed(event);
-        }
-        if shutdown.is_cancelled() {
-            return Ok(());
-        }
+        true
     }
 }
 
@@ -561,9 +628,9 @@ mod tests {
         );
         let stopper = async {
             let cur = home.path().join("mail/inbox/new");
-            let deadline = Instant::now() + Duration::from_secs(30);
+            let deadline = std::time::Instant::now() + Duration::from_secs(30);
             while std::fs::read_dir(&cur).map_or(0, |d| d.count()) < 5 {
-                assert!(Instant::now() < deadline, "nothing delivered");
+                assert!(std::time::Instant::now() < deadline, "nothing delivered");
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
             // At least one more poll's listing starts in the background.

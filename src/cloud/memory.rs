@@ -32,6 +32,8 @@ pub struct Counters {
     pub flag_changes: u64,
     /// Messages deleted, with the action used.
     pub deletes: Vec<(String, DeleteAction)>,
+    /// Calls that failed by injection ([`MemoryMailbox::fail_next`]).
+    pub failed: u64,
 }
 
 #[derive(Default)]
@@ -39,6 +41,7 @@ struct Inner {
     messages: BTreeMap<String, MemoryMessage>,
     next_id: u64,
     fail_next: u32,
+    fail_kind: Option<ErrorKind>,
     counters: Counters,
 }
 
@@ -101,7 +104,14 @@ impl MemoryMailbox {
 
     /// Make the next `n` calls fail with a retryable error.
     pub fn fail_next(&self, n: u32) {
-        self.lock().fail_next = n;
+        self.fail_next_with(n, ErrorKind::Retry);
+    }
+
+    /// Make the next `n` calls fail with an error of `kind`.
+    pub fn fail_next_with(&self, n: u32, kind: ErrorKind) {
+        let mut g = self.lock();
+        g.fail_next = n;
+        g.fail_kind = Some(kind);
     }
 
     /// The counters so far.
@@ -112,9 +122,10 @@ impl MemoryMailbox {
     fn check_fault(&self, g: &mut Inner) -> Result<(), CloudError> {
         if g.fail_next > 0 {
             g.fail_next -= 1;
+            g.counters.failed += 1;
             return Err(CloudError::new(
                 &self.name,
-                ErrorKind::Retry,
+                g.fail_kind.unwrap_or(ErrorKind::Retry),
                 "injected failure",
             ));
         }

@@ -655,3 +655,97 @@ async fn v01_state_directory_is_imported_without_downloads_or_rehash() {
     }
     assert!(state.join("state.db").exists());
 }
+
+/// A clock that jumps to each deadline the daemon sleeps for, and stops the
+/// run at `end`: half an hour of polling in well under a second.
+struct JumpClock {
+    base: std::time::Instant,
+    at: std::sync::Mutex<std::time::Duration>,
+    end: std::time::Duration,
+    stop: cloud_mdir_sync::shutdown::CancellationToken,
+}
+
+impl daemon::Clock for JumpClock {
+    fn now(&self) -> std::time::Instant {
+        self.base + *self.at.lock().unwrap()
+    }
+
+    fn sleep_until(&self, t: std::time::Instant) -> futures_util::future::BoxFuture<'static, ()> {
+        let want = t.saturating_duration_since(self.base);
+        if want >= self.end {
+            self.stop.cancel();
+            return Box::pin(std::future::pending());
+        }
+        let mut at = self.at.lock().unwrap();
+        *at = (*at).max(want);
+        Box::pin(tokio::task::yield_now())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_folder_keeps_its_own_time_over_half_an_hour_of_polls() {
+    // Three folders: one that syncs (polled every minute), one the cloud
+    // does not have (tried every 10 min), one whose calls keep failing
+    // (backoff from 10 s doubling to 5 min). Nothing hot-loops, and the
+    // syncing folder's polls are not held back by the others.
+    let home = Home::new();
+    home.write(
+        "cms.cfg",
+        r#"
+inbox = MailDir("~/mail/inbox")
+acct = Office365_Account(user="user@example.com")
+for path in ("inbox", "missing", "flaky"):
+    Office365(path, acct).poll_interval = 60
+"#,
+    );
+    let mailbox =
+        |path: &str| MemoryMailbox::new(&format!("office365:user@example.com/{path}"), GRAPH_FLAGS);
+    let (good, missing, flaky) = (mailbox("inbox"), mailbox("missing"), mailbox("flaky"));
+    good.add(&msg(1, false), Flags::NONE);
+    missing.fail_next_with(u32::MAX, cloud_mdir_sync::cloud::ErrorKind::NotFound);
+    flaky.fail_next_with(u32::MAX, cloud_mdir_sync::cloud::ErrorKind::Retry);
+    let folders = [&good, &missing, &flaky]
+        .iter()
+        .map(|m| Folder {
+            cloud: Arc::new((*m).clone()),
+            key: cloud_mdir_sync::cloud::CloudMailbox::name(*m).to_string(),
+            delete_action: DeleteAction::Archive,
+        })
+        .collect();
+    let stop = cloud_mdir_sync::shutdown::CancellationToken::new();
+    let clock = Arc::new(JumpClock {
+        base: std::time::Instant::now(),
+        at: Default::default(),
+        end: std::time::Duration::from_secs(1800),
+        stop: stop.clone(),
+    });
+    let tracker = cloud_mdir_sync::shutdown::TaskTracker::new();
+    let run = daemon::run_clocked(
+        home.load(),
+        daemon::Options::default(),
+        folders,
+        stop,
+        &tracker,
+        clock.clone(),
+    );
+    tokio::time::timeout(std::time::Duration::from_secs(60), run)
+        .await
+        .expect("half an hour of virtual time in a minute of real time")
+        .unwrap();
+    let polls = good.counters().lists;
+    let not_found = missing.counters().failed;
+    let failing = flaky.counters().failed;
+    eprintln!(
+        "30 virtual minutes: {polls} polls, {not_found} lookups of the missing folder, {failing} tries of the failing one"
+    );
+    assert!((28..=32).contains(&polls), "{polls} polls at 60 s");
+    assert!(
+        (3..=4).contains(&not_found),
+        "{not_found} tries every 10 min"
+    );
+    assert!(
+        (7..=12).contains(&failing),
+        "{failing} tries backing off to 5 min"
+    );
+    assert_eq!(maildir_files(&home.path().join("mail/inbox")).len(), 1);
+}
