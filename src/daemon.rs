@@ -191,45 +191,10 @@ async fn run_config_under(
     // the sync loop ends by itself (`--once`).
     let tracker = TaskTracker::new();
     let brokers = root.child_token();
-    for srv in &cfg.credential_servers {
-        let accounts = srv
-            .accounts
-            .iter()
-            .filter_map(|&i| {
-                let user = cfg.accounts[i].user.clone()?;
-                Some((
-                    user,
-                    BrokerAccount {
-                        kind: cfg.accounts[i].kind,
-                        tokens: sources[i].clone(),
-                    },
-                ))
-            })
-            .collect();
-        let listener = credsrv::bind(&srv.path, srv.umask)?;
-        tracing::info!("credential server on {}", srv.path.display());
-        tracker.spawn(credsrv::serve(
-            listener,
-            srv.path.clone(),
-            Arc::new(Broker::new(accounts, srv.protocols.clone())),
-            brokers.clone(),
-        ));
-    }
-
+    start_brokers(&cfg, &sources, &brokers, &tracker)?;
     let result = async {
-        if opts.once {
-            // One cycle needs every syncing account logged in first.
-            for m in &cfg.mailboxes {
-                let Some(acct) = auth.account(m.account) else {
-                    continue;
-                };
-                let who = cfg.accounts[m.account].user.clone().unwrap_or_default();
-                tokio::select! {
-                    _ = acct.wait_logged_in() => {}
-                    _ = tokio::time::sleep(ONCE_LOGIN_WAIT) => return Err(DaemonError::LoginTimeout(who)),
-                    () = root.cancelled() => return Ok(()),
-                }
-            }
+        if opts.once && !logged_in_for_once(&cfg, &auth, &root).await? {
+            return Ok(());
         }
         Loop {
             loaded,
@@ -252,6 +217,62 @@ async fn run_config_under(
     }
     auth.shutdown().await;
     result
+}
+
+/// Bind every configured credential socket and serve it on a task of
+/// `tracker` until `stop`.
+fn start_brokers(
+    cfg: &crate::config::Config,
+    sources: &[Arc<dyn TokenSource>],
+    stop: &CancellationToken,
+    tracker: &TaskTracker,
+) -> Result<(), DaemonError> {
+    for srv in &cfg.credential_servers {
+        let accounts = srv
+            .accounts
+            .iter()
+            .filter_map(|&i| {
+                let user = cfg.accounts[i].user.clone()?;
+                Some((
+                    user,
+                    BrokerAccount {
+                        kind: cfg.accounts[i].kind,
+                        tokens: sources[i].clone(),
+                    },
+                ))
+            })
+            .collect();
+        let listener = credsrv::bind(&srv.path, srv.umask)?;
+        tracing::info!("credential server on {}", srv.path.display());
+        tracker.spawn(credsrv::serve(
+            listener,
+            srv.path.clone(),
+            Arc::new(Broker::new(accounts, srv.protocols.clone())),
+            stop.clone(),
+        ));
+    }
+    Ok(())
+}
+
+/// `--once` needs every syncing account logged in first: wait for each
+/// (at most [`ONCE_LOGIN_WAIT`]); `false` when a stop came first.
+async fn logged_in_for_once(
+    cfg: &crate::config::Config,
+    auth: &AuthManager,
+    root: &CancellationToken,
+) -> Result<bool, DaemonError> {
+    for m in &cfg.mailboxes {
+        let Some(acct) = auth.account(m.account) else {
+            continue;
+        };
+        let who = cfg.accounts[m.account].user.clone().unwrap_or_default();
+        tokio::select! {
+            _ = acct.wait_logged_in() => {}
+            _ = tokio::time::sleep(ONCE_LOGIN_WAIT) => return Err(DaemonError::LoginTimeout(who)),
+            () = root.cancelled() => return Ok(false),
+        }
+    }
+    Ok(true)
 }
 
 /// Empties the state database's write-ahead log when the run ends, on every
