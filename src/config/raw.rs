@@ -212,6 +212,7 @@ fn index_of(list: &[Py<PyAny>], obj: &Bound<'_, PyAny>) -> Option<usize> {
     list.iter().position(|o| o.bind(obj.py()).is(obj))
 }
 
+/// Copy what the runtime's `state` dict holds into plain data and the live objects.
 fn gather(
     py: Python<'_>,
     file: &Path,
@@ -224,13 +225,47 @@ fn gather(
         line: setting_line(&cfg, "rescan_interval"),
         value: loose::<f64>(&cfg.getattr("rescan_interval")?)?,
     };
+    let db_dir = message_db_dir(py, &cfg)?;
+    let (maildirs, maildir_objs) = gather_maildirs(state)?;
+    let (accounts, account_objs) = gather_accounts(state)?;
+    let (mailboxes, mailbox_objs) = gather_mailboxes(state, &account_objs)?;
+    let credential_servers = gather_credential_servers(state, &account_objs)?;
 
-    let db_dir = cfg.getattr("message_db_dir")?;
-    let db_dir = match py.import("os")?.getattr("fspath")?.call1((&db_dir,)) {
-        Ok(p) => loose::<String>(&p)?,
-        Err(_) => Loose::Other(db_dir.repr()?.to_string()),
+    let raw = RawConfig {
+        file: file.to_path_buf(),
+        message_db_dir: db_dir,
+        maildirs,
+        accounts,
+        mailboxes,
+        credential_servers,
+        custom_router,
+        rescan_interval,
     };
+    let objects = PyObjects {
+        maildirs: maildir_objs,
+        mailboxes: mailbox_objs,
+        cfg: cfg.unbind(),
+    };
+    Ok((raw, objects))
+}
 
+/// Declarations as written, with the objects that made them, in the same
+/// order.
+type WithObjects<T> = (Vec<At<T>>, Vec<Py<PyAny>>);
+
+/// `cfg.message_db_dir` through `os.fspath`, its `repr` when that fails.
+fn message_db_dir(py: Python<'_>, cfg: &Bound<'_, PyAny>) -> PyResult<Loose<String>> {
+    let db_dir = cfg.getattr("message_db_dir")?;
+    Ok(
+        match py.import("os")?.getattr("fspath")?.call1((&db_dir,)) {
+            Ok(p) => loose::<String>(&p)?,
+            Err(_) => Loose::Other(db_dir.repr()?.to_string()),
+        },
+    )
+}
+
+/// The declared maildirs, with the objects `MailDir(...)` returned.
+fn gather_maildirs(state: &Bound<'_, PyDict>) -> PyResult<WithObjects<RawMaildir>> {
     let mut maildir_objs = Vec::new();
     let mut maildirs = Vec::new();
     for m in item(state, "maildirs")?.try_iter()? {
@@ -243,38 +278,55 @@ fn gather(
         });
         maildir_objs.push(m.unbind());
     }
+    Ok((maildirs, maildir_objs))
+}
 
+/// The declared accounts, with their objects (mailboxes and credential
+/// servers name accounts by identity).
+fn gather_accounts(state: &Bound<'_, PyDict>) -> PyResult<WithObjects<RawAccount>> {
     let mut account_objs = Vec::new();
     let mut accounts = Vec::new();
     for a in item(state, "accounts")?.try_iter()? {
         let a = a?;
-        let kind: String = a.getattr("_kind")?.extract()?;
-        let raw = if kind == "Office365_Account" {
-            RawAccount {
-                kind: CloudKind::Office365,
-                user: opt_str(&a, "user")?,
-                tenant: opt_str(&a, "tenant")?,
-                client_id: opt_str(&a, "client_id")?,
-                use_default_registration: a.getattr("use_default_registration")?.is_truthy()?,
-                device_code: a.getattr("device_code")?.is_truthy()?,
-            }
-        } else {
-            RawAccount {
-                kind: CloudKind::Gmail,
-                user: opt_str(&a, "user")?,
-                tenant: None,
-                client_id: None,
-                use_default_registration: false,
-                device_code: false,
-            }
-        };
         accounts.push(At {
             line: line_of(&a),
-            value: raw,
+            value: raw_account(&a)?,
         });
         account_objs.push(a.unbind());
     }
+    Ok((accounts, account_objs))
+}
 
+/// Copy one `Office365_Account`/`GMail_Account` object's attributes.
+fn raw_account(a: &Bound<'_, PyAny>) -> PyResult<RawAccount> {
+    let kind: String = a.getattr("_kind")?.extract()?;
+    Ok(if kind == "Office365_Account" {
+        RawAccount {
+            kind: CloudKind::Office365,
+            user: opt_str(a, "user")?,
+            tenant: opt_str(a, "tenant")?,
+            client_id: opt_str(a, "client_id")?,
+            use_default_registration: a.getattr("use_default_registration")?.is_truthy()?,
+            device_code: a.getattr("device_code")?.is_truthy()?,
+        }
+    } else {
+        RawAccount {
+            kind: CloudKind::Gmail,
+            user: opt_str(a, "user")?,
+            tenant: None,
+            client_id: None,
+            use_default_registration: false,
+            device_code: false,
+        }
+    })
+}
+
+/// The declared cloud mailboxes, with the objects
+/// `Office365(...)`/`GMail(...)` returned.
+fn gather_mailboxes(
+    state: &Bound<'_, PyDict>,
+    account_objs: &[Py<PyAny>],
+) -> PyResult<WithObjects<RawMailbox>> {
     let mut mailbox_objs = Vec::new();
     let mut mailboxes = Vec::new();
     for b in item(state, "mailboxes")?.try_iter()? {
@@ -283,7 +335,7 @@ fn gather(
             "Office365" => CloudKind::Office365,
             _ => CloudKind::Gmail,
         };
-        let account = index_of(&account_objs, &b.getattr("account")?).ok_or_else(|| {
+        let account = index_of(account_objs, &b.getattr("account")?).ok_or_else(|| {
             pyo3::exceptions::PyValueError::new_err("mailbox account is not a declared account")
         })?;
         let poll = b.getattr("poll_interval")?;
@@ -304,14 +356,21 @@ fn gather(
         });
         mailbox_objs.push(b.unbind());
     }
+    Ok((mailboxes, mailbox_objs))
+}
 
+/// The declared credential servers, accounts as indexes into `account_objs`.
+fn gather_credential_servers(
+    state: &Bound<'_, PyDict>,
+    account_objs: &[Py<PyAny>],
+) -> PyResult<Vec<At<RawCredentialServer>>> {
     let mut credential_servers = Vec::new();
     for s in item(state, "credential_servers")?.try_iter()? {
         let s = s?;
         let mut accts = Vec::new();
         for a in s.getattr("accounts")?.try_iter()? {
             let a = a?;
-            if let Some(i) = index_of(&account_objs, &a) {
+            if let Some(i) = index_of(account_objs, &a) {
                 accts.push(i);
             }
         }
@@ -329,21 +388,5 @@ fn gather(
             },
         });
     }
-
-    let raw = RawConfig {
-        file: file.to_path_buf(),
-        message_db_dir: db_dir,
-        maildirs,
-        accounts,
-        mailboxes,
-        credential_servers,
-        custom_router,
-        rescan_interval,
-    };
-    let objects = PyObjects {
-        maildirs: maildir_objs,
-        mailboxes: mailbox_objs,
-        cfg: cfg.unbind(),
-    };
-    Ok((raw, objects))
+    Ok(credential_servers)
 }
