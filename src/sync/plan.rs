@@ -12,7 +12,7 @@ pub use crate::types::DeleteAction;
 use crate::types::{ContentHash, Flags};
 
 /// The flags a cloud can hold; `T` is local only (a deletion request).
-pub(crate) const SYNCED: Flags = Flags::REPLIED.union(Flags::READ).union(Flags::FLAGGED);
+pub(crate) const SYNCED: Flags = Flags(Flags::REPLIED.0 | Flags::READ.0 | Flags::FLAGGED.0);
 
 /// A maildir that lost more than this many files may be a mass deletion.
 const GUARD_MIN_MISSING: usize = 50;
@@ -468,46 +468,7 @@ fn decide(input: &PlanInput, g: &Group<'_>, guarded: &BTreeSet<usize>) -> (Vec<A
         // reached another synced folder since) are never deleted: with no
         // known copy left they are delivered again; while a known copy may
         // hide in an incomplete listing, wait.
-        (true, false, Some(s)) => {
-            let held = guarded.contains(&s.maildir) || s.maildir >= input.maildirs.len();
-            let known: Vec<&CloudMsg> = g
-                .cloud
-                .iter()
-                .copied()
-                .filter(|c| {
-                    s.cloud
-                        .iter()
-                        .any(|b| b.mailbox == c.mailbox && b.id == c.id)
-                })
-                .collect();
-            let unseen = s.cloud.iter().any(|b| {
-                !mailbox_complete(input, b.mailbox)
-                    && !g
-                        .cloud
-                        .iter()
-                        .any(|c| c.mailbox == b.mailbox && c.id == b.id)
-            });
-            let restore = || {
-                let flags = three_way(input, g, s);
-                let dest = route(input, g)
-                    .or_else(|| valid(input, s.maildir))
-                    .or_else(|| default(input));
-                deliver(input, g, flags, dest)
-            };
-            if held || offline(input, g) {
-                restore()
-            } else if !known.is_empty() {
-                let actions = known
-                    .iter()
-                    .filter_map(|c| delete_cloud(input, c))
-                    .collect();
-                (actions, Rule::KeepOld)
-            } else if unseen {
-                (Vec::new(), Rule::KeepOld)
-            } else {
-                restore()
-            }
-        }
+        (true, false, Some(s)) => removed_locally(input, g, s, guarded),
         // New cloud message: deliver with the cloud's flags into its route,
         // or the default maildir when routing failed.
         (true, false, None) => {
@@ -553,6 +514,54 @@ fn decide(input: &PlanInput, g: &Group<'_>, guarded: &BTreeSet<usize>) -> (Vec<A
         }
         // A group always has at least one member; nothing to do.
         (false, false, None) => (Vec::new(), Rule::Forget),
+    }
+}
+
+/// Decides a message removed locally since the last agreement `s` and
+/// still listed in the cloud (see the arm in [`decide`]).
+fn removed_locally(
+    input: &PlanInput,
+    g: &Group<'_>,
+    s: &LastEntry,
+    guarded: &BTreeSet<usize>,
+) -> (Vec<Action>, Rule) {
+    let held = guarded.contains(&s.maildir) || s.maildir >= input.maildirs.len();
+    let known: Vec<&CloudMsg> = g
+        .cloud
+        .iter()
+        .copied()
+        .filter(|c| {
+            s.cloud
+                .iter()
+                .any(|b| b.mailbox == c.mailbox && b.id == c.id)
+        })
+        .collect();
+    let unseen = s.cloud.iter().any(|b| {
+        !mailbox_complete(input, b.mailbox)
+            && !g
+                .cloud
+                .iter()
+                .any(|c| c.mailbox == b.mailbox && c.id == b.id)
+    });
+    let restore = || {
+        let flags = three_way(input, g, s);
+        let dest = route(input, g)
+            .or_else(|| valid(input, s.maildir))
+            .or_else(|| default(input));
+        deliver(input, g, flags, dest)
+    };
+    if held || offline(input, g) {
+        restore()
+    } else if !known.is_empty() {
+        let actions = known
+            .iter()
+            .filter_map(|c| delete_cloud(input, c))
+            .collect();
+        (actions, Rule::KeepOld)
+    } else if unseen {
+        (Vec::new(), Rule::KeepOld)
+    } else {
+        restore()
     }
 }
 
@@ -825,27 +834,87 @@ pub fn settled<'a>(
 /// failed action is retried next cycle and a change made afterwards on
 /// either side is still seen as a change.
 pub fn next_state(input: &PlanInput, plan: &Plan, outcomes: &[Outcome]) -> LastState {
-    // The world after the successful actions, as far as the planner knows it.
-    // Scanned names are borrowed; only delivered files get new ones.
-    let mut files: BTreeMap<(usize, Cow<'_, str>), (ContentHash, Flags)> = input
-        .local
-        .iter()
-        .map(|f| {
-            (
-                (f.maildir, Cow::Borrowed(f.name.as_str())),
-                (f.hash, f.flags),
-            )
-        })
-        .collect();
-    let mut cloud: BTreeMap<(usize, &str), Flags> = input
-        .cloud
-        .iter()
-        .map(|c| ((c.mailbox, c.id.as_str()), c.flags))
-        .collect();
+    let mut world = World::scanned(input);
     for (i, action) in plan.actions.iter().enumerate() {
-        if outcomes.get(i) != Some(&Outcome::Done) {
-            continue;
+        if outcomes.get(i) == Some(&Outcome::Done) {
+            world.apply(i, action);
         }
+    }
+
+    let mut counts = vec![0usize; input.maildirs.len()];
+    let mut by_hash: BTreeMap<ContentHash, Vec<(usize, Flags)>> = BTreeMap::new();
+    for ((maildir, _), (hash, flags)) in &world.files {
+        if let Some(c) = counts.get_mut(*maildir) {
+            *c += 1;
+        }
+        by_hash.entry(*hash).or_default().push((*maildir, *flags));
+    }
+    let mut copies: BTreeMap<ContentHash, Vec<CloudBase>> = BTreeMap::new();
+    for c in &input.cloud {
+        let flags = world.cloud[&(c.mailbox, c.id.as_str())];
+        copies.entry(c.hash).or_default().push(CloudBase {
+            mailbox: c.mailbox,
+            id: c.id.clone(),
+            flags,
+        });
+    }
+
+    let mut entries = BTreeMap::new();
+    for (hash, rule) in &plan.intents {
+        let post = by_hash.get(hash).map_or(&[][..], Vec::as_slice);
+        let old = input.last.entries.get(hash);
+        let entry = match rule {
+            Rule::Record { flags, prefer } => {
+                let copies = copies.get(hash).map_or(&[][..], Vec::as_slice);
+                record(input, *flags, *prefer, post, copies, old)
+            }
+            Rule::KeepOld => old.cloned(),
+            Rule::KeepOldWhileFiles if !post.is_empty() => old.cloned(),
+            Rule::KeepOldWhileFiles | Rule::Forget => None,
+        };
+        if let Some(e) = entry {
+            entries.insert(*hash, e);
+        }
+    }
+    LastState {
+        entries,
+        maildir_counts: counts,
+    }
+}
+
+/// The world after the successful actions, as far as the planner knows it.
+/// Scanned names are borrowed; only delivered files get new ones.
+struct World<'a> {
+    /// Local files by maildir and name: their content and flags.
+    files: BTreeMap<(usize, Cow<'a, str>), (ContentHash, Flags)>,
+    /// Cloud copies by folder and id: their flags.
+    cloud: BTreeMap<(usize, &'a str), Flags>,
+}
+
+impl<'a> World<'a> {
+    /// The world as scanned and listed, before any action.
+    fn scanned(input: &'a PlanInput) -> Self {
+        let files = input
+            .local
+            .iter()
+            .map(|f| {
+                (
+                    (f.maildir, Cow::Borrowed(f.name.as_str())),
+                    (f.hash, f.flags),
+                )
+            })
+            .collect();
+        let cloud = input
+            .cloud
+            .iter()
+            .map(|c| ((c.mailbox, c.id.as_str()), c.flags))
+            .collect();
+        World { files, cloud }
+    }
+
+    /// Applies `action`, the plan's `i`th, which succeeded.
+    fn apply(&mut self, i: usize, action: &'a Action) {
+        let files = &mut self.files;
         // Names no scan can produce, for files the executor named.
         let new_name = || Cow::Owned(format!("\u{0}{i}"));
         match action {
@@ -886,7 +955,7 @@ pub fn next_state(input: &PlanInput, plan: &Plan, outcomes: &[Outcome]) -> LastS
                 clear,
                 ..
             } => {
-                if let Some(f) = cloud.get_mut(&(*mailbox, id.as_str())) {
+                if let Some(f) = self.cloud.get_mut(&(*mailbox, id.as_str())) {
                     *f = (*f & !*clear) | *set;
                 }
             }
@@ -894,75 +963,50 @@ pub fn next_state(input: &PlanInput, plan: &Plan, outcomes: &[Outcome]) -> LastS
             Action::DeleteCloud { .. } => {}
         }
     }
+}
 
-    let mut counts = vec![0usize; input.maildirs.len()];
-    let mut by_hash: BTreeMap<ContentHash, Vec<(usize, Flags)>> = BTreeMap::new();
-    for ((maildir, _), (hash, flags)) in &files {
-        if let Some(c) = counts.get_mut(*maildir) {
-            *c += 1;
-        }
-        by_hash.entry(*hash).or_default().push((*maildir, *flags));
+/// The entry [`Rule::Record`] makes from the files (`post`) and cloud copies
+/// (`copies`) of one hash after the actions, and its `old` entry; none when
+/// no file is left.
+fn record(
+    input: &PlanInput,
+    flags: Flags,
+    prefer: Option<usize>,
+    post: &[(usize, Flags)],
+    copies: &[CloudBase],
+    old: Option<&LastEntry>,
+) -> Option<LastEntry> {
+    let kept = prefer
+        .and_then(|m| post.iter().find(|f| f.0 == m))
+        .or_else(|| post.first());
+    // Where files left over by a failed removal disagree, the base is the
+    // opposite of the merge result: only files that hold the result look
+    // changed, so it is merged again.
+    let (mut all, mut any) = (Flags::ALL, Flags::NONE);
+    for &(_, f) in post {
+        all &= f;
+        any |= f;
     }
-    let mut copies: BTreeMap<ContentHash, Vec<CloudBase>> = BTreeMap::new();
-    for c in &input.cloud {
-        let flags = cloud[&(c.mailbox, c.id.as_str())];
-        copies.entry(c.hash).or_default().push(CloudBase {
-            mailbox: c.mailbox,
-            id: c.id.clone(),
-            flags,
-        });
-    }
-
-    let mut entries = BTreeMap::new();
-    for (hash, rule) in &plan.intents {
-        let post = by_hash.get(hash).map_or(&[][..], Vec::as_slice);
-        let old = input.last.entries.get(hash);
-        let entry = match rule {
-            Rule::Record { flags, prefer } => {
-                let kept = prefer
-                    .and_then(|m| post.iter().find(|f| f.0 == m))
-                    .or_else(|| post.first());
-                // Where files left over by a failed removal disagree, the
-                // base is the opposite of the merge result: only files that
-                // hold the result look changed, so it is merged again.
-                let (mut all, mut any) = (Flags::ALL, Flags::NONE);
-                for &(_, f) in post {
-                    all &= f;
-                    any |= f;
-                }
-                let disputed = any & !all;
-                kept.map(|&(maildir, _)| {
-                    let mut cloud = copies.get(hash).cloned().unwrap_or_default();
-                    // Copies an incomplete listing missed keep their base, or
-                    // they would look changed when they are listed again.
-                    for b in old.map_or(&[][..], |e| e.cloud.as_slice()) {
-                        let listed = cloud.iter().any(|c| c.mailbox == b.mailbox && c.id == b.id);
-                        if !listed && !mailbox_complete(input, b.mailbox) {
-                            cloud.push(b.clone());
-                        }
-                    }
-                    cloud.sort();
-                    cloud.dedup_by(|a, b| (a.mailbox, &a.id) == (b.mailbox, &b.id));
-                    LastEntry {
-                        flags: *flags & SYNCED,
-                        maildir,
-                        local: ((all & !disputed) | (!*flags & disputed)) & SYNCED,
-                        cloud,
-                    }
-                })
+    let disputed = any & !all;
+    kept.map(|&(maildir, _)| {
+        let mut cloud = copies.to_vec();
+        // Copies an incomplete listing missed keep their base, or they would
+        // look changed when they are listed again.
+        for b in old.map_or(&[][..], |e| e.cloud.as_slice()) {
+            let listed = cloud.iter().any(|c| c.mailbox == b.mailbox && c.id == b.id);
+            if !listed && !mailbox_complete(input, b.mailbox) {
+                cloud.push(b.clone());
             }
-            Rule::KeepOld => old.cloned(),
-            Rule::KeepOldWhileFiles if !post.is_empty() => old.cloned(),
-            Rule::KeepOldWhileFiles | Rule::Forget => None,
-        };
-        if let Some(e) = entry {
-            entries.insert(*hash, e);
         }
-    }
-    LastState {
-        entries,
-        maildir_counts: counts,
-    }
+        cloud.sort();
+        cloud.dedup_by(|a, b| (a.mailbox, &a.id) == (b.mailbox, &b.id));
+        LastEntry {
+            flags: flags & SYNCED,
+            maildir,
+            local: ((all & !disputed) | (!flags & disputed)) & SYNCED,
+            cloud,
+        }
+    })
 }
 
 /// What the cloud now holds because of one of the cycle's actions, as far as
