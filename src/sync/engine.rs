@@ -266,6 +266,17 @@ enum LocalChange {
     Remove(usize, String),
 }
 
+/// A plan and how running it went.
+struct PlanRun {
+    plan: Plan,
+    /// One per action, in plan order.
+    outcomes: Vec<Outcome>,
+    /// Per action: a cloud action that was sent.
+    attempted: Vec<bool>,
+    /// Per action: a deletion held until a listing confirms the one sent.
+    held: Vec<bool>,
+}
+
 impl Engine {
     /// An engine over open maildirs and folders, loading the last agreement
     /// from the store's state database. `offline` makes the first cycle
@@ -445,6 +456,8 @@ impl Engine {
         r
     }
 
+    /// One cycle: take in what changed, plan the hashes it touched (or every
+    /// hash), run the plan and record the new agreement.
     async fn one_cycle(
         &mut self,
         relist: &[bool],
@@ -456,24 +469,7 @@ impl Engine {
         } else {
             Scope::Changes
         };
-        let mut dirty = HashSet::new();
-        // A full scan reads the maildirs while the listings arrive.
-        let scan = (scope == Scope::Full).then(|| {
-            self.paths.clear();
-            self.start_scan()
-        });
-        let (failed, news) = self.list_some(relist, &mut report, &mut dirty).await;
-        self.take_downloads(&mut report, &mut dirty)?;
-        match scan {
-            Some(scan) => {
-                self.rescan = false;
-                self.finish_scan(scan).await?;
-            }
-            None => {
-                let paths = std::mem::take(&mut self.paths);
-                self.look_at(paths, &mut dirty).await?;
-            }
-        }
+        let (dirty, failed, news) = self.gather(scope, relist, &mut report).await?;
         if may_skip
             && scope == Scope::Changes
             && self.quiet
@@ -486,6 +482,82 @@ impl Engine {
             return Ok(report);
         }
         self.quiet = false;
+        let (complete, present, plan_all) = self.picture(scope, &failed);
+        if plan_all && self.all_agreed.is_none() {
+            self.load_all_agreed().await?;
+        }
+        let mut hashes = self.hashes_to_plan(plan_all, dirty);
+        // The picture each folder is planned with; checked against the
+        // agreement's by list_some, so a stale pair cannot be planned.
+        let planned_versions: Vec<Option<u64>> = (0..self.folders.len())
+            .map(|i| self.cloud.listing(i).map(|l| l.version))
+            .collect();
+        // Stopping: nothing is planned, so nothing changes; what was
+        // downloaded is committed already.
+        let stop = self.stop.clone();
+        let routed = stop.unless(self.route(&hashes, scope == Scope::Full, &mut report));
+        if routed.await.is_none() {
+            return Ok(report);
+        }
+        if plan_all {
+            // What both sides hold as agreed needs no plan (at start-up,
+            // nearly everything).
+            hashes = self.unsettled(hashes);
+        }
+        let agreed = self.agreement_of(&hashes).await?;
+        let mut input = self.input_for(&hashes, agreed, &complete, &present, plan_all);
+        let run = self.run_plan(&input, &complete, &mut report).await?;
+        self.plan_again(&run, &hashes);
+
+        let mut new_last = next_state(&input, &run.plan, &run.outcomes);
+        new_last.maildir_counts = self.local.counts();
+        let old_last = std::mem::take(&mut input.last.entries);
+        // The listings now show what the agreement assumes the cloud holds.
+        let effects = cloud_effects(&run.plan, &run.outcomes, &run.attempted);
+        self.take_effects(&planned_versions, &effects, &mut report);
+        self.persist(&hashes, &old_last, new_last, scope).await?;
+        self.free_after(plan_all, (input, run.plan, hashes, old_last));
+        self.quiet = self.is_quiet(&report, &complete);
+        Ok(report)
+    }
+
+    /// Takes in finished listings and downloads, and what changed in the
+    /// maildirs: every file on a full scan, else the files the watcher
+    /// named. Returns the hashes that changed, per folder whether its
+    /// listing failed, and whether anything new was taken in (see
+    /// [`Engine::list_some`]).
+    async fn gather(
+        &mut self,
+        scope: Scope,
+        relist: &[bool],
+        report: &mut CycleReport,
+    ) -> Result<(HashSet<ContentHash>, Vec<bool>, bool), SyncError> {
+        let mut dirty = HashSet::new();
+        // A full scan reads the maildirs while the listings arrive.
+        let scan = (scope == Scope::Full).then(|| {
+            self.paths.clear();
+            self.start_scan()
+        });
+        let (failed, news) = self.list_some(relist, report, &mut dirty).await;
+        self.take_downloads(report, &mut dirty)?;
+        match scan {
+            Some(scan) => {
+                self.rescan = false;
+                self.finish_scan(scan).await?;
+            }
+            None => {
+                let paths = std::mem::take(&mut self.paths);
+                self.look_at(paths, &mut dirty).await?;
+            }
+        }
+        Ok((dirty, failed, news))
+    }
+
+    /// What this cycle sees, remembered for the next: each folder complete
+    /// (its listing did not fail, is current and fully resolved), each
+    /// maildir present; and whether to plan every hash (a full scan, a
+    /// maildir that came or went, a folder that became complete).
+    fn picture(&mut self, scope: Scope, failed: &[bool]) -> (Vec<bool>, Vec<bool>, bool) {
         let complete: Vec<bool> = (0..self.folders.len())
             .map(|i| !failed[i] && self.fresh(i).is_some_and(|l| l.unresolved.is_empty()))
             .collect();
@@ -502,14 +574,27 @@ impl Engine {
                 .any(|(now, was)| *now && !*was);
         self.last_present.clone_from(&present);
         self.last_complete.clone_from(&complete);
-        if plan_all && self.all_agreed.is_none() {
-            let (state, store) = (self.state.clone(), self.store.clone());
-            let all = tokio::task::spawn_blocking(move || state.load_agreement(&store))
-                .await
-                .map_err(|e| SyncError::Task(e.to_string()))??;
-            self.all_agreed = Some(all);
-        }
-        let mut hashes: BTreeSet<ContentHash> = if plan_all {
+        (complete, present, plan_all)
+    }
+
+    /// Reads the whole agreement from the database into memory.
+    async fn load_all_agreed(&mut self) -> Result<(), SyncError> {
+        let (state, store) = (self.state.clone(), self.store.clone());
+        let all = tokio::task::spawn_blocking(move || state.load_agreement(&store))
+            .await
+            .map_err(|e| SyncError::Task(e.to_string()))??;
+        self.all_agreed = Some(all);
+        Ok(())
+    }
+
+    /// The hashes to plan, taking the pending ones: with `plan_all` every
+    /// hash the indexes and the agreement know, else the `dirty` ones.
+    fn hashes_to_plan(
+        &mut self,
+        plan_all: bool,
+        mut dirty: HashSet<ContentHash>,
+    ) -> BTreeSet<ContentHash> {
+        if plan_all {
             self.pending.clear();
             self.cloud
                 .hashes()
@@ -520,42 +605,40 @@ impl Engine {
         } else {
             dirty.extend(self.pending.drain());
             dirty.into_iter().collect()
-        };
-        // The picture each folder is planned with; checked against the
-        // agreement's by list_some, so a stale pair cannot be planned.
-        let planned_versions: Vec<Option<u64>> = (0..self.folders.len())
-            .map(|i| self.cloud.listing(i).map(|l| l.version))
+        }
+    }
+
+    /// The hashes of `hashes` that need a plan: not exactly as the whole
+    /// agreement in memory says (see [`Settle`]).
+    fn unsettled(&self, hashes: BTreeSet<ContentHash>) -> BTreeSet<ContentHash> {
+        let supported: Vec<Flags> = self
+            .folders
+            .iter()
+            .map(|f| f.cloud.supported_flags())
             .collect();
-        // Stopping: nothing is planned, so nothing changes; what was
-        // downloaded is committed already.
-        let stop = self.stop.clone();
-        let routed = stop.unless(self.route(&hashes, scope == Scope::Full, &mut report));
-        if routed.await.is_none() {
-            return Ok(report);
-        }
-        if plan_all {
-            // What both sides hold as agreed needs no plan (at start-up,
-            // nearly everything).
-            let supported: Vec<Flags> = self
-                .folders
-                .iter()
-                .map(|f| f.cloud.supported_flags())
-                .collect();
-            let none = BTreeMap::new();
-            let check = Settle {
-                cloud: &self.cloud,
-                local: &self.local,
-                last: self.all_agreed.as_ref().unwrap_or(&none),
-                agreed_versions: &self.agreed_versions,
-                custom_router: self.router.is_custom(),
-                maildirs: self.maildirs.len(),
-                supported: &supported,
-            };
-            hashes = check.unsettled(hashes);
-        }
-        let agreed = self.agreement_of(&hashes).await?;
-        let mut input = self.input_for(&hashes, agreed, &complete, &present, plan_all);
-        let plan = plan(&input);
+        let none = BTreeMap::new();
+        let check = Settle {
+            cloud: &self.cloud,
+            local: &self.local,
+            last: self.all_agreed.as_ref().unwrap_or(&none),
+            agreed_versions: &self.agreed_versions,
+            custom_router: self.router.is_custom(),
+            maildirs: self.maildirs.len(),
+            supported: &supported,
+        };
+        check.unsettled(hashes)
+    }
+
+    /// Plans `input`, logs the plan's warnings and runs it, holding the
+    /// deletions already sent; counts in `report` what it planned, held and
+    /// failed. Folders done with the `--offline` rule leave it.
+    async fn run_plan(
+        &mut self,
+        input: &PlanInput,
+        complete: &[bool],
+        report: &mut CycleReport,
+    ) -> Result<PlanRun, SyncError> {
+        let plan = plan(input);
         for w in &plan.warnings {
             tracing::error!("{}", describe_warning(w, &self.maildirs));
         }
@@ -575,29 +658,44 @@ impl Engine {
             })
             .collect();
         report.held = held.iter().filter(|h| **h).count();
-        let reasons = local_reasons(&plan, &input);
-        let (outcomes, attempted) = self.execute(&plan, &held, reasons, &mut report).await?;
+        let reasons = local_reasons(&plan, input);
+        let (outcomes, attempted) = self.execute(&plan, &held, reasons, report).await?;
         report.failed = outcomes
             .iter()
             .zip(&held)
             .filter(|(o, h)| **o == Outcome::Failed && !**h)
             .count();
-        self.leave_offline(&complete, &plan, &outcomes, &input);
-        // What did not happen is planned again next cycle.
-        for (i, a) in plan.actions.iter().enumerate() {
-            if outcomes[i] != Outcome::Done || held[i] {
+        self.leave_offline(complete, &plan, &outcomes, input);
+        Ok(PlanRun {
+            plan,
+            outcomes,
+            attempted,
+            held,
+        })
+    }
+
+    /// Has the next cycle plan again what did not happen (failed or held
+    /// actions), and after a guard warning every hash of this one.
+    fn plan_again(&mut self, run: &PlanRun, hashes: &BTreeSet<ContentHash>) {
+        for (i, a) in run.plan.actions.iter().enumerate() {
+            if run.outcomes[i] != Outcome::Done || run.held[i] {
                 self.pending.insert(a.hash());
             }
         }
-        if !plan.warnings.is_empty() {
+        if !run.plan.warnings.is_empty() {
             self.pending.extend(hashes.iter().copied());
         }
+    }
 
-        let mut new_last = next_state(&input, &plan, &outcomes);
-        new_last.maildir_counts = self.local.counts();
-        let old_last = std::mem::take(&mut input.last.entries);
-        // The listings now show what the agreement assumes the cloud holds.
-        let effects = cloud_effects(&plan, &outcomes, &attempted);
+    /// Applies the cycle's cloud `effects` to the listings each folder was
+    /// planned with (`planned_versions`), which the agreement is then
+    /// computed from, and marks in `report` the folders they touched.
+    fn take_effects(
+        &mut self,
+        planned_versions: &[Option<u64>],
+        effects: &[CloudEffect],
+        report: &mut CycleReport,
+    ) {
         report.touched = vec![false; self.folders.len()];
         for (i, planned) in planned_versions.iter().enumerate() {
             let Some(planned) = *planned else { continue };
@@ -613,7 +711,12 @@ impl Engine {
                 }
             }
         }
-        self.persist(&hashes, &old_last, new_last, scope).await?;
+    }
+
+    /// Lets go of the store's warm tables and, after a cycle that warmed
+    /// them or planned every hash, frees them, the whole agreement and the
+    /// cycle's copies of the world (`cycle`) on a blocking thread.
+    fn free_after(&mut self, plan_all: bool, cycle: impl Send + 'static) {
         // The id table was in memory for this cycle's large batch, the
         // inode table for its full scan, the agreement for planning every
         // hash.
@@ -622,14 +725,19 @@ impl Engine {
             // A full cycle's copies of the world are freed, and the pages
             // handed back instead of keeping the peak for the daemon's
             // life, on a blocking thread: the cycle does not wait for it.
-            let freed = (warm, self.all_agreed.take(), input, plan, hashes, old_last);
+            let freed = (warm, self.all_agreed.take(), cycle);
             tokio::task::spawn_blocking(move || {
                 drop(freed);
                 trim_heap();
             });
         }
+    }
+
+    /// True when the cycle reached a fixed point: nothing to do, nothing
+    /// failed, every folder complete, nothing held or pending.
+    fn is_quiet(&self, report: &CycleReport, complete: &[bool]) -> bool {
         let all_complete = complete.iter().all(|c| *c);
-        self.quiet = report.is_clean()
+        report.is_clean()
             && all_complete
             && report.actions == 0
             && report.held == 0
@@ -637,8 +745,7 @@ impl Engine {
             && report.routing_failures == 0
             && report.downloads == 0
             && self.pending.is_empty()
-            && !self.background.busy();
-        Ok(report)
+            && !self.background.busy()
     }
 
     /// Folders on the `--offline` start-up rule leave it after a cycle that
@@ -701,8 +808,61 @@ impl Engine {
         report: &mut CycleReport,
         dirty: &mut HashSet<ContentHash>,
     ) -> (Vec<bool>, bool) {
-        let mut started = false;
+        if self.start_listings(relist) {
+            self.background.await_listings(LIST_GRACE, &self.stop).await;
+        }
         let mut news = false;
+        let mut failed = vec![false; self.folders.len()];
+        report.listed.resize(self.folders.len(), false);
+        for (i, failed) in failed.iter_mut().enumerate() {
+            let Some((done, retry)) = self.background.take_listing(i) else {
+                continue;
+            };
+            report.listed[i] |= done.result.is_ok();
+            match done.result {
+                // Started before this folder's last agreement: it may not
+                // show what that cycle did. List again.
+                Ok(_) if done.version < self.agreed_versions[i] => {
+                    tracing::debug!(folder = %self.folders[i].key, "listing predates the last actions; listing again");
+                    self.list_again(i);
+                    news = true;
+                }
+                // Unchanged since the listing the engine holds: only the
+                // downloads that failed are tried again.
+                Ok(l) if l.is_unchanged() && self.cloud.listing(i).is_some() => {
+                    let retry: Vec<String> = match self.cloud.listing(i) {
+                        Some(l) => retry
+                            .into_iter()
+                            .filter(|id| l.unresolved.contains(id))
+                            .collect(),
+                        None => Vec::new(),
+                    };
+                    self.resolve(i, retry, dirty);
+                }
+                Ok(listed) => {
+                    self.take_listed(i, listed, done.version, retry, dirty);
+                    news = true;
+                }
+                Err(error) => {
+                    tracing::warn!(folder = %self.folders[i].key, "listing failed: {error}");
+                    news = true;
+                    *failed = true;
+                    report.cloud_errors.push(FolderError {
+                        folder: i,
+                        during: Phase::Listing,
+                        error,
+                    });
+                }
+            }
+        }
+        (failed, news)
+    }
+
+    /// Starts in the background the listings of the folders in `relist`
+    /// and of any whose listing is stale, unless one runs already; true
+    /// when it started any.
+    fn start_listings(&mut self, relist: &[bool]) -> bool {
+        let mut started = false;
         for (i, f) in self.folders.iter().enumerate() {
             let stale = self
                 .cloud
@@ -728,97 +888,59 @@ impl Engine {
                 .start_listing(i, self.versions, changes_only, cloud, stop);
             started = true;
         }
-        if started {
-            self.background.await_listings(LIST_GRACE, &self.stop).await;
-        }
-        let mut failed = vec![false; self.folders.len()];
-        report.listed.resize(self.folders.len(), false);
-        for (i, failed) in failed.iter_mut().enumerate() {
-            let Some((done, retry)) = self.background.take_listing(i) else {
-                continue;
-            };
-            report.listed[i] |= done.result.is_ok();
-            match done.result {
-                // Started before this folder's last agreement: it may not
-                // show what that cycle did. List again.
-                Ok(_) if done.version < self.agreed_versions[i] => {
-                    tracing::debug!(folder = %self.folders[i].key, "listing predates the last actions; listing again");
-                    self.versions += 1;
-                    let (cloud, stop) = (self.folders[i].cloud.clone(), self.stop.clone());
-                    self.background
-                        .start_listing(i, self.versions, false, cloud, stop);
-                    news = true;
-                }
-                // Unchanged since the listing the engine holds: only the
-                // downloads that failed are tried again.
-                Ok(l) if l.is_unchanged() && self.cloud.listing(i).is_some() => {
-                    let retry: Vec<String> = match self.cloud.listing(i) {
-                        Some(l) => retry
-                            .into_iter()
-                            .filter(|id| l.unresolved.contains(id))
-                            .collect(),
-                        None => Vec::new(),
-                    };
-                    self.resolve(i, retry, dirty);
-                }
-                Ok(listed) => {
-                    let r = match listed {
-                        Listed::Full(entries) => self.cloud.relist(i, entries, done.version),
-                        Listed::Changes { upsert, gone } => {
-                            match self.cloud.apply_changes(i, upsert, gone, done.version) {
-                                Some(mut r) => {
-                                    // Failed downloads the changes do not
-                                    // name are tried again too.
-                                    if let Some(l) = self.cloud.listing(i) {
-                                        let named: HashSet<&String> = r.unresolved.iter().collect();
-                                        let again: Vec<String> = retry
-                                            .into_iter()
-                                            .filter(|id| {
-                                                l.unresolved.contains(id) && !named.contains(id)
-                                            })
-                                            .collect();
-                                        r.unresolved.extend(again);
-                                    }
-                                    r
-                                }
-                                None => {
-                                    // Nothing to apply them to: list it all.
-                                    self.versions += 1;
-                                    let (cloud, stop) =
-                                        (self.folders[i].cloud.clone(), self.stop.clone());
-                                    self.background.start_listing(
-                                        i,
-                                        self.versions,
-                                        false,
-                                        cloud,
-                                        stop,
-                                    );
-                                    news = true;
-                                    continue;
-                                }
-                            }
+        started
+    }
+
+    /// Starts a full listing of folder `i` in the background.
+    fn list_again(&mut self, i: usize) {
+        self.versions += 1;
+        let (cloud, stop) = (self.folders[i].cloud.clone(), self.stop.clone());
+        self.background
+            .start_listing(i, self.versions, false, cloud, stop);
+    }
+
+    /// Takes in a changed listing of folder `i` started at `version`: the
+    /// hashes whose copies changed go to `dirty`, the router forgets the
+    /// copies gone, and new copies (and those whose download failed,
+    /// `retry`) are looked up or downloaded. Changes with no listing to
+    /// apply them to have the folder listed again in full.
+    fn take_listed(
+        &mut self,
+        i: usize,
+        listed: Listed,
+        version: u64,
+        retry: Vec<String>,
+        dirty: &mut HashSet<ContentHash>,
+    ) {
+        let r = match listed {
+            Listed::Full(entries) => self.cloud.relist(i, entries, version),
+            Listed::Changes { upsert, gone } => {
+                match self.cloud.apply_changes(i, upsert, gone, version) {
+                    Some(mut r) => {
+                        // Failed downloads the changes do not name are
+                        // tried again too.
+                        if let Some(l) = self.cloud.listing(i) {
+                            let named: HashSet<&String> = r.unresolved.iter().collect();
+                            let again: Vec<String> = retry
+                                .into_iter()
+                                .filter(|id| l.unresolved.contains(id) && !named.contains(id))
+                                .collect();
+                            r.unresolved.extend(again);
                         }
-                    };
-                    dirty.extend(r.dirty);
-                    let gone: Vec<(usize, String)> =
-                        r.gone.into_iter().map(|(id, _)| (i, id)).collect();
-                    self.router.forget(&gone);
-                    self.resolve(i, r.unresolved, dirty);
-                    news = true;
-                }
-                Err(error) => {
-                    tracing::warn!(folder = %self.folders[i].key, "listing failed: {error}");
-                    news = true;
-                    *failed = true;
-                    report.cloud_errors.push(FolderError {
-                        folder: i,
-                        during: Phase::Listing,
-                        error,
-                    });
+                        r
+                    }
+                    None => {
+                        // Nothing to apply them to: list it all.
+                        self.list_again(i);
+                        return;
+                    }
                 }
             }
-        }
-        (failed, news)
+        };
+        dirty.extend(r.dirty);
+        let gone: Vec<(usize, String)> = r.gone.into_iter().map(|(id, _)| (i, id)).collect();
+        self.router.forget(&gone);
+        self.resolve(i, r.unresolved, dirty);
     }
 
     /// Find the content of listed messages `ids` of folder `i` through the
@@ -986,64 +1108,9 @@ impl Engine {
         }
         let maildirs = self.maildirs.clone();
         let store = self.store.clone();
-        type Seen = (usize, String, Option<(Entry, ContentHash)>);
-        let seen = tokio::task::spawn_blocking(move || -> Result<Vec<Seen>, SyncError> {
-            let mut out = Vec::new();
-            let mut looked: HashSet<PathBuf> = HashSet::new();
-            let mut queue: Vec<PathBuf> = paths.into_iter().collect();
-            while !queue.is_empty() {
-                // Per maildir, the base names of files found gone.
-                let mut gone: HashMap<usize, HashSet<String>> = HashMap::new();
-                let mut present: HashSet<(usize, String)> = HashSet::new();
-                for path in std::mem::take(&mut queue) {
-                    if !looked.insert(path.clone()) {
-                        continue;
-                    }
-                    let Some((m, name)) = place_in(&maildirs, &path) else {
-                        continue;
-                    };
-                    let now = match maildirs[m].look(&path) {
-                        Ok(Some(entry)) => hash_file(&store, &entry).map(|h| (entry, h)),
-                        Ok(None) => None,
-                        Err(e) => {
-                            tracing::warn!("skipping {}: {e}", path.display());
-                            continue;
-                        }
-                    };
-                    let file = name.split_once('/').map_or(name.as_str(), |(_, f)| f);
-                    let base = crate::maildir::base_name(file).to_string();
-                    if now.is_some() {
-                        present.insert((m, base));
-                    } else {
-                        gone.entry(m).or_default().insert(base);
-                    }
-                    out.push((m, name, now));
-                }
-                // Gone, or renamed again since the event: a message is
-                // taken as removed only when no file of its base name is
-                // left (the next event may not be in yet). A file of the
-                // same base among the named ones settles it; otherwise one
-                // name-only read of the maildir does.
-                for (m, bases) in gone {
-                    let wanted: HashSet<&str> = bases
-                        .iter()
-                        .filter(|b| !present.contains(&(m, (*b).clone())))
-                        .map(String::as_str)
-                        .collect();
-                    if wanted.is_empty() {
-                        continue;
-                    }
-                    for p in maildirs[m].names_with_bases(&wanted)? {
-                        if !looked.contains(&p) {
-                            queue.push(p);
-                        }
-                    }
-                }
-            }
-            Ok(out)
-        })
-        .await
-        .map_err(|e| SyncError::Task(e.to_string()))??;
+        let seen = tokio::task::spawn_blocking(move || look_at_files(&maildirs, &store, paths))
+            .await
+            .map_err(|e| SyncError::Task(e.to_string()))??;
         for (m, name, now) in seen {
             match now {
                 Some((entry, hash)) => {
@@ -1258,44 +1325,23 @@ impl Engine {
         if self.stop.is_stopped() {
             return Ok((outcomes, attempted));
         }
+        let batches = cloud_batches(plan, held, &mut attempted);
+        self.run_cloud(batches, plan, &mut outcomes, report).await?;
+        self.run_local(plan, reasons, &mut outcomes).await?;
+        Ok((outcomes, attempted))
+    }
 
-        // Cloud: group per folder (flag changes) and per (folder, action) (deletes).
-        let mut flag_groups: BTreeMap<usize, Vec<(usize, FlagChange)>> = BTreeMap::new();
-        let mut delete_groups: BTreeMap<(usize, bool), Vec<(usize, String)>> = BTreeMap::new();
-        for (ai, a) in plan.actions.iter().enumerate() {
-            if held[ai] {
-                continue;
-            }
-            attempted[ai] = a.is_cloud();
-            match a {
-                Action::SetCloudFlags {
-                    mailbox,
-                    id,
-                    set,
-                    clear,
-                    ..
-                } => flag_groups.entry(*mailbox).or_default().push((
-                    ai,
-                    FlagChange {
-                        id: id.clone(),
-                        set: *set,
-                        clear: *clear,
-                    },
-                )),
-                Action::DeleteCloud {
-                    mailbox,
-                    id,
-                    action,
-                    ..
-                } => delete_groups
-                    .entry((*mailbox, *action == DeleteAction::Delete))
-                    .or_default()
-                    .push((ai, id.clone())),
-                _ => {}
-            }
-        }
+    /// Sends the cloud `batches` of `plan`, one task per batch, recording
+    /// each action's outcome and reporting the failures.
+    async fn run_cloud(
+        &self,
+        batches: CloudBatches,
+        plan: &Plan,
+        outcomes: &mut [Outcome],
+        report: &mut CycleReport,
+    ) -> Result<(), SyncError> {
         let mut set = JoinSet::new();
-        for (mailbox, group) in flag_groups {
+        for (mailbox, group) in batches.flags {
             let cloud = self.folders[mailbox].cloud.clone();
             let (stop, key) = (self.stop.clone(), self.folders[mailbox].key.clone());
             set.spawn(async move {
@@ -1305,7 +1351,7 @@ impl Engine {
                 (idx, r.unwrap_or_else(|| vec![Err(stopping(&key)); n]))
             });
         }
-        for ((mailbox, delete), group) in delete_groups {
+        for ((mailbox, delete), group) in batches.deletes {
             let cloud = self.folders[mailbox].cloud.clone();
             let action = if delete {
                 DeleteAction::Delete
@@ -1338,8 +1384,51 @@ impl Engine {
                 }
             }
         }
+        Ok(())
+    }
 
-        // Local actions, with the files they work on.
+    /// Runs the local actions of `plan` on a blocking thread, recording
+    /// their outcomes; the local index follows what they did, and a file an
+    /// action could not handle is looked at again next cycle.
+    async fn run_local(
+        &mut self,
+        plan: &Plan,
+        reasons: HashMap<usize, Reason>,
+        outcomes: &mut [Outcome],
+    ) -> Result<(), SyncError> {
+        let (files, local) = self.local_work(plan, reasons);
+        if local.is_empty() {
+            return Ok(());
+        }
+        let maildirs = self.maildirs.clone();
+        let store = self.store.clone();
+        let stop = self.stop.clone();
+        let (results, changes, recheck) = tokio::task::spawn_blocking(move || {
+            apply_local(&store, &maildirs, files, local, &stop)
+        })
+        .await
+        .map_err(|e| SyncError::Task(e.to_string()))??;
+        for (ai, o) in results {
+            outcomes[ai] = o;
+        }
+        for c in changes {
+            match c {
+                LocalChange::Put(m, entry, hash) => {
+                    self.local.put(m, entry, hash);
+                }
+                LocalChange::Remove(m, name) => {
+                    self.local.remove(m, &name);
+                }
+            }
+        }
+        // A file an action could not handle is looked at again.
+        self.paths.extend(recheck);
+        Ok(())
+    }
+
+    /// The local actions of `plan` with their index and reason, and the
+    /// files they work on (those the local index knows).
+    fn local_work(&self, plan: &Plan, reasons: HashMap<usize, Reason>) -> (Files, LocalActions) {
         let mut files = HashMap::new();
         let mut local = Vec::new();
         for (i, a) in plan.actions.iter().enumerate() {
@@ -1365,32 +1454,7 @@ impl Engine {
             let why = reasons.get(&i).cloned().unwrap_or(Reason::debug("planned"));
             local.push((i, a.clone(), why));
         }
-        if !local.is_empty() {
-            let maildirs = self.maildirs.clone();
-            let store = self.store.clone();
-            let stop = self.stop.clone();
-            let (results, changes, recheck) = tokio::task::spawn_blocking(move || {
-                apply_local(&store, &maildirs, files, local, &stop)
-            })
-            .await
-            .map_err(|e| SyncError::Task(e.to_string()))??;
-            for (ai, o) in results {
-                outcomes[ai] = o;
-            }
-            for c in changes {
-                match c {
-                    LocalChange::Put(m, entry, hash) => {
-                        self.local.put(m, entry, hash);
-                    }
-                    LocalChange::Remove(m, name) => {
-                        self.local.remove(m, &name);
-                    }
-                }
-            }
-            // A file an action could not handle is looked at again.
-            self.paths.extend(recheck);
-        }
-        Ok((outcomes, attempted))
+        (files, local)
     }
 
     /// Record, in one transaction, the agreement rows of `hashes` that
@@ -1405,7 +1469,7 @@ impl Engine {
         mut new_last: LastState,
         scope: Scope,
     ) -> Result<(), SyncError> {
-        let mut rows: Vec<(ContentHash, Option<LastEntry>)> = Vec::new();
+        let mut rows: Vec<Row> = Vec::new();
         for h in hashes {
             let new = new_last.entries.remove(h);
             if old_last.get(h) != new.as_ref() {
@@ -1420,33 +1484,7 @@ impl Engine {
             .filter_map(|(i, f)| f.cloud.cursor_delta().map(|d| (i, d)))
             .filter(|(_, d)| !d.is_empty())
             .collect();
-        // Content nothing references any more: everything outside the
-        // indexes and the new agreement after a full cycle, else the
-        // planned hashes that lost their last reference.
-        let written: HashMap<ContentHash, bool> =
-            rows.iter().map(|(h, new)| (*h, new.is_some())).collect();
-        let referenced = |h: &ContentHash| {
-            self.cloud.holds(h)
-                || self.local.holds(h)
-                || written
-                    .get(h)
-                    .copied()
-                    .unwrap_or_else(|| old_last.contains_key(h))
-        };
-        let release = match scope {
-            Scope::Full => Release::Keep(
-                self.cloud
-                    .hashes()
-                    .chain(self.local.hashes())
-                    .chain(self.all_agreed.iter().flat_map(|a| a.keys()))
-                    .chain(rows.iter().filter(|r| r.1.is_some()).map(|r| &r.0))
-                    .copied()
-                    .collect(),
-            ),
-            Scope::Changes => {
-                Release::Drop(hashes.iter().filter(|h| !referenced(h)).copied().collect())
-            }
-        };
+        let release = self.release_for(scope, hashes, old_last, &rows);
         let store = self.store.clone();
         let state = self.state.clone();
         let old_counts = self.agreed_counts.clone();
@@ -1482,20 +1520,65 @@ impl Engine {
         };
         match result {
             Ok(counts) => {
-                if let Some(all) = &mut self.all_agreed {
-                    for (h, new) in rows {
-                        match new {
-                            Some(e) => all.insert(h, e),
-                            None => all.remove(&h),
-                        };
-                    }
-                }
+                self.take_rows(rows);
                 self.agreed_counts = counts;
                 Ok(())
             }
             Err(e) => {
                 self.pending.extend(hashes.iter().copied());
                 Err(e.into())
+            }
+        }
+    }
+
+    /// What the commit lets go of in the store: after a full cycle
+    /// everything but what the indexes and the new agreement hold, else the
+    /// planned `hashes` nothing references once `rows` are written.
+    fn release_for(
+        &self,
+        scope: Scope,
+        hashes: &BTreeSet<ContentHash>,
+        old_last: &BTreeMap<ContentHash, LastEntry>,
+        rows: &[Row],
+    ) -> Release {
+        // Content nothing references any more: everything outside the
+        // indexes and the new agreement after a full cycle, else the
+        // planned hashes that lost their last reference.
+        let written: HashMap<ContentHash, bool> =
+            rows.iter().map(|(h, new)| (*h, new.is_some())).collect();
+        let referenced = |h: &ContentHash| {
+            self.cloud.holds(h)
+                || self.local.holds(h)
+                || written
+                    .get(h)
+                    .copied()
+                    .unwrap_or_else(|| old_last.contains_key(h))
+        };
+        match scope {
+            Scope::Full => Release::Keep(
+                self.cloud
+                    .hashes()
+                    .chain(self.local.hashes())
+                    .chain(self.all_agreed.iter().flat_map(|a| a.keys()))
+                    .chain(rows.iter().filter(|r| r.1.is_some()).map(|r| &r.0))
+                    .copied()
+                    .collect(),
+            ),
+            Scope::Changes => {
+                Release::Drop(hashes.iter().filter(|h| !referenced(h)).copied().collect())
+            }
+        }
+    }
+
+    /// Brings the whole agreement in memory, if it is there, up to the
+    /// committed `rows`.
+    fn take_rows(&mut self, rows: Vec<Row>) {
+        if let Some(all) = &mut self.all_agreed {
+            for (h, new) in rows {
+                match new {
+                    Some(e) => all.insert(h, e),
+                    None => all.remove(&h),
+                };
             }
         }
     }
@@ -1606,6 +1689,9 @@ fn trim_heap() {
     }
 }
 
+/// An agreement row to write: a hash and its new entry (`None` deletes it).
+type Row = (ContentHash, Option<LastEntry>);
+
 /// What a commit lets go of in the store.
 enum Release {
     /// Everything but these (after a full cycle).
@@ -1647,6 +1733,71 @@ fn hash_file(store: &Store, entry: &Entry) -> Option<ContentHash> {
     }
 }
 
+/// A file looked at: its maildir, its `cur/` or `new/` name, and its entry
+/// and content now (`None` when it is gone or cannot be read).
+type Seen = (usize, String, Option<(Entry, ContentHash)>);
+
+/// Looks at the files `paths` name in `maildirs` (blocking), and again at
+/// the files sharing a base name with one found gone.
+fn look_at_files(
+    maildirs: &[Maildir],
+    store: &Store,
+    paths: BTreeSet<PathBuf>,
+) -> Result<Vec<Seen>, SyncError> {
+    let mut out = Vec::new();
+    let mut looked: HashSet<PathBuf> = HashSet::new();
+    let mut queue: Vec<PathBuf> = paths.into_iter().collect();
+    while !queue.is_empty() {
+        // Per maildir, the base names of files found gone.
+        let mut gone: HashMap<usize, HashSet<String>> = HashMap::new();
+        let mut present: HashSet<(usize, String)> = HashSet::new();
+        for path in std::mem::take(&mut queue) {
+            if !looked.insert(path.clone()) {
+                continue;
+            }
+            let Some((m, name)) = place_in(maildirs, &path) else {
+                continue;
+            };
+            let now = match maildirs[m].look(&path) {
+                Ok(Some(entry)) => hash_file(store, &entry).map(|h| (entry, h)),
+                Ok(None) => None,
+                Err(e) => {
+                    tracing::warn!("skipping {}: {e}", path.display());
+                    continue;
+                }
+            };
+            let file = name.split_once('/').map_or(name.as_str(), |(_, f)| f);
+            let base = crate::maildir::base_name(file).to_string();
+            if now.is_some() {
+                present.insert((m, base));
+            } else {
+                gone.entry(m).or_default().insert(base);
+            }
+            out.push((m, name, now));
+        }
+        // Gone, or renamed again since the event: a message is taken as
+        // removed only when no file of its base name is left (the next
+        // event may not be in yet). A file of the same base among the named
+        // ones settles it; otherwise one name-only read of the maildir does.
+        for (m, bases) in gone {
+            let wanted: HashSet<&str> = bases
+                .iter()
+                .filter(|b| !present.contains(&(m, (*b).clone())))
+                .map(String::as_str)
+                .collect();
+            if wanted.is_empty() {
+                continue;
+            }
+            for p in maildirs[m].names_with_bases(&wanted)? {
+                if !looked.contains(&p) {
+                    queue.push(p);
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// Apply a cycle's effects to a folder's listing; it gets `version`.
 fn apply_effects(l: &mut Listing, effects: &[&CloudEffect], version: u64) {
     for e in effects {
@@ -1666,6 +1817,61 @@ fn apply_effects(l: &mut Listing, effects: &[&CloudEffect], version: u64) {
     l.version = version;
 }
 
+/// A plan's cloud actions to send, each with its action index: flag
+/// changes per folder, deletions per folder and whether they delete (rather
+/// than archive).
+#[derive(Default)]
+struct CloudBatches {
+    flags: BTreeMap<usize, Vec<(usize, FlagChange)>>,
+    deletes: BTreeMap<(usize, bool), Vec<(usize, String)>>,
+}
+
+/// Groups the cloud actions of `plan` not `held` into batches, marking them
+/// in `attempted`.
+fn cloud_batches(plan: &Plan, held: &[bool], attempted: &mut [bool]) -> CloudBatches {
+    let mut batches = CloudBatches::default();
+    for (ai, a) in plan.actions.iter().enumerate() {
+        if held[ai] {
+            continue;
+        }
+        attempted[ai] = a.is_cloud();
+        match a {
+            Action::SetCloudFlags {
+                mailbox,
+                id,
+                set,
+                clear,
+                ..
+            } => batches.flags.entry(*mailbox).or_default().push((
+                ai,
+                FlagChange {
+                    id: id.clone(),
+                    set: *set,
+                    clear: *clear,
+                },
+            )),
+            Action::DeleteCloud {
+                mailbox,
+                id,
+                action,
+                ..
+            } => batches
+                .deletes
+                .entry((*mailbox, *action == DeleteAction::Delete))
+                .or_default()
+                .push((ai, id.clone())),
+            _ => {}
+        }
+    }
+    batches
+}
+
+/// Local files the actions work on, by maildir and name.
+type Files = HashMap<(usize, String), Entry>;
+
+/// Local actions to apply: plan index, action, why.
+type LocalActions = Vec<(usize, Action, Reason)>;
+
 /// What local actions did: (action index, outcome), the index changes, and
 /// files to look at again (an action failed on them).
 type Applied = (Vec<(usize, Outcome)>, Vec<LocalChange>, Vec<PathBuf>);
@@ -1674,16 +1880,50 @@ type Applied = (Vec<(usize, Outcome)>, Vec<LocalChange>, Vec<PathBuf>);
 fn apply_local(
     store: &Store,
     maildirs: &[Maildir],
-    mut files: HashMap<(usize, String), Entry>,
-    actions: Vec<(usize, Action, Reason)>,
+    files: Files,
+    actions: LocalActions,
     stop: &Stop,
 ) -> Result<Applied, SyncError> {
-    let mut touched = HashSet::new();
-    let mut changes = Vec::new();
+    recreate_maildirs(maildirs, &actions)?;
+    let mut run = LocalRun {
+        store,
+        maildirs,
+        files,
+        touched: HashSet::new(),
+        changes: Vec::new(),
+    };
     let mut recheck = Vec::new();
-    // A maildir that disappeared gets its directories back before anything
-    // is restored into it (the planner restores, never deletes, for it).
-    for (_, a, _) in &actions {
+    let mut out = Vec::with_capacity(actions.len());
+    for (ai, action, why) in actions {
+        if stop.is_stopped() {
+            // Not started: recorded as failed, so planned again next run.
+            out.push((ai, Outcome::Failed));
+            continue;
+        }
+        why.log(&maildirs[local_maildir(&action)], &action);
+        let mut source = None;
+        let Some(result) = run.apply(&action, &mut source) else {
+            continue;
+        };
+        match result {
+            Ok(()) => out.push((ai, Outcome::Done)),
+            Err(e) => {
+                tracing::warn!("local action failed, will retry: {e}");
+                recheck.extend(source);
+                out.push((ai, Outcome::Failed));
+            }
+        }
+    }
+    for i in run.touched {
+        maildirs[i].sync()?;
+    }
+    Ok((out, run.changes, recheck))
+}
+
+/// A maildir that disappeared gets its directories back before anything is
+/// restored into it (the planner restores, never deletes, for it).
+fn recreate_maildirs(maildirs: &[Maildir], actions: &LocalActions) -> Result<(), SyncError> {
+    for (_, a, _) in actions {
         let dest = match a {
             Action::Deliver { maildir, .. } => *maildir,
             Action::MoveLocal { to_maildir, .. } => *to_maildir,
@@ -1695,111 +1935,145 @@ fn apply_local(
             Maildir::create(md.path())?;
         }
     }
-    let mut out = Vec::with_capacity(actions.len());
-    for (ai, action, why) in actions {
-        if stop.is_stopped() {
-            // Not started: recorded as failed, so planned again next run.
-            out.push((ai, Outcome::Failed));
-            continue;
-        }
-        why.log(&maildirs[local_maildir(&action)], &action);
-        let mut source = None;
-        let result: Result<(), String> = match &action {
+    Ok(())
+}
+
+/// Local actions under way: what they work with, and what they did so far.
+struct LocalRun<'a> {
+    store: &'a Store,
+    maildirs: &'a [Maildir],
+    /// The files not yet worked on.
+    files: Files,
+    /// Maildirs to sync to disk at the end.
+    touched: HashSet<usize>,
+    /// What the actions did, for the local index.
+    changes: Vec<LocalChange>,
+}
+
+impl LocalRun<'_> {
+    /// Applies one local action (`None` for a cloud action), setting
+    /// `source` to the file it worked on.
+    fn apply(
+        &mut self,
+        action: &Action,
+        source: &mut Option<PathBuf>,
+    ) -> Option<Result<(), String>> {
+        let result = match action {
             Action::Deliver {
                 hash,
                 maildir,
                 flags,
-            } => {
-                touched.insert(*maildir);
-                maildirs[*maildir]
-                    .deliver_link(&store.blob_path(hash), &Maildir::new_base_name(), *flags)
-                    .map(|e| {
-                        store.record_inode(e.key, *hash);
-                        changes.push(LocalChange::Put(*maildir, e, *hash));
-                    })
-                    .map_err(|e| e.to_string())
-            }
+            } => self.deliver(*hash, *maildir, *flags),
             Action::SetLocalFlags {
                 hash,
                 maildir,
                 name,
                 flags,
-            } => match files.remove(&(*maildir, name.clone())) {
-                None => Err(format!("{name}: not in the scan")),
-                Some(entry) => {
-                    touched.insert(*maildir);
-                    let r = maildirs[*maildir].set_flags(&entry, *flags);
-                    source = Some(entry.path.clone());
-                    r.map(|e| {
-                        store.record_inode(e.key, *hash);
-                        changes.push(LocalChange::Remove(*maildir, name.clone()));
-                        changes.push(LocalChange::Put(*maildir, e, *hash));
-                    })
-                    .map_err(|e| e.to_string())
-                }
-            },
+            } => self.take(*maildir, name).and_then(|entry| {
+                *source = Some(entry.path.clone());
+                self.set_flags(*hash, (*maildir, name), &entry, *flags)
+            }),
             Action::MoveLocal {
                 hash,
                 from_maildir,
                 name,
                 to_maildir,
                 flags,
-            } => match files.remove(&(*from_maildir, name.clone())) {
-                None => Err(format!("{name}: not in the scan")),
-                Some(entry) => {
-                    touched.insert(*from_maildir);
-                    touched.insert(*to_maildir);
-                    source = Some(entry.path.clone());
-                    // Link from the file itself: it holds the content even if
-                    // the store lost it. The old file goes only once the new
-                    // one is in place.
-                    match maildirs[*to_maildir].deliver_link(&entry.path, &entry.base, *flags) {
-                        Ok(new) => {
-                            store.record_inode(new.key, *hash);
-                            changes.push(LocalChange::Put(*to_maildir, new, *hash));
-                            match maildirs[*from_maildir].remove(&entry) {
-                                Ok(()) | Err(MaildirError::Vanished { .. }) => {
-                                    changes.push(LocalChange::Remove(*from_maildir, name.clone()));
-                                    Ok(())
-                                }
-                                Err(e) => Err(e.to_string()),
-                            }
-                        }
-                        Err(e) => Err(e.to_string()),
-                    }
-                }
-            },
+            } => self.take(*from_maildir, name).and_then(|entry| {
+                self.touched.insert(*to_maildir);
+                *source = Some(entry.path.clone());
+                self.move_file(*hash, (*from_maildir, name), &entry, *to_maildir, *flags)
+            }),
             Action::RemoveLocal { maildir, name, .. } => {
-                match files.remove(&(*maildir, name.clone())) {
-                    None => Err(format!("{name}: not in the scan")),
-                    Some(entry) => {
-                        touched.insert(*maildir);
-                        source = Some(entry.path.clone());
-                        match maildirs[*maildir].remove(&entry) {
-                            Ok(()) | Err(MaildirError::Vanished { .. }) => {
-                                changes.push(LocalChange::Remove(*maildir, name.clone()));
-                                Ok(())
-                            }
-                            Err(e) => Err(e.to_string()),
-                        }
-                    }
-                }
+                self.take(*maildir, name).and_then(|entry| {
+                    *source = Some(entry.path.clone());
+                    self.remove_file((*maildir, name), &entry)
+                })
             }
-            Action::SetCloudFlags { .. } | Action::DeleteCloud { .. } => continue,
+            Action::SetCloudFlags { .. } | Action::DeleteCloud { .. } => return None,
         };
-        match result {
-            Ok(()) => out.push((ai, Outcome::Done)),
-            Err(e) => {
-                tracing::warn!("local action failed, will retry: {e}");
-                recheck.extend(source);
-                out.push((ai, Outcome::Failed));
+        Some(result)
+    }
+
+    /// Takes file `name` of maildir `m` out of the files to work on (its
+    /// maildir is touched), or says it is not there.
+    fn take(&mut self, m: usize, name: &str) -> Result<Entry, String> {
+        match self.files.remove(&(m, name.to_string())) {
+            None => Err(format!("{name}: not in the scan")),
+            Some(entry) => {
+                self.touched.insert(m);
+                Ok(entry)
             }
         }
     }
-    for i in touched {
-        maildirs[i].sync()?;
+
+    /// Links the content `hash` from the store into `maildir` with `flags`.
+    fn deliver(&mut self, hash: ContentHash, maildir: usize, flags: Flags) -> Result<(), String> {
+        self.touched.insert(maildir);
+        self.maildirs[maildir]
+            .deliver_link(
+                &self.store.blob_path(&hash),
+                &Maildir::new_base_name(),
+                flags,
+            )
+            .map(|e| {
+                self.store.record_inode(e.key, hash);
+                self.changes.push(LocalChange::Put(maildir, e, hash));
+            })
+            .map_err(|e| e.to_string())
     }
-    Ok((out, changes, recheck))
+
+    /// Renames `entry`, file `name` of maildir `m`, to carry `flags`.
+    fn set_flags(
+        &mut self,
+        hash: ContentHash,
+        (m, name): (usize, &str),
+        entry: &Entry,
+        flags: Flags,
+    ) -> Result<(), String> {
+        self.maildirs[m]
+            .set_flags(entry, flags)
+            .map(|e| {
+                self.store.record_inode(e.key, hash);
+                self.changes.push(LocalChange::Remove(m, name.to_string()));
+                self.changes.push(LocalChange::Put(m, e, hash));
+            })
+            .map_err(|e| e.to_string())
+    }
+
+    /// Moves `entry`, file `name` of maildir `from`, into maildir `to` with
+    /// `flags`.
+    fn move_file(
+        &mut self,
+        hash: ContentHash,
+        (from, name): (usize, &str),
+        entry: &Entry,
+        to: usize,
+        flags: Flags,
+    ) -> Result<(), String> {
+        // Link from the file itself: it holds the content even if the store
+        // lost it. The old file goes only once the new one is in place.
+        match self.maildirs[to].deliver_link(&entry.path, &entry.base, flags) {
+            Ok(new) => {
+                self.store.record_inode(new.key, hash);
+                self.changes.push(LocalChange::Put(to, new, hash));
+                self.remove_file((from, name), entry)
+            }
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    /// Removes `entry`, file `name` of maildir `m` (one already gone is as
+    /// good).
+    fn remove_file(&mut self, (m, name): (usize, &str), entry: &Entry) -> Result<(), String> {
+        match self.maildirs[m].remove(entry) {
+            Ok(()) | Err(MaildirError::Vanished { .. }) => {
+                self.changes.push(LocalChange::Remove(m, name.to_string()));
+                Ok(())
+            }
+            Err(e) => Err(e.to_string()),
+        }
+    }
 }
 
 /// Why a local action is taken, for the log.
