@@ -733,20 +733,33 @@ impl Inner {
             });
         }
         if device {
-            let me = self.clone();
-            let mut shut = self.shutdown.subscribe();
-            let task = tokio::spawn(async move {
-                tokio::select! {
-                    _ = me.device_login(i) => {}
-                    _ = shut.wait_for(|s| *s) => {}
-                }
-            });
-            let mut tasks = lock(&self.tasks);
-            tasks.retain(|t| !t.is_finished());
-            tasks.push(task);
-            self.notify();
-            return;
+            self.start_device_login(i);
+        } else {
+            self.start_browser_login(i);
         }
+    }
+
+    /// Runs the device-code login of account `i` in the background (until
+    /// shutdown).
+    fn start_device_login(self: &Arc<Self>, i: usize) {
+        let me = self.clone();
+        let mut shut = self.shutdown.subscribe();
+        let task = tokio::spawn(async move {
+            tokio::select! {
+                _ = me.device_login(i) => {}
+                _ = shut.wait_for(|s| *s) => {}
+            }
+        });
+        let mut tasks = lock(&self.tasks);
+        tasks.retain(|t| !t.is_finished());
+        tasks.push(task);
+        self.notify();
+    }
+
+    /// Queues a browser login of account `i` and opens the browser on it
+    /// unless a login page is open or being opened already.
+    fn start_browser_login(self: &Arc<Self>, i: usize) {
+        let a = &self.accounts[i];
         // 96 random bytes: a 128-character verifier, the most RFC 7636 allows.
         let (challenge, verifier) = PkceCodeChallenge::new_random_sha256_len(96);
         let path = a.spec.redirect_path();
