@@ -29,6 +29,7 @@ use super::store::{TokenMap, TokenStore};
 use super::{AccessToken, Audience, AuthError, TokenSource};
 use crate::endpoints::Endpoints;
 use crate::lock::lock;
+use crate::shutdown::{CancellationToken, TaskTracker};
 use crate::types::CloudKind;
 
 /// Why the manager could not start.
@@ -196,8 +197,10 @@ pub(crate) struct Inner {
     pub changes: watch::Sender<u64>,
     /// Open `/events` streams.
     pub pages: AtomicUsize,
-    pub shutdown: watch::Sender<bool>,
-    tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// Cancelled when the manager shuts down (or its last clone goes).
+    pub shutdown: CancellationToken,
+    /// The login server and running device logins.
+    tasks: TaskTracker,
     gmail_device_warned: std::sync::Once,
 }
 
@@ -216,11 +219,11 @@ pub struct AuthManager {
 }
 
 /// Signals shutdown when the last [`AuthManager`] clone goes away.
-struct StopOnDrop(watch::Sender<bool>);
+struct StopOnDrop(CancellationToken);
 
 impl Drop for StopOnDrop {
     fn drop(&mut self) {
-        let _ = self.0.send(true);
+        self.0.cancel();
     }
 }
 
@@ -301,12 +304,13 @@ impl AuthManager {
             shared: Mutex::new(Shared::default()),
             changes: watch::channel(0).0,
             pages: AtomicUsize::new(0),
-            shutdown: watch::channel(false).0,
-            tasks: Mutex::new(Vec::new()),
+            shutdown: CancellationToken::new(),
+            tasks: TaskTracker::new(),
             gmail_device_warned: std::sync::Once::new(),
         });
-        let server = tokio::spawn(super::web::serve(inner.clone(), listener));
-        lock(&inner.tasks).push(server);
+        inner
+            .tasks
+            .spawn(super::web::serve(inner.clone(), listener));
         tracing::info!("OAuth login page at http://{addr}/");
         let stop = Arc::new(StopOnDrop(inner.shutdown.clone()));
         Ok(AuthManager { inner, _stop: stop })
@@ -379,12 +383,8 @@ impl AuthManager {
 
     /// Stop the server and running device logins.
     pub async fn shutdown(&self) {
-        let _ = self.inner.shutdown.send(true);
-        let tasks: Vec<_> = lock(&self.inner.tasks).drain(..).collect();
-        for t in tasks {
-            t.abort();
-            let _ = t.await;
-        }
+        self.inner.shutdown.cancel();
+        crate::shutdown::wait_tracked(&self.inner.tasks, "login").await;
     }
 }
 
@@ -743,16 +743,13 @@ impl Inner {
     /// shutdown).
     fn start_device_login(self: &Arc<Self>, i: usize) {
         let me = self.clone();
-        let mut shut = self.shutdown.subscribe();
-        let task = tokio::spawn(async move {
+        let shut = self.shutdown.clone();
+        self.tasks.spawn(async move {
             tokio::select! {
                 _ = me.device_login(i) => {}
-                _ = shut.wait_for(|s| *s) => {}
+                () = shut.cancelled() => {}
             }
         });
-        let mut tasks = lock(&self.tasks);
-        tasks.retain(|t| !t.is_finished());
-        tasks.push(task);
         self.notify();
     }
 

@@ -21,7 +21,7 @@ type Resp = warp::reply::Response;
 
 /// Serve until the manager shuts down.
 pub(crate) async fn serve(inner: Arc<Inner>, listener: tokio::net::TcpListener) {
-    let mut shut = inner.shutdown.subscribe();
+    let shut = inner.shutdown.clone();
     let me = inner.clone();
     let filter = warp::any()
         .and(warp::method())
@@ -39,9 +39,7 @@ pub(crate) async fn serve(inner: Arc<Inner>, listener: tokio::net::TcpListener) 
         );
     warp::serve(filter)
         .incoming(listener)
-        .graceful(async move {
-            let _ = shut.wait_for(|s| *s).await;
-        })
+        .graceful(async move { shut.cancelled().await })
         .run()
         .await;
 }
@@ -124,14 +122,14 @@ fn state(inner: &Inner) -> PageState {
 fn events(inner: Arc<Inner>) -> Resp {
     let guard = PageGuard::new(inner);
     let changes = guard.0.changes.subscribe();
-    let shut = guard.0.shutdown.subscribe();
+    let shut = guard.0.shutdown.clone();
     let stream = futures_util::stream::unfold(
         (guard, changes, shut, true),
-        |(guard, mut changes, mut shut, first)| async move {
+        |(guard, mut changes, shut, first)| async move {
             if !first {
                 tokio::select! {
                     r = changes.changed() => if r.is_err() { return None; },
-                    _ = shut.wait_for(|s| *s) => return None,
+                    () = shut.cancelled() => return None,
                 }
             }
             changes.borrow_and_update();
