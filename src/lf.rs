@@ -5,9 +5,11 @@
 use std::io::{self, Write};
 
 /// The streaming converter; a CR at the end of one chunk waits for the next.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct Dos2Unix {
     cr: bool,
+    /// [`Dos2Unix::write`]'s output buffer, kept between chunks.
+    buf: Vec<u8>,
 }
 
 impl Dos2Unix {
@@ -49,9 +51,12 @@ impl Dos2Unix {
 
     /// Convert `chunk` and write it to `out` in one write.
     pub fn write(&mut self, chunk: &[u8], out: &mut dyn Write) -> io::Result<()> {
-        let mut buf = Vec::with_capacity(chunk.len());
+        let mut buf = std::mem::take(&mut self.buf);
+        buf.clear();
         self.convert(chunk, |s| buf.extend_from_slice(s));
-        out.write_all(&buf)
+        let r = out.write_all(&buf);
+        self.buf = buf;
+        r
     }
 
     /// The end of the input: write a CR still held back to `out`.

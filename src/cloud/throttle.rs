@@ -52,6 +52,8 @@ pub struct Stats {
     pub peak_in_flight: u32,
     /// Pauses ordered by the service (rate-limit answers, `Retry-After`).
     pub pauses: u64,
+    /// Rate-limit answers among them.
+    pub rate_limited: u64,
     /// Attempts repeated after a transient failure.
     pub retries: u64,
 }
@@ -215,6 +217,7 @@ impl Throttle {
     pub fn rate_limited(&self, retry_after: Option<Duration>) -> Duration {
         let strikes = {
             let mut st = lock(&self.state);
+            st.stats.rate_limited += 1;
             st.strikes = st.strikes.saturating_add(1);
             st.strikes
         };
@@ -369,5 +372,12 @@ mod tests {
             assert!(t.rate_limited(None) <= Duration::from_secs(64));
         }
         assert_eq!(t.stats().pauses, 24);
+        assert_eq!(t.stats().rate_limited, 24);
+        t.pause(Duration::from_secs(1));
+        assert_eq!(
+            t.stats().rate_limited,
+            24,
+            "a plain pause is no rate-limit answer"
+        );
     }
 }

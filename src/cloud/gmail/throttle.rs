@@ -121,7 +121,7 @@ impl From<Stats> for Usage {
         Usage {
             requests: s.requests,
             units: s.cost,
-            rate_limited: s.pauses,
+            rate_limited: s.rate_limited,
             retries: s.retries,
         }
     }
