@@ -1,6 +1,7 @@
 """Shared fixtures for the end-to-end tests: paths of the built binaries and
 a private HOME per test, so nothing touches the real user's mail."""
 
+import contextlib
 import json
 import os
 import time
@@ -101,6 +102,21 @@ class Env:
 
     def check(self):
         return json.loads(self.run("--check").stdout)
+
+    @contextlib.contextmanager
+    def daemon(self, *args):
+        """The daemon running in the background for the `with` block, then
+        stopped with SIGTERM; its stderr is then in `.stderr_text`, checked
+        for tokens."""
+        proc = subprocess.Popen([str(binary("cloud-mdir-sync")), *args], cwd=self.home,
+                                env=self.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True)
+        try:
+            yield proc
+        finally:
+            proc.terminate()
+            _, proc.stderr_text = proc.communicate(timeout=30)
+        assert_no_tokens(proc.stderr_text)
 
 
 class FakeCloud:

@@ -6,10 +6,9 @@ first cycle, so a file removed afterwards is archived in the cloud rather
 than restored."""
 
 import os
-import subprocess
 import time
 
-from conftest import assert_no_tokens, binary, maildir_files, wait_for
+from conftest import maildir_files, wait_for
 
 USER = "good@contoso.example"
 
@@ -46,9 +45,7 @@ def test_a_misnamed_folder_holds_back_only_itself(cms, fakecloud_factory):
     # While stopped, a file is removed: the --offline first cycle restores it.
     os.unlink(maildir_files(cms.home)[0])
     cloud.control("stats", method="DELETE")
-    proc = subprocess.Popen([str(binary("cloud-mdir-sync")), "--offline"], cwd=cms.home,
-                            env=cms.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
+    with cms.daemon("--offline") as proc:
         wait_for("the restore of the removed file", lambda: len(maildir_files(cms.home)) == 6, 30)
         assert len(inbox_messages(cloud)) == 6
         # Polls go on for the good folder (1 s), while the bad one is looked
@@ -65,10 +62,7 @@ def test_a_misnamed_folder_holds_back_only_itself(cms, fakecloud_factory):
         wait_for("the archive in the cloud", lambda: len(inbox_messages(cloud)) == 5, 30)
         time.sleep(2)
         assert len(maildir_files(cms.home)) == 5
-    finally:
-        proc.terminate()
-        _, err = proc.communicate(timeout=30)
-    assert_no_tokens(err)
+    err = proc.stderr_text
     assert proc.returncode == 0, err[-3000:]
     assert "trying again every 10 min" in err, err[-3000:]
     # Reported once (the failed listing and what the daemon does about it),
@@ -120,9 +114,7 @@ def test_offline_ends_per_folder_with_another_account_waiting_for_a_login(cms, f
     cms.write_cfg(CONFIG_WITH_GMAIL)
     os.unlink(maildir_files(cms.home)[0])
     cloud.control("stats", method="DELETE")
-    proc = subprocess.Popen([str(binary("cloud-mdir-sync")), "--offline"], cwd=cms.home,
-                            env=cms.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
+    with cms.daemon("--offline") as proc:
         wait_for("the restore of the removed file", lambda: len(maildir_files(cms.home)) == 6, 30)
         # After the good folder's first cycle, a removal is a deletion in
         # the cloud, though another folder and another account never synced.
@@ -138,9 +130,6 @@ def test_offline_ends_per_folder_with_another_account_waiting_for_a_login(cms, f
         assert lookups <= 1, routes
         assert gmail == 0, routes
         assert len(maildir_files(cms.home)) == 5
-    finally:
-        proc.terminate()
-        _, err = proc.communicate(timeout=30)
-    assert_no_tokens(err)
+    err = proc.stderr_text
     assert proc.returncode == 0, err[-3000:]
     assert GMAIL in err and "login" in err, err[-3000:]
