@@ -12,22 +12,15 @@ use cloud_mdir_sync::auth::{
 use cloud_mdir_sync::endpoints::Endpoints;
 
 use super::{
-    Drive, FakeBrowser, Setup, assert_no_secrets_logged, cloud, http_no_redirect, is_login_needed,
-    logged_in, manager, o365, requests, token_info,
+    Drive, FakeBrowser, Setup, assert_no_secrets_logged, cloud, following, http_no_redirect,
+    is_login_needed, logged_in, manager, o365, requests, token_info,
 };
 
 #[tokio::test]
 async fn pkce_login_follows_redirects() {
     let cloud = cloud(true).await;
     let dir = tempfile::tempdir().unwrap();
-    let b = FakeBrowser::new(Drive::Follow);
-    let m = manager(
-        &cloud,
-        dir.path(),
-        vec![o365("a@example.com")],
-        Setup::with(&b),
-    )
-    .await;
+    let (b, m) = following(&cloud, dir.path(), vec![o365("a@example.com")]).await;
     let src = m.source(0).unwrap();
     let first = src.token(Audience::Graph).await;
     assert!(is_login_needed(&first), "{first:?}");

@@ -208,6 +208,17 @@ async fn manager(cloud: &Handle, dir: &Path, specs: Vec<AccountSpec>, s: Setup) 
     AuthManager::start(specs, o).await.unwrap()
 }
 
+/// A manager for `specs` whose browser follows every login to the end.
+async fn following(
+    cloud: &Handle,
+    dir: &Path,
+    specs: Vec<AccountSpec>,
+) -> (FakeBrowser, AuthManager) {
+    let b = FakeBrowser::new(Drive::Follow);
+    let m = manager(cloud, dir, specs, Setup::with(&b)).await;
+    (b, m)
+}
+
 fn o365(user: &str) -> AccountSpec {
     AccountSpec::office365(Some(user))
 }

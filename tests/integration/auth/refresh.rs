@@ -14,8 +14,8 @@ use fake_cloud::{FakeCloud, Options};
 use crate::util::log_buffer;
 
 use super::{
-    Drive, FakeBrowser, Setup, assert_no_secrets_logged, cloud, is_login_needed, live_rts,
-    logged_in, manager, o365, requests, token_info,
+    Drive, FakeBrowser, Setup, assert_no_secrets_logged, cloud, following, is_login_needed,
+    live_rts, logged_in, manager, o365, requests, token_info,
 };
 
 #[tokio::test]
@@ -97,14 +97,7 @@ async fn refresh_ahead_of_expiry_with_rotation_and_two_resources() {
 async fn unauthorized_refreshes_once_then_logs_in_again() {
     let cloud = cloud(true).await;
     let dir = tempfile::tempdir().unwrap();
-    let b = FakeBrowser::new(Drive::Follow);
-    let m = manager(
-        &cloud,
-        dir.path(),
-        vec![o365("u@example.com")],
-        Setup::with(&b),
-    )
-    .await;
+    let (b, m) = following(&cloud, dir.path(), vec![o365("u@example.com")]).await;
     let a = m.account(0).unwrap();
     m.start_logins();
     logged_in(&m, 0).await;
@@ -132,12 +125,10 @@ async fn unauthorized_refreshes_once_then_logs_in_again() {
 async fn revoked_account_needs_login_while_another_keeps_working() {
     let cloud = cloud(true).await;
     let dir = tempfile::tempdir().unwrap();
-    let b = FakeBrowser::new(Drive::Follow);
-    let m = manager(
+    let (b, m) = following(
         &cloud,
         dir.path(),
         vec![o365("a@example.com"), o365("b@example.com")],
-        Setup::with(&b),
     )
     .await;
     m.start_logins();
@@ -197,14 +188,7 @@ async fn revoked_account_needs_login_while_another_keeps_working() {
 async fn gmail_refresh_keeps_the_refresh_token() {
     let cloud = cloud(true).await;
     let dir = tempfile::tempdir().unwrap();
-    let b = FakeBrowser::new(Drive::Follow);
-    let m = manager(
-        &cloud,
-        dir.path(),
-        vec![AccountSpec::gmail("h@gmail.com")],
-        Setup::with(&b),
-    )
-    .await;
+    let (_b, m) = following(&cloud, dir.path(), vec![AccountSpec::gmail("h@gmail.com")]).await;
     m.start_logins();
     logged_in(&m, 0).await;
     let a = m.account(0).unwrap();
